@@ -1,0 +1,182 @@
+"""Data preparation: tokenize a corpus once into compact binary token files, then draw random windows.
+
+A corpus is split by characters (the first 1 - val_fraction for training, the rest for validation),
+each part is tokenized, and the ids are written as uint16 (uint32 for vocabularies over 65,536) to
+``<cache>/tokens/<key>/{train,val}.bin``. The key hashes the corpus text, the tokenizer file and the
+split, so the files are reused exactly while those stay the same, and rebuilt when any changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptlab.corpora import Corpus, default_cache_dir
+from gptlab.errors import GptlabError
+from gptlab.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+
+
+@dataclass
+class TokenData:
+    train: np.ndarray  # memory-mapped token ids
+    val: np.ndarray
+    vocab_size: int
+    val_chars: int  # characters in the validation text, for bits per character
+    path: Path
+
+    @property
+    def val_chars_per_token(self) -> float:
+        return self.val_chars / max(1, len(self.val))
+
+
+def _sha(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8") if isinstance(p, str) else p)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    if not 0.0 <= val_fraction < 1.0:
+        raise GptlabError(f"val_fraction must be in [0, 1), not {val_fraction}")
+    n = int(len(text) * (1.0 - val_fraction))
+    return text[:n], text[n:]
+
+
+def get_tokenizer(corpus: Corpus, kind: str, vocab_size: int | None, val_fraction: float,
+                  cache_dir: Path | None = None) -> Tokenizer:
+    """Train (or load by path) the tokenizer on the training part of the corpus; trained ones are cached."""
+    if kind not in ("char", "word", "bpe"):
+        return train_tokenizer(kind, "", vocab_size)  # a path to an existing tokenizer.json
+    cache = Path(cache_dir or default_cache_dir()) / "tokenizers"
+    key = _sha(corpus.fingerprint(), kind, str(vocab_size), str(val_fraction))[:24]
+    path = cache / f"{kind}-{key}.json"
+    if path.exists():
+        return load_tokenizer(path)
+    train_text, _ = split_text(corpus.text, val_fraction)
+    tok = train_tokenizer(kind, train_text, vocab_size)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tok.save(tmp)
+    os.replace(tmp, path)
+    return tok
+
+
+def _chunks(text: str, size: int = 1 << 16) -> list[str]:
+    """Cut text into pieces of about `size` characters at line starts, for parallel tokenization."""
+    out, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+def encode_text(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    if tokenizer.kind == "bpe":  # the HF tokenizer encodes a batch on all cores
+        ids = [i for piece in tokenizer.encode_batch(_chunks(text)) for i in piece]
+    else:
+        ids = tokenizer.encode(text)
+    return np.asarray(ids, dtype=dtype)
+
+
+def prepare(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float = 0.1,
+            cache_dir: Path | None = None) -> TokenData:
+    """Tokenize the corpus into binary files once; later calls with the same inputs memory-map them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_file = Path(tmp) / "tokenizer.json"
+        tokenizer.save(tok_file)
+        tok_bytes = tok_file.read_bytes()
+    key = _sha(corpus.fingerprint(), tok_bytes, str(val_fraction))[:24]
+    root = Path(cache_dir or default_cache_dir()) / "tokens"
+    path = root / key
+    if not (path / "meta.json").exists():
+        train_text, val_text = split_text(corpus.text, val_fraction)
+        work = root / f".{key}.tmp{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        train_ids, val_ids = encode_text(tokenizer, train_text), encode_text(tokenizer, val_text)
+        train_ids.tofile(work / "train.bin")
+        val_ids.tofile(work / "val.bin")
+        meta = dict(corpus=corpus.name, vocab_size=tokenizer.vocab_size, dtype=train_ids.dtype.name,
+                    train_tokens=len(train_ids), val_tokens=len(val_ids), val_chars=len(val_text))
+        (work / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.replace(work, path)  # atomic: a half-written folder is never seen under its final name
+        except OSError:  # another process finished first; its files are identical
+            shutil.rmtree(work, ignore_errors=True)
+    meta = json.loads((path / "meta.json").read_text())
+
+    def mmap(name: str, n: int) -> np.ndarray:
+        if n == 0:
+            return np.zeros(0, dtype=meta["dtype"])
+        return np.memmap(path / name, dtype=meta["dtype"], mode="r", shape=(n,))
+
+    return TokenData(mmap("train.bin", meta["train_tokens"]), mmap("val.bin", meta["val_tokens"]),
+                     meta["vocab_size"], meta["val_chars"], path)
+
+
+def check_length(data: TokenData, block_size: int, val_fraction: float) -> None:
+    """A training window is block_size + 1 tokens; both splits need at least one."""
+    need = block_size + 1
+    if len(data.train) < need:
+        raise GptlabError(f"corpus too short: {len(data.train)} training tokens, but one block needs {need}; "
+                          f"use more text or a smaller --block-size")
+    if val_fraction > 0 and len(data.val) < need:
+        raise GptlabError(f"validation split too short: {len(data.val)} tokens, but one block needs {need}; "
+                          f"use more text, a larger --val-fraction or a smaller --block-size")
+
+
+class Batches:
+    """Random windows (x, y) of block_size tokens, y shifted by one, from one split.
+
+    The windows come from a seeded generator whose state is saved in checkpoints, so a resumed run
+    draws exactly the batches the uninterrupted one would have. Small splits are copied to the device
+    once (gathering there is much faster than shipping each batch); large ones stay memory-mapped.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device,
+                 seed: int, on_device_limit: int = 1 << 28):
+        self.block_size, self.batch_size, self.device = block_size, batch_size, torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.n_windows = len(tokens) - block_size
+        self.offsets = torch.arange(block_size + 1)
+        self.tokens_np = tokens
+        self.tokens = None
+        if len(tokens) <= on_device_limit:
+            self.tokens = torch.from_numpy(np.asarray(tokens).astype(np.int64)).to(self.device)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(self.n_windows, (self.batch_size,), generator=self.generator)
+        index = starts[:, None] + self.offsets  # (B, T+1)
+        if self.tokens is not None:
+            window = self.tokens[index.to(self.device)]
+        else:
+            window = torch.from_numpy(self.tokens_np[index.numpy()].astype(np.int64))
+            if self.device.type == "cuda":
+                window = window.pin_memory().to(self.device, non_blocking=True)
+            else:
+                window = window.to(self.device)
+        return window[:, :-1], window[:, 1:]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def bits_per_char(loss_nats: float, chars_per_token: float) -> float:
+    return loss_nats / chars_per_token / math.log(2)

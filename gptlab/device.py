@@ -1,0 +1,60 @@
+"""Choosing the device and the number format."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from gptlab.errors import GptlabError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then Apple's mps, then the cpu; anything else must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GptlabError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GptlabError("device cuda asked for, but torch sees no CUDA GPU")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GptlabError("device mps asked for, but it is not available")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), so bf16 autocast pays off."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast number format; 'auto' is bf16 where the hardware does it fast, else float32."""
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if name not in table:
+        raise GptlabError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+    if table[name] == torch.float16 and device.type == "cpu":
+        raise GptlabError("float16 training is for GPUs; on a CPU use bfloat16 or float32")
+    return table[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for matmuls in `dtype`; a no-op context for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,248 @@
+"""A decoder-only transformer language model (GPT), written out in full.
+
+Read top to bottom, it is the paper's equations:
+
+    x_0   = wte(tokens) [+ position information]
+    x_l+1 = x_l + attn(ln_1(x_l));  x_l+1 = x_l+1 + mlp(ln_2(x_l+1))      for each of n_layer blocks
+    logits = lm_head(ln_f(x_L))
+
+Submodules are named as in GPT-2 (wte, wpe, c_attn, c_proj, ln_f) so that GPT-2's weights load by name.
+Shapes in comments: B batch, T time (sequence), C channels (n_embd), nh heads, hs head size (C // nh).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+POSITION_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 256  # the longest context the model sees
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linear layers and LayerNorms (GPT-2 has them)
+    pos: str = "learned"  # one of POSITION_ENCODINGS
+    tie_weights: bool = True  # lm_head shares its matrix with wte
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        if self.pos not in POSITION_ENCODINGS:
+            raise ValueError(f"pos must be one of {', '.join(POSITION_ENCODINGS)}, not {self.pos!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rope needs an even head size (n_embd / n_head)")
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to block_size."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, head_size: int, max_len: int,
+                 device, dtype):
+        shape = (batch_size, n_head, max_len, head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.pos = 0  # how many positions are filled
+        self.max_len = max_len
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at positions pos..pos+T; return all keys and values so far."""
+        T = k.size(2)
+        self.k[layer][:, :, self.pos:self.pos + T] = k
+        self.v[layer][:, :, self.pos:self.pos + T] = v
+        end = self.pos + T
+        if layer == len(self.k) - 1:
+            self.pos = end
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
+    """The fixed position table of 'Attention Is All You Need': sin on even channels, cos on odd."""
+    pos = torch.arange(n_pos, dtype=torch.float32)[:, None]  # (T, 1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n_pos, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table
+
+
+def rope_tables(n_pos: int, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, hs/2) for rotary position embeddings (Su et al., RoFormer)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size))
+    angles = torch.outer(torch.arange(n_pos, dtype=torch.float32), inv_freq)  # (T, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x1, x2) of channels (first half, second half) by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0, attn_out: list | None = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B,nh,T,hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        start = 0
+        if cache is not None:
+            start = cache.pos
+            k, v = cache.append(layer, k, v)  # (B, nh, start+T, hs)
+        # Query i (at absolute position start+i) may look at keys 0..start+i.
+        mask = None
+        if start > 0 and T > 1:
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        if attn_out is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                is_causal=mask is None and start == 0 and T > 1)
+        else:  # the same attention, spelt out, to hand the weights to the caller
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, start+T)
+            visible = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            att = att.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+            attn_out.append(att.detach())
+            y = att @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: communicate (attention), then compute (MLP)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, cache=None, layer=0, attn_out=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer, attn_out)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.block_size = config.block_size
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        hs = config.n_embd // config.n_head
+        if config.pos == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        elif config.pos == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
+        elif config.pos == "rope":
+            cos, sin = rope_tables(config.block_size, hs, config.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight  # one matrix both reads and writes tokens
+
+        self.apply(self._init_weights)
+        # Residual projections add to the stream n_layer times each: scale them so its variance stays put.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position table (as in the scaling-law papers)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, attn_out: list | None = None):
+        """Final hidden states (B, T, C) for tokens idx (B, T) that follow the cache's tokens, if any."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos == "learned":
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        elif self.config.pos == "sinusoidal":
+            x = x + self.pos_table[start:start + T].to(x.dtype)
+        elif self.config.pos == "rope":
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.transformer.drop(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache, layer, attn_out)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits (B, T, vocab) for every position, and the mean cross-entropy if targets are given."""
+        logits = self.lm_head(self.hidden(idx))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return logits, loss
+
+    # --- the interface generation uses, shared by every model family ---
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        c = self.config
+        p = self.lm_head.weight
+        return KVCache(c.n_layer, batch_size, c.n_head, c.n_embd // c.n_head, c.block_size, p.device, p.dtype)
+
+    def step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Feed idx (B, T) after the cached tokens; return the logits (B, vocab) of the last position."""
+        return self.lm_head(self.hidden(idx, cache)[:, -1])
+
+    def cache_len(self, cache: KVCache) -> int:
+        return cache.pos
+
+    def flops_per_token(self, T: int | None = None) -> float:
+        """Training FLOPs per token: 6 per weight (forward + backward) plus attention's 12·L·C·T (PaLM, App. B)."""
+        c = self.config
+        T = T or c.block_size
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T

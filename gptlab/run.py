@@ -1,0 +1,71 @@
+"""A trained run, loaded for use: its model, its own tokenizer and its configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gptlab.device import pick_device
+from gptlab.errors import GptlabError
+from gptlab.generate import StreamDecoder, generate
+from gptlab.models import build_model, model_config
+from gptlab.tokenizer import Tokenizer, load_tokenizer
+from gptlab.train import checkpoint as ckpt_io
+
+
+@dataclass
+class Run:
+    path: Path  # the checkpoint folder it was loaded from
+    config: dict  # {"train": {...}, "model": {...}}
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+
+    def stream(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+               use_cache: bool = True) -> Iterator[str]:
+        """Yield pieces of generated text as they are sampled (the prompt itself is not repeated)."""
+        ids = self.prompt_ids(prompt)
+        decoder = StreamDecoder(self.tokenizer)
+        for token in generate(self.model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+            piece = decoder.push(int(token[0]))
+            if piece:
+                yield piece
+        tail = decoder.flush()
+        if tail:
+            yield tail
+
+    def generate(self, prompt: str = "", **kwargs) -> str:
+        """The generated continuation of `prompt` as one string (see stream for the options)."""
+        return "".join(self.stream(prompt, **kwargs))
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt's ids; an empty prompt starts from a newline (or token 0 if there is none)."""
+        if prompt:
+            return self.tokenizer.encode_prompt(prompt)
+        try:
+            ids = self.tokenizer.encode("\n")
+        except GptlabError:
+            ids = []
+        return ids[-1:] or [0]
+
+
+def load_run(path: str | Path, device: str = "auto") -> Run:
+    """Load a run folder (its latest checkpoint) or a checkpoint folder, ready to generate."""
+    ckpt = ckpt_io.find_checkpoint(path)
+    config = ckpt_io.read_config(ckpt)
+    try:
+        arch = config["train"]["arch"]
+        mcfg = model_config(arch, **config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise GptlabError(f"{ckpt / 'config.json'} is not a gptlab run configuration ({e})") from None
+    tokenizer = load_tokenizer(ckpt / "tokenizer.json")
+    if tokenizer.vocab_size != mcfg.vocab_size:
+        raise GptlabError(f"the tokenizer in {ckpt} has {tokenizer.vocab_size} tokens but the model expects "
+                          f"{mcfg.vocab_size}")
+    model = build_model(arch, mcfg)
+    ckpt_io.load_weights(model, ckpt)
+    model.to(pick_device(device)).eval()
+    return Run(ckpt, config, model, tokenizer)

@@ -1,0 +1,301 @@
+"""The training loop, top to bottom: data, model, optimizer, then step / log / evaluate / save."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from gptlab.corpora import load_corpus
+from gptlab.data import Batches, TokenData, bits_per_char, check_length, get_tokenizer, prepare
+from gptlab.device import autocast, pick_device, pick_dtype
+from gptlab.errors import GptlabError
+from gptlab.models import build_model, model_config
+from gptlab.tokenizer import load_tokenizer
+from gptlab.train import checkpoint as ckpt_io
+from gptlab.train.config import TrainConfig, parse_duration, resolve, split_values, to_dict
+from gptlab.train.metrics import MetricsLog, ProgressLine, Timer, plot_losses
+from gptlab.train.optim import build_optimizers, lr_factor, set_lr
+
+# Values a resumed run may change; everything else must match the checkpoint.
+RESUMABLE = {"max_iters", "max_time", "eval_interval", "eval_iters", "log_interval", "device", "compile",
+             "threads", "corpus"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iters: int
+    val_loss: float | None
+    best_val_loss: float | None
+    elapsed: float
+    checkpoint: Path | None
+    stopped_by: str  # "max_iters" | "max_time" | "interrupt"
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    corpus = Path(cfg.corpus).stem if cfg.corpus not in ("shakespeare", "andersen-da", "andersen-en") else cfg.corpus
+    tok = cfg.tokenizer if cfg.tokenizer in ("char", "word", "bpe") else "custom"
+    return Path("runs") / f"{corpus}-{tok}"
+
+
+@torch.no_grad()
+def evaluate(model, sources: dict[str, Batches], iters: int, seed: int, device, dtype) -> dict[str, float]:
+    """Mean loss over the same `iters` batches of each split every time (a fixed seed)."""
+    model.eval()
+    out = {}
+    for split, batches in sources.items():
+        batches.generator.manual_seed(seed)
+        total = 0.0
+        for _ in range(iters):
+            x, y = batches.next()
+            with autocast(device, dtype):
+                _, loss = model(x, y)
+            total += loss.item()
+        out[split] = total / iters
+    model.train()
+    return out
+
+
+class StopFlag:
+    """Ctrl-C sets a flag that the loop reads between steps (a second Ctrl-C interrupts at once)."""
+
+    def __init__(self):
+        self.set = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _resume_values(run_dir: Path, overrides: dict) -> tuple[dict, Path]:
+    ckpt = ckpt_io.latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise GptlabError(f"--resume: {run_dir} holds no checkpoint to resume")
+    saved = ckpt_io.read_config(ckpt)
+    values = {**saved["train"], **{k: v for k, v in saved["model"].items() if k != "vocab_size"}}
+    changed = sorted(k for k, v in overrides.items() if k not in RESUMABLE and values.get(k) != v)
+    if changed:
+        raise GptlabError(f"--resume keeps the run's configuration; cannot change {', '.join(changed)} "
+                          f"(only {', '.join(sorted(RESUMABLE))})")
+    values.update(overrides)
+    return values, ckpt
+
+
+def train(overrides: dict | None = None, *, preset: str | None = None, out: str | Path | None = None,
+          resume: bool = False, overwrite: bool = False, mirror: str | Path | None = None,
+          quiet: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Train a model from flat config values (TrainConfig's and the model's) and return what happened.
+
+    stop_after: pause after this many iterations as Ctrl-C would (save, return); for tests and demos.
+    """
+    overrides = dict(overrides or {})
+    # --- configuration -------------------------------------------------------------------------------
+    resume_ckpt = None
+    if resume:
+        if out is None:
+            raise GptlabError("--resume needs --out RUN_DIR, the run to continue")
+        values, resume_ckpt = _resume_values(Path(out), overrides)
+        cfg, model_values = split_values(values)
+    else:
+        device_hint = pick_device(overrides.get("device", "auto")).type
+        cfg, model_values = resolve(preset, overrides, device_hint)
+    run_dir = Path(out) if out is not None else default_run_dir(cfg)
+    if not resume and ckpt_io.latest_checkpoint(run_dir) is not None:
+        if not overwrite:
+            raise GptlabError(f"{run_dir} already holds a trained run; pass --resume to continue it, "
+                              f"--overwrite to start over, or another --out")
+        shutil.rmtree(run_dir / ckpt_io.CKPT_DIR, ignore_errors=True)
+    max_time = parse_duration(cfg.max_time)
+    if cfg.max_iters < 1:
+        raise GptlabError("--max-iters must be at least 1")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise GptlabError("--batch-size and --grad-accum must be at least 1")
+
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # --- data and tokenizer --------------------------------------------------------------------------
+    corpus = load_corpus(cfg.corpus, mirror=mirror)
+    if resume_ckpt is not None:
+        tokenizer = load_tokenizer(resume_ckpt / "tokenizer.json")
+    else:
+        tokenizer = get_tokenizer(corpus, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction)
+    data: TokenData = prepare(corpus, tokenizer, cfg.val_fraction)
+
+    # --- model and optimizer -------------------------------------------------------------------------
+    try:
+        mcfg = model_config(cfg.arch, vocab_size=tokenizer.vocab_size, **model_values)
+    except (TypeError, ValueError) as e:
+        raise GptlabError(f"invalid model config: {e}") from None
+    block_size = mcfg.block_size
+    check_length(data, block_size, cfg.val_fraction)
+    model = build_model(cfg.arch, mcfg).to(device)
+    optimizers = build_optimizers(model, cfg, device.type)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    batches = Batches(data.train, block_size, cfg.batch_size, device, seed=cfg.seed)
+    eval_sources = {"train": Batches(data.train, block_size, cfg.batch_size, device, cfg.seed)}
+    if len(data.val) > block_size:
+        eval_sources["val"] = Batches(data.val, block_size, cfg.batch_size, device, cfg.seed)
+    config_dict = to_dict(cfg, {**asdict(mcfg)})
+
+    it, elapsed_before, best_val = 0, 0.0, None
+    if resume_ckpt is not None:
+        ckpt_io.load_weights(model, resume_ckpt)
+        state = ckpt_io.load_trainer_state(resume_ckpt)
+        if len(state["optimizers"]) != len(optimizers):
+            raise GptlabError(f"checkpoint {resume_ckpt} was written with another optimizer")
+        for opt, s in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        batches.load_state_dict(state["batches"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        it, elapsed_before, best_val = state["iter"], state["elapsed"], state["best_val_loss"]
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config_dict, indent=1))
+    tokenizer.save(run_dir / "tokenizer.json")
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_from=it if resume else None)
+
+    fwd = model
+    if cfg.compile:
+        fwd = torch.compile(model)
+
+    def save(at: int, val_loss: float | None) -> Path:
+        state = dict(iter=at, elapsed=timer.elapsed(), best_val_loss=best_val,
+                     optimizers=[o.state_dict() for o in optimizers], batches=batches.state_dict(),
+                     rng_cpu=torch.get_rng_state(),
+                     rng_cuda=torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                     scaler=scaler.state_dict() if scaler is not None else None, val_loss=val_loss)
+        return ckpt_io.save_checkpoint(run_dir, at, model, state, config_dict, tokenizer)
+
+    def eval_and_save(at: int) -> tuple[float | None, Path]:
+        nonlocal best_val
+        losses = evaluate(fwd, eval_sources, cfg.eval_iters, cfg.seed + 1, device, dtype)
+        val = losses.get("val")
+        for name, value in losses.items():
+            if not math.isfinite(value):
+                raise GptlabError(f"{name} loss is {value} at iteration {at}; stopped without saving. "
+                                  f"{_last_good(run_dir)} Try a lower --lr, or --dtype float32.")
+        record = dict(iter=at, train_loss=losses["train"], time=round(timer.elapsed(), 3))
+        if val is not None:
+            best_val = val if best_val is None else min(best_val, val)
+            record.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)),
+                          val_bpc=bits_per_char(val, data.val_chars_per_token))
+        metrics.write(**record)
+        shown = f"val {val:.4f} (bpc {record['val_bpc']:.3f})" if val is not None else "no validation split"
+        progress.message(f"iter {at}: train {losses['train']:.4f}, {shown}, {timer.elapsed():.1f}s")
+        return val, save(at, val)
+
+    # --- the loop ------------------------------------------------------------------------------------
+    tokens_per_iter = cfg.batch_size * cfg.grad_accum * block_size
+    progress = ProgressLine(cfg.max_iters, it, quiet=quiet)
+    progress.message(f"training {cfg.arch} ({model.num_params() / 1e6:.2f}M parameters) on {corpus.name} "
+                     f"with a {tokenizer.kind} tokenizer ({tokenizer.vocab_size} tokens), {device.type}, "
+                     f"{str(dtype).replace('torch.', '')}; run folder {run_dir}")
+    timer = Timer(elapsed_before)
+    last_log_time, last_log_iter = timer.elapsed(), it
+    stopped_by, val_loss, last_ckpt = "max_iters", None, None
+    compiled_ok = not cfg.compile
+    try:
+        with StopFlag() as stop:
+            while it < cfg.max_iters:
+                if max_time is not None and timer.elapsed() >= max_time:
+                    stopped_by = "max_time"
+                    break
+                set_lr(optimizers, lr_factor(it, timer.elapsed(), cfg, max_time))
+                for _ in range(cfg.grad_accum):
+                    x, y = batches.next()
+                    try:
+                        with autocast(device, dtype):
+                            _, loss = fwd(x, y)
+                        loss_scaled = loss / cfg.grad_accum
+                        (scaler.scale(loss_scaled) if scaler else loss_scaled).backward()
+                    except Exception as e:  # torch.compile is optional: fall back to eager, once
+                        if compiled_ok or isinstance(e, GptlabError):
+                            raise
+                        progress.message(f"torch.compile failed ({str(e).splitlines()[0][:120]}); "
+                                         f"continuing without it")
+                        fwd, compiled_ok = model, True
+                        for opt in optimizers:
+                            opt.zero_grad(set_to_none=True)
+                        with autocast(device, dtype):
+                            _, loss = fwd(x, y)
+                        (loss / cfg.grad_accum).backward()
+                    compiled_ok = True
+                if scaler:
+                    for opt in optimizers:
+                        scaler.unscale_(opt)
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                for opt in optimizers:
+                    if scaler:
+                        scaler.step(opt)
+                    else:
+                        opt.step()
+                    opt.zero_grad(set_to_none=True)
+                if scaler:
+                    scaler.update()
+                it += 1
+
+                if it % cfg.log_interval == 0 or it == cfg.max_iters:
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise GptlabError(f"training loss is {loss_value} at iteration {it}; stopped. "
+                                          f"{_last_good(run_dir)} Try a lower --lr, or --dtype float32.")
+                    now = timer.elapsed()
+                    tps = tokens_per_iter * (it - last_log_iter) / max(1e-9, now - last_log_time)
+                    last_log_time, last_log_iter = now, it
+                    metrics.write(iter=it, loss=loss_value, lr=optimizers[-1].param_groups[0]["lr"],
+                                  tokens_per_s=round(tps, 1), time=round(now, 3))
+                    total = cfg.max_iters
+                    if max_time is not None and now > 0:
+                        total = min(total, int(it / now * max_time) + 1)
+                    progress.update(it, loss_value, tps, max(total, it))
+                if it % cfg.eval_interval == 0 and it < cfg.max_iters:
+                    val_loss, last_ckpt = eval_and_save(it)
+                if stop.set or (stop_after is not None and it >= stop_after):
+                    stopped_by = "interrupt"
+                    break
+        if stopped_by == "interrupt":
+            progress.message(f"interrupted at iteration {it}: saving a checkpoint to resume from")
+            last_ckpt = save(it, None)
+        else:
+            val_loss, last_ckpt = eval_and_save(it)
+    finally:
+        progress.close()
+    if stopped_by != "interrupt":
+        plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    progress.message(f"done: {it} iterations in {timer.elapsed():.1f}s ({stopped_by}); checkpoint {last_ckpt}")
+    return TrainResult(run_dir, it, val_loss, best_val, timer.elapsed(), last_ckpt, stopped_by)
+
+
+def _last_good(run_dir: Path) -> str:
+    ckpt = ckpt_io.latest_checkpoint(run_dir)
+    return f"The last good checkpoint, {ckpt}, is intact." if ckpt else "No checkpoint was written yet."
