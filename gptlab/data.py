@@ -63,7 +63,9 @@ def get_tokenizer(corpus: Corpus, kind: str, vocab_size: int | None, val_fractio
     path = cache / f"{kind}-{key}.json"
     if path.exists():
         return load_tokenizer(path)
-    train_text, _ = split_text(corpus.text, val_fraction)
+    # word and bpe learn statistics: from the training split only. A character list is no statistic, and
+    # a character seen only in the validation text must still have an id.
+    train_text = corpus.text if kind == "char" else split_text(corpus.text, val_fraction)[0]
     tok = train_tokenizer(kind, train_text, vocab_size)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -73,11 +75,17 @@ def get_tokenizer(corpus: Corpus, kind: str, vocab_size: int | None, val_fractio
 
 
 def _chunks(text: str, size: int = 1 << 16) -> list[str]:
-    """Cut text into pieces of about `size` characters at line starts, for parallel tokenization."""
-    out, start = [], 0
-    while start < len(text):
+    """Cut text into pieces of about `size` characters for parallel tokenization.
+
+    Cuts fall after a newline that is followed by a non-space character: byte-level BPE's pre-tokenizer
+    always separates the two there, so the pieces encode to exactly the ids of the whole text.
+    """
+    out, start, n = [], 0, len(text)
+    while start < n:
         end = text.find("\n", start + size)
-        end = len(text) if end < 0 else end + 1
+        while end >= 0 and end + 1 < n and text[end + 1].isspace():
+            end = text.find("\n", end + 1)
+        end = n if end < 0 else end + 1
         out.append(text[start:end])
         start = end
     return out

@@ -95,22 +95,26 @@ def generate(model, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, t
 
 
 class StreamDecoder:
-    """Turns ids into text as they arrive, holding back ids that end in half a UTF-8 character."""
+    """Turns ids into text as they arrive. Byte-level tokens can end inside a UTF-8 character (decoded
+    as U+FFFD until its last byte comes), so only the part of the text that is complete is emitted."""
 
-    def __init__(self, tokenizer, max_pending: int = 8):
+    def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.pending: list[int] = []
-        self.max_pending = max_pending
+        self.pending: list[int] = []  # ids since the text was last complete
+        self.emitted = 0  # characters of decode(pending) already given out
 
     def push(self, token_id: int) -> str:
         self.pending.append(token_id)
         text = self.tokenizer.decode(self.pending)
-        if text.endswith("\ufffd") and len(self.pending) < self.max_pending:
-            return ""
-        self.pending = []
-        return text
+        stable = text.rstrip("\ufffd")
+        out = stable[self.emitted:]
+        if stable == text:  # complete: start afresh, so decoding stays cheap
+            self.pending, self.emitted = [], 0
+        else:
+            self.emitted = len(stable)
+        return out
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(self.pending) if self.pending else ""
-        self.pending = []
-        return text
+        out = self.tokenizer.decode(self.pending)[self.emitted:] if self.pending else ""
+        self.pending, self.emitted = [], 0
+        return out

@@ -36,6 +36,11 @@ class GPTConfig:
     rope_base: float = 10000.0
 
     def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.pos not in POSITION_ENCODINGS:
             raise ValueError(f"pos must be one of {', '.join(POSITION_ENCODINGS)}, not {self.pos!r}")
         if self.n_embd % self.n_head:

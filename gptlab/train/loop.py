@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import signal
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from gptlab.corpora import load_corpus
+from gptlab.corpora import NAMED, load_corpus
 from gptlab.data import Batches, TokenData, bits_per_char, check_length, get_tokenizer, prepare
 from gptlab.device import autocast, pick_device, pick_dtype
 from gptlab.errors import GptlabError
@@ -40,9 +42,54 @@ class TrainResult:
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    corpus = Path(cfg.corpus).stem if cfg.corpus not in ("shakespeare", "andersen-da", "andersen-en") else cfg.corpus
+    """runs/CORPUS-TOKENIZER, with CORPUS a named corpus or the stem of the user's path before any glob."""
+    corpus = cfg.corpus
+    if corpus not in NAMED:
+        plain = Path(re.split(r"[*?\[]", corpus)[0] or ".")
+        corpus = (plain.stem if plain.suffix else plain.name) or "corpus"
+    corpus = re.sub(r"[^\w.-]+", "_", corpus)
     tok = cfg.tokenizer if cfg.tokenizer in ("char", "word", "bpe") else "custom"
     return Path("runs") / f"{corpus}-{tok}"
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """Numbers that would otherwise fail deep inside torch, as one clear message each."""
+    at_least_one = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval",
+                    "warmup_iters")
+    for name in at_least_one:
+        if getattr(cfg, name) < (0 if name == "warmup_iters" else 1):
+            raise GptlabError(f"--{name.replace('_', '-')} must be at least {0 if name == 'warmup_iters' else 1}")
+    for name in ("lr", "muon_lr"):
+        if not getattr(cfg, name) > 0:
+            raise GptlabError(f"--{name.replace('_', '-')} must be positive")
+    if cfg.min_lr < 0 or cfg.weight_decay < 0 or cfg.grad_clip < 0 or cfg.threads < 0:
+        raise GptlabError("--min-lr, --weight-decay, --grad-clip and --threads cannot be negative")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise GptlabError("--beta1 and --beta2 must be in [0, 1)")
+
+
+def train_step(fwd, model, optimizers, next_batch, cfg, device, dtype, scaler=None) -> torch.Tensor:
+    """One optimizer step over cfg.grad_accum micro-batches; returns the last micro-batch's loss."""
+    for _ in range(cfg.grad_accum):
+        x, y = next_batch()
+        with autocast(device, dtype):
+            _, loss = fwd(x, y)
+        scaled = loss / cfg.grad_accum
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    if scaler is not None:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    for opt in optimizers:
+        if scaler is not None:
+            scaler.step(opt)
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.update()
+    return loss
 
 
 @torch.no_grad()
@@ -124,10 +171,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
                               f"--overwrite to start over, or another --out")
         shutil.rmtree(run_dir / ckpt_io.CKPT_DIR, ignore_errors=True)
     max_time = parse_duration(cfg.max_time)
-    if cfg.max_iters < 1:
-        raise GptlabError("--max-iters must be at least 1")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise GptlabError("--batch-size and --grad-accum must be at least 1")
+    check_values(cfg)
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
@@ -203,7 +247,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
             if not math.isfinite(value):
                 raise GptlabError(f"{name} loss is {value} at iteration {at}; stopped without saving. "
                                   f"{_last_good(run_dir)} Try a lower --lr, or --dtype float32.")
-        record = dict(iter=at, train_loss=losses["train"], time=round(timer.elapsed(), 3))
+        record = dict(iter=at, train_loss=losses["train"], time=round(timer.elapsed(), 3), unix_time=time.time())
         if val is not None:
             best_val = val if best_val is None else min(best_val, val)
             record.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)),
@@ -230,38 +274,17 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
                     stopped_by = "max_time"
                     break
                 set_lr(optimizers, lr_factor(it, timer.elapsed(), cfg, max_time))
-                for _ in range(cfg.grad_accum):
-                    x, y = batches.next()
-                    try:
-                        with autocast(device, dtype):
-                            _, loss = fwd(x, y)
-                        loss_scaled = loss / cfg.grad_accum
-                        (scaler.scale(loss_scaled) if scaler else loss_scaled).backward()
-                    except Exception as e:  # torch.compile is optional: fall back to eager, once
-                        if compiled_ok or isinstance(e, GptlabError):
-                            raise
-                        progress.message(f"torch.compile failed ({str(e).splitlines()[0][:120]}); "
-                                         f"continuing without it")
-                        fwd, compiled_ok = model, True
-                        for opt in optimizers:
-                            opt.zero_grad(set_to_none=True)
-                        with autocast(device, dtype):
-                            _, loss = fwd(x, y)
-                        (loss / cfg.grad_accum).backward()
-                    compiled_ok = True
-                if scaler:
+                try:
+                    loss = train_step(fwd, model, optimizers, batches.next, cfg, device, dtype, scaler)
+                except Exception as e:  # torch.compile is optional: fall back to eager, once
+                    if compiled_ok or isinstance(e, GptlabError):
+                        raise
+                    progress.message(f"torch.compile failed ({str(e).splitlines()[0][:120]}); continuing without it")
                     for opt in optimizers:
-                        scaler.unscale_(opt)
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                for opt in optimizers:
-                    if scaler:
-                        scaler.step(opt)
-                    else:
-                        opt.step()
-                    opt.zero_grad(set_to_none=True)
-                if scaler:
-                    scaler.update()
+                        opt.zero_grad(set_to_none=True)
+                    fwd = model
+                    loss = train_step(fwd, model, optimizers, batches.next, cfg, device, dtype, scaler)
+                compiled_ok = True
                 it += 1
 
                 if it % cfg.log_interval == 0 or it == cfg.max_iters:
@@ -280,7 +303,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
                     progress.update(it, loss_value, tps, max(total, it))
                 if it % cfg.eval_interval == 0 and it < cfg.max_iters:
                     val_loss, last_ckpt = eval_and_save(it)
-                if stop.set or (stop_after is not None and it >= stop_after):
+                if it < cfg.max_iters and (stop.set or (stop_after is not None and it >= stop_after)):
                     stopped_by = "interrupt"
                     break
         if stopped_by == "interrupt":

@@ -1,0 +1,117 @@
+"""Training throughput: tokens/s, achieved FLOP/s, and that as a fraction of the measured matmul peak.
+
+    python benchmarks/train_speed.py --preset nanogpt-cpu [--set dtype=bfloat16 --set compile=true] [--iters 50]
+
+It runs the training loop's own step (gptlab.train.loop.train_step) on random windows of Tiny
+Shakespeare (char) from the mirror, or of random tokens for presets with a large vocabulary, and prints
+one JSON line with the figures. Peak memory is the process's maximum resident set on a CPU, the
+allocator's maximum on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+from matmul_peak import measure_peak
+
+from gptlab.data import Batches, get_tokenizer, prepare
+from gptlab.device import pick_device, pick_dtype
+from gptlab.models import build_model, model_config
+from gptlab.train.config import resolve
+from gptlab.train.loop import train_step
+from gptlab.train.optim import build_optimizers
+
+
+def parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="nanogpt-cpu")
+    parser.add_argument("--set", action="append", default=[], help="a config value, key=value")
+    parser.add_argument("--iters", type=int, default=40, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--synthetic", action="store_true", help="random tokens instead of Tiny Shakespeare")
+    args = parser.parse_args()
+
+    overrides = parse_sets(args.set)
+    device = pick_device(overrides.get("device", "auto"))
+    cfg, model_values = resolve(args.preset, overrides, device.type)
+    dtype = pick_dtype(cfg.dtype, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if args.synthetic or cfg.tokenizer != "char":
+        vocab = cfg.vocab_size or 50304
+        tokens = torch.randint(vocab, (2_000_000,), dtype=torch.int32).numpy()
+    else:
+        from gptlab.corpora import load_corpus
+
+        corpus = load_corpus(cfg.corpus)
+        tok = get_tokenizer(corpus, "char", None, cfg.val_fraction)
+        vocab, tokens = tok.vocab_size, prepare(corpus, tok, cfg.val_fraction).train
+    mcfg = model_config(cfg.arch, vocab_size=vocab, **model_values)
+    model = build_model(cfg.arch, mcfg).to(device)
+    optimizers = build_optimizers(model, cfg, device.type)
+    batches = Batches(tokens, mcfg.block_size, cfg.batch_size, device, cfg.seed)
+    fwd = torch.compile(model) if cfg.compile else model
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        train_step(fwd, model, optimizers, batches.next, cfg, device, dtype)
+    sync()
+    warmup_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.iters):
+        loss = train_step(fwd, model, optimizers, batches.next, cfg, device, dtype)
+    loss = loss.item()
+    sync()
+    seconds = time.perf_counter() - t0
+
+    tokens_per_iter = cfg.batch_size * cfg.grad_accum * mcfg.block_size
+    tps = tokens_per_iter * args.iters / seconds
+    flops = model.flops_per_token(mcfg.block_size) * tps
+    peak_fp32 = measure_peak(device, torch.float32)
+    peak_bf16 = measure_peak(device, torch.bfloat16)
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated()
+    else:
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = {
+        "bench": "train_speed", "preset": args.preset, "overrides": overrides, "device": device.type,
+        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "dtype": str(dtype).split(".")[-1], "compile": cfg.compile,
+        "params": model.num_params(), "tokens_per_iter": tokens_per_iter,
+        "ms_per_iter": round(1000 * seconds / args.iters, 2), "tokens_per_s": round(tps),
+        "flops_per_s": round(flops), "peak_fp32_flops": round(peak_fp32), "peak_bf16_flops": round(peak_bf16),
+        "fraction_of_fp32_peak": round(flops / peak_fp32, 4), "fraction_of_bf16_peak": round(flops / peak_bf16, 4),
+        "peak_memory_bytes": memory, "warmup_s": round(warmup_s, 2), "final_loss": round(loss, 4),
+    }
+    print(json.dumps(result))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

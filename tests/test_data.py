@@ -1,0 +1,247 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_text
+
+import gptlab.data as data_mod
+from gptlab.corpora import Corpus
+from gptlab.data import (
+    Batches,
+    TokenData,
+    bits_per_char,
+    check_length,
+    encode_text,
+    get_tokenizer,
+    prepare,
+    split_text,
+)
+from gptlab.errors import GptlabError
+from gptlab.tokenizer import BPETokenizer, CharTokenizer, WordTokenizer
+
+
+@pytest.fixture
+def corpus():
+    return Corpus(name="tiny", text=make_text(200))
+
+
+@pytest.fixture
+def char_tok(corpus):
+    return CharTokenizer.train(corpus.text)
+
+
+# --- splitting -------------------------------------------------------------------------------------------
+
+def test_split_text_is_deterministic_by_characters():
+    text = "".join(chr(ord("a") + i % 26) for i in range(1000))
+    train, val = split_text(text, 0.1)
+    assert (train, val) == split_text(text, 0.1)
+    assert train + val == text and len(train) == 900 and len(val) == 100
+    assert split_text(text, 0.0) == (text, "")
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(GptlabError, match="val_fraction"):
+            split_text(text, bad)
+
+
+# --- token files -----------------------------------------------------------------------------------------
+
+def test_prepare_writes_uint16_token_files(corpus, char_tok, tmp_path):
+    data = prepare(corpus, char_tok, val_fraction=0.1, cache_dir=tmp_path)
+    train_text, val_text = split_text(corpus.text, 0.1)
+    assert data.path.parent == tmp_path / "tokens"
+    for split, text in (("train", train_text), ("val", val_text)):
+        raw = np.fromfile(data.path / f"{split}.bin", dtype=np.uint16)
+        assert raw.tolist() == char_tok.encode(text)
+        assert (data.path / f"{split}.bin").stat().st_size == 2 * len(text)  # two bytes a token
+    assert data.train.dtype == np.uint16 and isinstance(data.train, np.memmap)
+    assert data.vocab_size == char_tok.vocab_size
+    assert data.val_chars == len(val_text)
+    assert data.val_chars_per_token == pytest.approx(1.0)
+    meta = json.loads((data.path / "meta.json").read_text())
+    assert meta["dtype"] == "uint16" and meta["train_tokens"] == len(train_text)
+    assert not [p for p in (tmp_path / "tokens").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_prepare_uses_the_default_cache_dir(corpus, char_tok, tmp_path):
+    data = prepare(corpus, char_tok)
+    assert data.path.parent == tmp_path / "gptlab-cache" / "tokens"  # conftest's GPTLAB_CACHE
+
+
+def test_large_vocabulary_uses_uint32(tmp_path):
+    words = [f"w{i}" for i in range(70_000)]
+    tok = WordTokenizer(["<unk>", *words])
+    text = "w1 w69999 w65535 w65536 w3\n" * 20
+    ids = encode_text(tok, text)
+    assert ids.dtype == np.uint32
+    assert ids.tolist() == tok.encode(text) and max(ids) == 70_000
+    data = prepare(Corpus("big", text), tok, val_fraction=0.5, cache_dir=tmp_path)
+    assert data.train.dtype == np.uint32
+    assert data.train.tolist() + data.val.tolist() == tok.encode(split_text(text, 0.5)[0]) + tok.encode(
+        split_text(text, 0.5)[1])
+
+
+def test_bpe_token_files_decode_to_the_text(tmp_path):
+    text = make_text(400)
+    tok = BPETokenizer.train(text, vocab_size=300)
+    data = prepare(Corpus("bpe", text), tok, val_fraction=0.2, cache_dir=tmp_path)
+    train_text, val_text = split_text(text, 0.2)
+    assert tok.decode(data.train.tolist()) == train_text
+    assert tok.decode(data.val.tolist()) == val_text
+    assert data.val_chars_per_token > 1.5  # merges made tokens longer than one character
+
+
+def test_prepare_reuses_the_cache(corpus, char_tok, tmp_path, monkeypatch):
+    first = prepare(corpus, char_tok, cache_dir=tmp_path)
+    stamps = {p.name: p.stat().st_mtime_ns for p in first.path.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("prepare tokenized the corpus again")
+
+    monkeypatch.setattr(data_mod, "encode_text", fail)
+    second = prepare(Corpus(name="another name", text=corpus.text), char_tok, cache_dir=tmp_path)
+    assert second.path == first.path
+    assert {p.name: p.stat().st_mtime_ns for p in second.path.iterdir()} == stamps
+    assert np.array_equal(second.train, first.train) and np.array_equal(second.val, first.val)
+
+
+def test_prepare_rebuilds_when_inputs_change(corpus, char_tok, tmp_path):
+    base = prepare(corpus, char_tok, cache_dir=tmp_path)
+    changed_text = Corpus(name=corpus.name, text=corpus.text.replace("cat", "dog", 1))
+    changed = prepare(changed_text, char_tok, cache_dir=tmp_path)
+    assert changed.path != base.path
+    assert char_tok.decode(changed.train.tolist()) == split_text(changed_text.text, 0.1)[0]
+    other_split = prepare(corpus, char_tok, val_fraction=0.2, cache_dir=tmp_path)
+    assert other_split.path not in (base.path, changed.path)
+    other_tok = prepare(corpus, CharTokenizer.train(corpus.text + "Z"), cache_dir=tmp_path)
+    assert other_tok.path not in (base.path, changed.path, other_split.path)
+    assert len({p.name for p in (tmp_path / "tokens").iterdir()}) == 4
+
+
+def test_get_tokenizer_learns_from_the_training_part_and_caches(tmp_path, monkeypatch):
+    text = "abc " * 100 + "XYZ " * 10  # the last 10% are only in the validation part
+    corpus = Corpus("t", text)
+    words = get_tokenizer(corpus, "word", None, 0.1, cache_dir=tmp_path)
+    assert "abc" in words.vocab and "XYZ" not in words.vocab  # word statistics: training part only
+    tok = get_tokenizer(corpus, "char", None, 0.1, cache_dir=tmp_path)
+    assert tok.vocab == [" ", "X", "Y", "Z", "a", "b", "c"]  # every character gets an id
+    monkeypatch.setattr(data_mod, "train_tokenizer", lambda *a: pytest.fail("trained again"))
+    again = get_tokenizer(corpus, "char", None, 0.1, cache_dir=tmp_path)
+    assert again.vocab == tok.vocab
+    assert len(list((tmp_path / "tokenizers").glob("char-*.json"))) == 1
+
+
+def test_get_tokenizer_loads_a_tokenizer_file(tmp_path):
+    path = tmp_path / "tok.json"
+    CharTokenizer.train("hello").save(path)
+    tok = get_tokenizer(Corpus("t", "whatever"), str(path), None, 0.1, cache_dir=tmp_path)
+    assert tok.vocab == sorted(set("hello"))
+
+
+# --- length checks ---------------------------------------------------------------------------------------
+
+def _token_data(n_train, n_val):
+    return TokenData(np.zeros(n_train, np.uint16), np.zeros(n_val, np.uint16), 5, n_val, None)
+
+
+def test_check_length():
+    check_length(_token_data(17, 17), block_size=16, val_fraction=0.1)
+    with pytest.raises(GptlabError, match="corpus too short: 16 training tokens.*17"):
+        check_length(_token_data(16, 100), block_size=16, val_fraction=0.1)
+    with pytest.raises(GptlabError, match="validation split too short"):
+        check_length(_token_data(100, 16), block_size=16, val_fraction=0.1)
+    check_length(_token_data(100, 0), block_size=16, val_fraction=0.0)  # no validation asked for
+
+
+def test_corpus_shorter_than_a_block_raises(tmp_path):
+    corpus = Corpus("short", "to be or not to be\n")
+    tok = CharTokenizer.train(corpus.text)
+    data = prepare(corpus, tok, cache_dir=tmp_path)
+    with pytest.raises(GptlabError, match="corpus too short"):
+        check_length(data, block_size=32, val_fraction=0.1)
+
+
+def test_empty_validation_split(tmp_path, corpus, char_tok):
+    data = prepare(corpus, char_tok, val_fraction=0.0, cache_dir=tmp_path)
+    assert len(data.val) == 0 and data.val_chars == 0
+    assert len(data.train) == len(corpus.text)
+
+
+# --- batches ---------------------------------------------------------------------------------------------
+
+TOKENS = np.arange(1000, dtype=np.uint16) % 251
+
+
+def test_batches_y_is_x_shifted_by_one():
+    b = Batches(TOKENS, block_size=8, batch_size=5, device="cpu", seed=0)
+    for _ in range(3):
+        x, y = b.next()
+        assert x.shape == y.shape == (5, 8) and x.dtype == torch.int64
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        for row_x, row_y in zip(x.tolist(), y.tolist()):  # each row is a real window of the tokens
+            start = next(s for s in range(len(TOKENS)) if TOKENS[s:s + 8].tolist() == row_x)
+            assert TOKENS[start + 1:start + 9].tolist() == row_y
+
+
+def test_batches_reach_the_last_token():
+    tokens = np.arange(12, dtype=np.uint16)
+    b = Batches(tokens, block_size=8, batch_size=64, device="cpu", seed=0)
+    x, y = b.next()
+    assert y.max().item() == 11 and x.min().item() == 0  # starts 0..3 all drawn, never out of range
+
+
+def test_batches_seeded_and_state_round_trip():
+    a = Batches(TOKENS, 8, 4, "cpu", seed=7)
+    same = Batches(TOKENS, 8, 4, "cpu", seed=7)
+    other = Batches(TOKENS, 8, 4, "cpu", seed=8)
+    assert torch.equal(a.next()[0], same.next()[0])
+    assert not torch.equal(a.next()[0], other.next()[0])
+    state = a.state_dict()
+    expected = [a.next() for _ in range(5)]
+    restored = Batches(TOKENS, 8, 4, "cpu", seed=999)
+    restored.load_state_dict(state)
+    for (x, y), (ex, ey) in zip([restored.next() for _ in range(5)], expected):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def test_batches_state_survives_torch_save(tmp_path):
+    a = Batches(TOKENS, 8, 4, "cpu", seed=3)
+    a.next()
+    torch.save(a.state_dict(), tmp_path / "state.pt")
+    expected = a.next()
+    b = Batches(TOKENS, 8, 4, "cpu", seed=0)
+    b.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    assert all(torch.equal(u, v) for u, v in zip(b.next(), expected))
+
+
+def test_memory_mapped_batches_equal_on_device_batches(tmp_path):
+    path = tmp_path / "tokens.bin"
+    TOKENS.tofile(path)
+    mapped = np.memmap(path, dtype=np.uint16, mode="r", shape=(len(TOKENS),))
+    on_device = Batches(mapped, 8, 4, "cpu", seed=1)
+    streamed = Batches(mapped, 8, 4, "cpu", seed=1, on_device_limit=0)
+    assert on_device.tokens is not None and streamed.tokens is None
+    for _ in range(3):
+        assert all(torch.equal(u, v) for u, v in zip(on_device.next(), streamed.next()))
+
+
+def test_bits_per_char():
+    assert bits_per_char(math.log(2), 1.0) == pytest.approx(1.0)
+    assert bits_per_char(2 * math.log(2), 4.0) == pytest.approx(0.5)
+
+
+def test_prepare_failure_leaves_no_finished_folder(corpus, char_tok, tmp_path, monkeypatch):
+    real_encode = data_mod.encode_text
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(data_mod, "encode_text", boom)
+    with pytest.raises(RuntimeError):
+        prepare(corpus, char_tok, cache_dir=tmp_path)
+    finished = [p for p in (tmp_path / "tokens").iterdir() if not p.name.startswith(".")]
+    assert finished == []  # nothing under a final name; a retry starts clean
+    monkeypatch.setattr(data_mod, "encode_text", real_encode)
+    data = prepare(corpus, char_tok, cache_dir=tmp_path)
+    assert char_tok.decode(data.train.tolist()) == split_text(corpus.text, 0.1)[0]

@@ -1,0 +1,242 @@
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_model
+
+from gptlab.errors import GptlabError
+from gptlab.generate import StreamDecoder, check_sampling, filter_logits, generate, sample_next
+from gptlab.run import Run
+from gptlab.tokenizer import BPETokenizer, CharTokenizer
+
+BLOCK = 16
+PROMPT = [3, 7, 1, 12]
+
+
+def tokens(model, prompt=PROMPT, n=12, **kwargs) -> list[int]:
+    return [int(t[0]) for t in generate(model, prompt, n, **kwargs)]
+
+
+def greedy_reference(model, prompt, n) -> list[int]:
+    """Argmax decoding spelt out: run the whole (cropped) context for every new token."""
+    idx = torch.tensor([prompt])
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(idx[:, -BLOCK:])
+            nxt = int(logits[0, -1].argmax())
+            out.append(nxt)
+            idx = torch.cat((idx, torch.tensor([[nxt]])), dim=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    # Sharper logits than at initialisation, so that sampled sequences are not near-uniform noise.
+    m = tiny_model("rope", seed=3)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(20)
+    return m
+
+
+# --- greedy ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_temperature_zero_is_argmax_decoding(model, use_cache):
+    expected = greedy_reference(model, PROMPT, 12)
+    assert tokens(model, temperature=0.0, use_cache=use_cache) == expected
+    assert tokens(model, temperature=0.0, use_cache=use_cache, seed=5) == expected  # the seed plays no part
+
+
+def test_top_k_one_equals_greedy(model):
+    greedy = tokens(model, temperature=0.0)
+    for seed in (0, 1, 2):
+        assert tokens(model, temperature=1.0, top_k=1, seed=seed) == greedy
+        assert tokens(model, temperature=1.0, top_k=1, seed=seed, use_cache=False) == greedy
+
+
+# --- sampling --------------------------------------------------------------------------------------------
+
+def test_same_seed_same_sample_different_seed_differs(model):
+    a = tokens(model, n=30, temperature=1.0, seed=123)
+    assert a == tokens(model, n=30, temperature=1.0, seed=123)
+    others = [tokens(model, n=30, temperature=1.0, seed=s) for s in (124, 125)]
+    assert all(o != a for o in others)
+    assert len({tuple(a), *map(tuple, others)}) == 3
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=1.0), dict(temperature=0.7, top_k=5),
+                                    dict(temperature=1.3, top_p=0.9)])
+def test_cached_and_uncached_sampling_agree_within_block(model, kwargs):
+    n = BLOCK - len(PROMPT)  # the last context fed is BLOCK - 1 tokens long
+    for seed in (0, 1):
+        cached = tokens(model, n=n, seed=seed, use_cache=True, **kwargs)
+        assert cached == tokens(model, n=n, seed=seed, use_cache=False, **kwargs)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("prompt_len", [1, 20])
+def test_generation_past_block_size(model, use_cache, prompt_len):
+    prompt = [i % 23 for i in range(prompt_len)]
+    out = tokens(model, prompt, n=3 * BLOCK + 5, temperature=0.9, seed=0, use_cache=use_cache)
+    assert len(out) == 3 * BLOCK + 5
+    assert all(0 <= t < 23 for t in out)
+
+
+def test_greedy_past_block_size_without_cache_uses_the_last_block(model):
+    n = 2 * BLOCK
+    assert tokens(model, n=n, temperature=0.0, use_cache=False) == greedy_reference(model, PROMPT, n)
+
+
+def test_batched_prompt_matches_single_prompts(model):
+    prompts = torch.tensor([PROMPT, [5, 5, 6, 2]])
+    out = torch.stack(list(generate(model, prompts, 8, temperature=0.0)), dim=1)
+    assert out.shape == (2, 8)
+    assert out[0].tolist() == tokens(model, PROMPT, 8, temperature=0.0)
+    assert out[1].tolist() == tokens(model, [5, 5, 6, 2], 8, temperature=0.0)
+
+
+def test_generate_restores_training_mode(model):
+    model.train()
+    try:
+        first = next(generate(model, PROMPT, 1, temperature=0.0))
+        assert first.shape == (1,)
+        list(generate(model, PROMPT, 2, temperature=0.0))
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_empty_prompt_and_bad_settings_raise(model):
+    with pytest.raises(GptlabError, match="empty"):
+        list(generate(model, [], 3))
+    for kwargs, message in [(dict(temperature=-0.1), "temperature"), (dict(top_k=0), "top-k"),
+                            (dict(top_p=0.0), "top-p"), (dict(top_p=1.5), "top-p")]:
+        with pytest.raises(GptlabError, match=message):
+            list(generate(model, PROMPT, 3, **kwargs))
+    check_sampling(0.0, 1, 1.0)  # the edges that are allowed
+
+
+# --- filtering -------------------------------------------------------------------------------------------
+
+def probs_to_logits(probs):
+    return torch.tensor([probs]).log()
+
+
+def kept(logits):
+    return torch.isfinite(logits[0]).nonzero().flatten().tolist()
+
+
+def test_top_p_keeps_smallest_nucleus():
+    logits = probs_to_logits([0.05, 0.5, 0.15, 0.3])  # sorted: 1 (0.5), 3 (0.3), 2 (0.15), 0 (0.05)
+    assert kept(filter_logits(logits, top_p=0.4)) == [1]
+    assert kept(filter_logits(logits, top_p=0.7)) == [1, 3]
+    assert kept(filter_logits(logits, top_p=0.9)) == [1, 2, 3]
+    assert kept(filter_logits(logits, top_p=0.99)) == [0, 1, 2, 3]
+    assert kept(filter_logits(logits, top_p=1.0)) == [0, 1, 2, 3]
+    assert kept(filter_logits(logits, top_p=0.01)) == [1]  # the most likely token always stays
+    kept_logits = filter_logits(logits, top_p=0.7)
+    torch.testing.assert_close(kept_logits[0, [1, 3]], logits[0, [1, 3]])  # survivors are unchanged
+
+
+def test_top_k_and_top_p_per_row():
+    logits = torch.cat((probs_to_logits([0.05, 0.5, 0.15, 0.3]), probs_to_logits([0.7, 0.1, 0.1, 0.1])))
+    out = filter_logits(logits, top_k=2)
+    assert torch.isfinite(out).tolist() == [[False, True, False, True], [True, True, True, True]]  # ties stay
+    out = filter_logits(logits, top_p=0.6)
+    assert torch.isfinite(out).tolist() == [[False, True, False, True], [True, False, False, False]]
+    out = filter_logits(logits, top_k=3, top_p=0.6)  # top-p acts on what top-k left
+    assert torch.isfinite(out).tolist() == [[False, True, False, True], [True, False, False, False]]
+    assert torch.equal(filter_logits(logits, top_k=10), logits)  # k >= vocab: nothing to do
+
+
+def test_sample_next_only_draws_from_the_nucleus():
+    logits = probs_to_logits([0.05, 0.5, 0.15, 0.3]).repeat(500, 1)
+    g = torch.Generator().manual_seed(0)
+    drawn = sample_next(logits, temperature=1.0, top_p=0.7, generator=g)
+    assert set(drawn.tolist()) == {1, 3}
+    share = (drawn == 1).float().mean().item()
+    assert 0.55 < share < 0.70  # renormalised: 0.5 / 0.8 = 0.625
+    assert sample_next(logits[:2], temperature=0).tolist() == [1, 1]
+
+
+# --- streaming text --------------------------------------------------------------------------------------
+
+DANISH = "Blåbærgrød med fløde! Søen ved Æbelø og Ærø, ål og øl på åen. "
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    rng = random.Random(0)
+    words = DANISH.split() + ["hygge", "smørrebrød", "rødgrød", "ærlig", "første", "gå"]
+    text = DANISH * 20 + " ".join(rng.choice(words) for _ in range(2000)) + " 😀 🎉 ✓"
+    return BPETokenizer.train(text, vocab_size=400)
+
+
+def stream(tokenizer, ids):
+    decoder = StreamDecoder(tokenizer)
+    pieces = [decoder.push(i) for i in ids]
+    return pieces, decoder.flush()
+
+
+@pytest.mark.parametrize("text", [
+    DANISH,
+    "æøåÆØÅ" * 4,
+    "Et smil 😀 og en fest 🎉, familien 👨‍👩‍👧 og 🇩🇰, en elefant 🐘!",
+    "😀😀😀 🎉",
+    "ærø\n\nø",
+])
+def test_stream_decoder_reassembles_multibyte_characters(bpe, text):
+    ids = bpe.encode(text)
+    pieces, tail = stream(bpe, ids)
+    assert "".join(pieces) + tail == text
+    assert not any("\ufffd" in p for p in pieces)
+    assert tail == ""  # every character was complete by the last id
+
+
+def test_stream_decoder_emoji_bytes_are_held_until_complete(bpe):
+    ids = bpe.encode("🐘")  # not in the training text: its four bytes take several tokens
+    assert len(ids) >= 2 and all(bpe.decode([i]) == "\ufffd" for i in ids)
+    pieces, tail = stream(bpe, ids)
+    assert pieces == [""] * (len(ids) - 1) + ["🐘"] and tail == ""
+
+
+def test_stream_decoder_flushes_an_unfinished_character(bpe):
+    ids = bpe.encode("ab🐘")
+    decoder = StreamDecoder(bpe)
+    text = "".join(decoder.push(i) for i in ids[:-1])
+    assert text == "ab"
+    assert decoder.flush() == "\ufffd"  # the incomplete emoji, visibly
+    assert decoder.flush() == ""
+
+
+def test_stream_decoder_cjk_with_merges_across_characters():
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in range(40)]
+    tok = BPETokenizer.train("".join(rng.choice(chars) for _ in range(20000)), vocab_size=700)
+    text = "".join(rng.choice(chars) for _ in range(300))
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text  # the tokenizer itself is exact
+    pieces, tail = stream(tok, ids)
+    assert "".join(pieces) + tail == text
+
+
+def test_run_stream_with_bpe_and_prompt_ids(bpe, tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model(vocab_size=bpe.vocab_size)
+    run = Run(Path(tmp_path), {}, model, bpe)
+    pieces = list(run.stream("Blåbær", max_new_tokens=20, temperature=0.0))
+    ids = [int(t[0]) for t in generate(model, bpe.encode("Blåbær"), 20, temperature=0.0)]
+    assert "".join(pieces) == bpe.decode(ids)
+    assert run.generate("Blåbær", max_new_tokens=20, temperature=0.0) == "".join(pieces)
+    assert run.prompt_ids("") == bpe.encode("\n")[-1:]
+
+
+def test_run_prompt_ids_without_newline_in_vocab():
+    tok = CharTokenizer.train("abc")
+    run = Run(Path("."), {}, tiny_model(vocab_size=3), tok)
+    assert run.prompt_ids("") == [0]
+    assert run.prompt_ids("cab") == [2, 0, 1]
+    with pytest.raises(GptlabError, match="'z'"):
+        run.prompt_ids("abz")

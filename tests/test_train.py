@@ -1,0 +1,494 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny, tiny_model, write_corpus
+from safetensors.torch import load_file
+
+from gptlab.errors import GptlabError
+from gptlab.models.gpt import GPT
+from gptlab.run import load_run
+from gptlab.train import checkpoint as ckpt_io
+from gptlab.train.config import PRESETS, TrainConfig, parse_duration, resolve, split_values
+from gptlab.train.loop import default_run_dir, train
+from gptlab.train.metrics import read_metrics
+from gptlab.train.optim import Muon, build_optimizers, lr_factor, orthogonalize, set_lr
+
+TIMING = {"time", "tokens_per_s", "unix_time"}  # fields that differ between identical runs
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_corpus(tmp_path / "data")
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["iter"]: r["loss"] for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in r}
+
+
+def untimed(run_dir) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+
+
+def weights(ckpt) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(ckpt) / "model.safetensors"))
+
+
+def latest_name(run_dir) -> str:
+    return (Path(run_dir) / "checkpoints" / "latest").read_text().strip()
+
+
+# --- optimizers ------------------------------------------------------------------------------------------
+
+def _names(model, params):
+    by_id = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    return {by_id[id(p)] for p in params}
+
+
+def test_adamw_decays_only_hidden_matrices():
+    model = tiny_model(bias=True, tie_weights=False)
+    (opt,) = build_optimizers(model, TrainConfig(weight_decay=0.1), "cpu")
+    assert isinstance(opt, torch.optim.AdamW)
+    decay = {n for g in opt.param_groups if g["weight_decay"] > 0 for n in _names(model, g["params"])}
+    no_decay = {n for g in opt.param_groups if g["weight_decay"] == 0 for n in _names(model, g["params"])}
+    assert decay and not decay & no_decay
+    assert decay | no_decay == {n for n, _ in model.named_parameters()}  # every parameter, once
+    assert all(n.endswith("weight") and "ln_" not in n and "wte" not in n and "wpe" not in n for n in decay)
+    assert "lm_head.weight" in decay  # an untied head is a matrix like any other
+    for name in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight",
+                 "transformer.ln_f.bias", "transformer.h.0.attn.c_attn.bias", "transformer.h.1.ln_1.weight"):
+        assert name in no_decay
+    assert all(g["base_lr"] == 1e-3 for g in opt.param_groups)
+
+
+def test_tied_head_is_an_embedding_and_not_decayed():
+    model = tiny_model()
+    (opt,) = build_optimizers(model, TrainConfig(), "cpu")
+    no_decay = [p for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert any(p is model.lm_head.weight for p in no_decay)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_muon_takes_the_hidden_matrices():
+    model = tiny_model(tie_weights=False)
+    muon, adamw = build_optimizers(model, TrainConfig(optimizer="muon", muon_lr=0.05), "cpu")
+    assert isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
+    hidden = _names(model, muon.param_groups[0]["params"])
+    assert hidden == {n for n, p in model.named_parameters() if p.dim() == 2 and ".h." in n}
+    assert muon.param_groups[0]["base_lr"] == 0.05
+    decay = {n for g in adamw.param_groups if g["weight_decay"] > 0 for n in _names(model, g["params"])}
+    assert decay == {"lm_head.weight"}
+    with pytest.raises(GptlabError, match="optimizer"):
+        build_optimizers(model, TrainConfig(optimizer="sgd"), "cpu")
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (8, 32), (48, 12)])
+def test_orthogonalize_gives_near_orthogonal_output(shape):
+    torch.manual_seed(0)
+    G = torch.randn(*shape) * 3 + 0.5
+    X = orthogonalize(G)
+    assert X.shape == G.shape and X.dtype == G.dtype
+    s = torch.linalg.svdvals(X)
+    assert s.min() > 0.5 and s.max() < 1.5, s
+    assert torch.isfinite(orthogonalize(torch.zeros(*shape))).all()
+
+
+def test_muon_reduces_loss_on_a_least_squares_problem():
+    torch.manual_seed(0)
+    X, W_true = torch.randn(64, 16), torch.randn(8, 16)
+    Y = X @ W_true.T
+    W = torch.nn.Parameter(torch.zeros(8, 16))
+    opt = Muon([W], lr=0.1)
+    start = ((X @ W.T - Y) ** 2).mean().item()
+    for _ in range(60):
+        loss = ((X @ W.T - Y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * start
+
+
+def test_muon_trains_a_tiny_gpt():
+    torch.manual_seed(0)
+    model = tiny_model("rope", n_layer=1).train()
+    optimizers = build_optimizers(model, TrainConfig(optimizer="muon", lr=1e-2, muon_lr=0.02), "cpu")
+    pattern = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2])
+    x, y = pattern[:-1].repeat(4, 1), pattern[1:].repeat(4, 1)
+    history = []
+    for _ in range(30):
+        _, loss = model(x, y)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad()
+        history.append(loss.item())
+    assert history[-1] < 0.5 * history[0]
+
+
+# --- schedule --------------------------------------------------------------------------------------------
+
+def test_lr_schedule_warmup_then_cosine_to_min_lr():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
+    warm = [lr_factor(i, 0.0, cfg, None) for i in range(11)]
+    assert all(a < b for a, b in zip(warm, warm[1:])) and 0 < warm[0] < 0.2
+    assert warm[10] == pytest.approx(1.0)
+    decay = [lr_factor(i, 0.0, cfg, None) for i in range(10, 111)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert lr_factor(60, 0.0, cfg, None) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway
+    assert lr_factor(110, 0.0, cfg, None) == pytest.approx(0.1)  # ends at min_lr / lr
+    assert lr_factor(500, 0.0, cfg, None) == pytest.approx(0.1)
+
+
+def test_lr_schedule_follows_time_when_max_time_is_set():
+    cfg = TrainConfig(lr=2.0, min_lr=0.2, warmup_iters=0, max_iters=1000)
+    assert lr_factor(10, 50.0, cfg, 100.0) == pytest.approx(0.1 + 0.9 * 0.5)  # time is further than iterations
+    assert lr_factor(10, 100.0, cfg, 100.0) == pytest.approx(0.1)
+    assert lr_factor(600, 1.0, cfg, 100.0) == pytest.approx(lr_factor(600, 1.0, cfg, None))  # iterations further
+
+
+def test_set_lr_scales_each_groups_peak():
+    model = tiny_model(tie_weights=False)
+    optimizers = build_optimizers(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), "cpu")
+    set_lr(optimizers, 0.5)
+    assert [g["lr"] for o in optimizers for g in o.param_groups] == pytest.approx([0.01, 5e-4, 5e-4])
+
+
+# --- configuration ---------------------------------------------------------------------------------------
+
+def test_resolve_presets_and_overrides():
+    cfg, model = resolve(None, {"lr": 0.5, "n_layer": 3}, "cpu")
+    assert cfg.lr == 0.5 and model["n_layer"] == 3 and model["n_embd"] == PRESETS["cpu"]["n_embd"]
+    cfg, model = resolve(None, {}, "cuda")
+    assert model["n_embd"] == PRESETS["shakespeare-gpu"]["n_embd"]
+    with pytest.raises(GptlabError, match="unknown preset 'big'"):
+        resolve("big", {})
+    with pytest.raises(GptlabError, match="unknown config value.*n_layers"):
+        split_values({"n_layers": 2})
+    with pytest.raises(GptlabError, match="--arch"):
+        split_values({"arch": "rnn9"})
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1.5h", 5400), ("12", 12),
+                                           (" 2 min ", 120), (None, None), ("", None)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 days", "-3s", "0", "m"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(GptlabError, match="duration"):
+        parse_duration(text)
+
+
+# --- the loop --------------------------------------------------------------------------------------------
+
+def test_train_writes_metrics_plot_and_checkpoints(corpus, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny(corpus, max_iters=9, eval_interval=3), out=out, quiet=True)
+    assert (result.iters, result.stopped_by, result.run_dir) == (9, "max_iters", out)
+    records = read_metrics(out / "metrics.jsonl")
+    assert sorted(losses(out)) == list(range(1, 10))
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["iter"] for r in evals] == [3, 6, 9]
+    for r in evals:
+        assert math.isfinite(r["train_loss"]) and r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
+        assert r["val_bpc"] == pytest.approx(r["val_loss"] / math.log(2))  # char tokens: one char each
+    assert result.val_loss == evals[-1]["val_loss"]
+    assert result.best_val_loss == min(r["val_loss"] for r in evals)
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
+    assert ckpts == ["step-000006", "step-000009"]  # older ones removed (keep=2)
+    assert latest_name(out) == "step-000009" and result.checkpoint == out / "checkpoints" / "step-000009"
+    for name in ckpts:
+        assert {p.name for p in (out / "checkpoints" / name).iterdir()} == {
+            "model.safetensors", "trainer.pt", "config.json", "tokenizer.json"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["n_layer"] == 1 and config["train"]["max_iters"] == 9
+    assert config == json.loads((result.checkpoint / "config.json").read_text())
+    assert (out / "tokenizer.json").exists()
+    state = ckpt_io.load_trainer_state(result.checkpoint)
+    assert state["iter"] == 9 and state["val_loss"] == result.val_loss
+    run = load_run(out, device="cpu")
+    assert run.path == result.checkpoint and run.config == config
+    text = run.generate("the cat", max_new_tokens=10, temperature=0.0)
+    assert len(text) == 10 and set(text) <= set(corpus.read_text())
+
+
+def test_training_lowers_the_loss(corpus, tmp_path):
+    result = train(tiny(corpus, max_iters=60, lr=1e-2, eval_interval=1000, log_interval=10), out=tmp_path / "r",
+                   quiet=True)
+    seen = losses(tmp_path / "r")
+    assert sorted(seen) == [10, 20, 30, 40, 50, 60]
+    assert seen[60] < seen[10] - 0.3
+    assert result.val_loss < math.log(result_vocab(tmp_path / "r")) - 0.5
+
+
+def result_vocab(run_dir) -> int:
+    return json.loads((Path(run_dir) / "config.json").read_text())["model"]["vocab_size"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, optimizer):
+    values = tiny(corpus, max_iters=20, eval_interval=5, dropout=0.1, grad_accum=2, optimizer=optimizer)
+    a, b = tmp_path / "a", tmp_path / "b"
+    whole = train(values, out=a, quiet=True)
+    paused = train(values, out=b, quiet=True, stop_after=10)
+    assert (paused.stopped_by, paused.iters) == ("interrupt", 10)
+    assert latest_name(b) == "step-000010" and not (b / "loss.png").exists()
+    resumed = train({"max_iters": 20}, out=b, quiet=True, resume=True)
+    assert (resumed.iters, resumed.stopped_by) == (20, "max_iters")
+    assert len(losses(a)) == 20
+    assert losses(a) == losses(b)  # exactly, not approximately
+    assert untimed(a) == untimed(b)  # the lr and every evaluation too
+    wa, wb = weights(whole.checkpoint), weights(resumed.checkpoint)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert resumed.val_loss == whole.val_loss and resumed.best_val_loss == whole.best_val_loss
+
+
+def test_resume_may_extend_max_iters(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(corpus, max_iters=5), out=out, quiet=True)
+    more = train({"max_iters": 8}, out=out, quiet=True, resume=True)
+    assert more.iters == 8 and sorted(losses(out)) == list(range(1, 9))
+    assert json.loads((more.checkpoint / "config.json").read_text())["train"]["max_iters"] == 8
+
+
+def test_resume_refuses_to_change_the_model_or_run_nothing(corpus, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(GptlabError, match="no checkpoint"):
+        train(tiny(corpus), out=out, resume=True, quiet=True)
+    with pytest.raises(GptlabError, match="--out"):
+        train(tiny(corpus), resume=True, quiet=True)
+    train(tiny(corpus, max_iters=3), out=out, quiet=True)
+    with pytest.raises(GptlabError, match="cannot change n_layer"):
+        train({"n_layer": 2}, out=out, resume=True, quiet=True)
+    with pytest.raises(GptlabError, match="cannot change lr"):
+        train(tiny(corpus, max_iters=6, lr=0.5), out=out, resume=True, quiet=True)
+    assert latest_name(out) == "step-000003"
+
+
+def test_existing_run_needs_resume_or_overwrite(corpus, tmp_path):
+    out = tmp_path / "run"
+    first = train(tiny(corpus, max_iters=4, eval_interval=2), out=out, quiet=True)
+    with pytest.raises(GptlabError, match="already holds a trained run.*--resume.*--overwrite"):
+        train(tiny(corpus, max_iters=4), out=out, quiet=True)
+    assert latest_name(out) == "step-000004" and first.checkpoint.exists()  # untouched
+    again = train(tiny(corpus, max_iters=3, seed=5), out=out, quiet=True, overwrite=True)
+    assert again.iters == 3
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step-000003"]
+    assert sorted(losses(out)) == [1, 2, 3]  # the old run's metrics are gone
+
+
+def test_max_time_stops_cleanly_with_a_checkpoint(corpus, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny(corpus, max_iters=10**6, max_time="1s", log_interval=50), out=out, quiet=True)
+    assert result.stopped_by == "max_time"
+    assert 0 < result.iters < 10**6
+    assert result.checkpoint == out / "checkpoints" / f"step-{result.iters:06d}"
+    assert latest_name(out) == result.checkpoint.name
+    assert read_metrics(out / "metrics.jsonl")[-1]["iter"] == result.iters  # the final evaluation
+    assert (out / "loss.png").exists()
+    load_run(out, device="cpu")
+
+
+def _nan_after(monkeypatch, n_good: int, in_eval: bool = False):
+    """Make the model's loss NaN from training step n_good + 1 on (or in evaluation only)."""
+    real_forward = GPT.forward
+    calls = {"train": 0}
+
+    def forward(self, idx, targets=None):
+        logits, loss = real_forward(self, idx, targets)
+        if loss is not None:
+            if self.training:
+                calls["train"] += 1
+            bad = (not self.training) if in_eval else (self.training and calls["train"] > n_good)
+            if bad:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward)
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _nan_after(monkeypatch, n_good=7)
+    with pytest.raises(GptlabError) as info:
+        train(tiny(corpus, max_iters=20, eval_interval=5), out=out, quiet=True)
+    message = str(info.value)
+    assert "nan at iteration 8" in message
+    assert "last good checkpoint" in message and "step-000005" in message and "\n" not in message
+    assert latest_name(out) == "step-000005"
+    run = load_run(out, device="cpu")
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+    assert ckpt_io.load_trainer_state(run.path)["iter"] == 5
+
+
+def test_nan_in_evaluation_saves_nothing(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _nan_after(monkeypatch, n_good=0, in_eval=True)
+    with pytest.raises(GptlabError, match="loss is nan at iteration 3; stopped without saving. No checkpoint"):
+        train(tiny(corpus, max_iters=6, eval_interval=3), out=out, quiet=True)
+    assert ckpt_io.latest_checkpoint(out) is None
+
+
+def test_huge_lr_gives_a_clean_error(corpus, tmp_path):
+    with pytest.raises(GptlabError, match="training loss is nan.*No checkpoint was written yet.*--lr"):
+        train(tiny(corpus, lr=1e6, grad_clip=0.0, warmup_iters=0), out=tmp_path / "run", quiet=True)
+
+
+@pytest.mark.parametrize("fails", ["weights", "trainer", "pointer"])
+def test_crash_while_saving_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch, fails):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real_save_model, real_torch_save, real_pointer = ckpt_io.save_model, torch.save, ckpt_io._write_text_atomic
+
+    def crash_second_time(real, path_arg):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] < 2:
+                return real(*args, **kwargs)
+            if path_arg is not None:
+                Path(args[path_arg]).write_bytes(b"half a file")
+            raise OSError("simulated crash while saving")
+        return wrapper
+
+    if fails == "weights":
+        monkeypatch.setattr(ckpt_io, "save_model", crash_second_time(real_save_model, 1))
+    elif fails == "trainer":
+        monkeypatch.setattr(ckpt_io.torch, "save", crash_second_time(real_torch_save, 1))
+    else:
+        monkeypatch.setattr(ckpt_io, "_write_text_atomic", crash_second_time(real_pointer, None))
+    with pytest.raises(OSError, match="simulated crash"):
+        train(tiny(corpus, max_iters=10, eval_interval=5), out=out, quiet=True)
+    monkeypatch.setattr(ckpt_io, "save_model", real_save_model)
+    monkeypatch.setattr(ckpt_io.torch, "save", real_torch_save)
+    monkeypatch.setattr(ckpt_io, "_write_text_atomic", real_pointer)
+    if fails == "pointer":  # the new folder was complete, but `latest` was never moved to it
+        assert (out / "checkpoints" / "step-000010" / "model.safetensors").exists()
+    else:  # the half-written folder is hidden
+        assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000005"]
+    assert latest_name(out) == "step-000005"
+    assert ckpt_io.latest_checkpoint(out) == out / "checkpoints" / "step-000005"
+    run = load_run(out, device="cpu")
+    assert ckpt_io.load_trainer_state(run.path)["iter"] == 5
+    resumed = train({}, out=out, quiet=True, resume=True)
+    assert resumed.iters == 10 and latest_name(out) == "step-000010"
+    assert sorted(losses(out)) == list(range(1, 11))
+
+
+def test_save_checkpoint_replaces_the_same_step(tmp_path):
+    from gptlab.tokenizer import CharTokenizer
+
+    model, tok = tiny_model(), CharTokenizer.train("abc")
+    first = ckpt_io.save_checkpoint(tmp_path, 3, model, {"iter": 3}, {"a": 1}, tok)
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    again = ckpt_io.save_checkpoint(tmp_path, 3, model, {"iter": 3}, {"a": 2}, tok)
+    assert again == first and ckpt_io.read_config(again) == {"a": 2}
+    assert torch.equal(weights(again)["lm_head.weight"], model.lm_head.weight)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000003"]
+
+
+def test_find_checkpoint_errors(tmp_path):
+    with pytest.raises(GptlabError, match="no such run"):
+        ckpt_io.find_checkpoint(tmp_path / "nothing")
+    with pytest.raises(GptlabError, match="holds no checkpoint"):
+        ckpt_io.find_checkpoint(tmp_path)
+
+
+def test_checkpoint_of_another_shape_is_refused(corpus, tmp_path):
+    result = train(tiny(corpus, max_iters=2), out=tmp_path / "run", quiet=True)
+    with pytest.raises(GptlabError, match="does not fit this model"):
+        ckpt_io.load_weights(tiny_model(vocab_size=result_vocab(tmp_path / "run"), n_layer=2), result.checkpoint)
+
+
+@pytest.mark.parametrize("tokenizer, vocab_size", [("word", 12), ("bpe", 300)])
+def test_word_and_bpe_tokenizers_train_end_to_end(corpus, tmp_path, tokenizer, vocab_size):
+    out = tmp_path / "run"
+    result = train(tiny(corpus, tokenizer=tokenizer, vocab_size=vocab_size, max_iters=4), out=out, quiet=True)
+    assert math.isfinite(result.val_loss)
+    run = load_run(out, device="cpu")
+    assert run.tokenizer.kind == tokenizer
+    assert run.model.config.vocab_size == run.tokenizer.vocab_size
+    if tokenizer == "word":
+        assert run.tokenizer.vocab_size == vocab_size
+    text = run.generate("the cat", max_new_tokens=5, temperature=0.0)
+    assert isinstance(text, str) and text
+
+
+def test_a_folder_of_text_files_is_a_corpus(tmp_path):
+    folder = tmp_path / "texts"
+    write_corpus(folder, "a.txt", seed=1)
+    write_corpus(folder / "sub", "b.txt", text="QQQ " + "zebra quiz " * 50 + "\n")
+    write_corpus(folder, "z.txt", seed=2)
+    (folder / "notes.md").write_text("ignored: only .txt files count ~~~")
+    out = tmp_path / "run"
+    train(tiny(folder, max_iters=3), out=out, quiet=True)
+    run = load_run(out, device="cpu")
+    assert {"Q", "z", "q"} <= set(run.tokenizer.vocab)  # from sub/b.txt
+    assert "~" not in run.tokenizer.vocab
+    assert json.loads((out / "config.json").read_text())["train"]["corpus"] == str(folder)
+
+
+def test_a_character_seen_only_in_the_validation_split(tmp_path):
+    corpus = write_corpus(tmp_path, text=write_corpus(tmp_path).read_text() + "café au lait\n")
+    result = train(tiny(corpus, max_iters=2), out=tmp_path / "run", quiet=True)
+    assert math.isfinite(result.val_loss)
+
+
+def test_no_validation_split(corpus, tmp_path):
+    result = train(tiny(corpus, max_iters=4, eval_interval=2, val_fraction=0.0), out=tmp_path / "run", quiet=True)
+    assert result.val_loss is None and result.best_val_loss is None
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train_loss" in r]
+    assert [r["iter"] for r in evals] == [2, 4] and not any("val_loss" in r for r in evals)
+    assert (tmp_path / "run" / "loss.png").exists()
+
+
+def test_default_run_dir_names():
+    assert default_run_dir(TrainConfig(corpus="shakespeare")) == Path("runs/shakespeare-char")
+    assert default_run_dir(TrainConfig(corpus="data/tales.txt", tokenizer="bpe")) == Path("runs/tales-bpe")
+    assert default_run_dir(TrainConfig(corpus="my/tok.json", tokenizer="x/tok.json")) == Path("runs/tok-custom")
+    name = default_run_dir(TrainConfig(corpus="books/*.txt")).name
+    assert not set(name) & set("*?[]"), name
+
+
+def test_named_corpus_from_the_mirror(tmp_path):
+    result = train(tiny("shakespeare", max_iters=2, eval_iters=1), out=tmp_path / "run", quiet=True)
+    run = load_run(result.run_dir, device="cpu")
+    assert run.tokenizer.vocab_size == 65  # Tiny Shakespeare's characters
+
+
+def test_bfloat16_autocast_trains_on_cpu(corpus, tmp_path):
+    result = train(tiny(corpus, dtype="bfloat16", max_iters=4), out=tmp_path / "run", quiet=True)
+    assert all(math.isfinite(v) for v in losses(tmp_path / "run").values())
+    assert all(w.dtype == torch.float32 for w in weights(result.checkpoint).values())  # autocast, not a cast
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(max_iters=0), "--max-iters"),
+    (dict(batch_size=0), "--batch-size"),
+    (dict(n_embd=30, n_head=4), "invalid model config.*divisible"),
+    (dict(pos="alibi"), "invalid model config.*pos"),
+    (dict(optimizer="sgd"), "optimizer"),
+    (dict(max_time="soon"), "duration"),
+    (dict(block_size=20000), "corpus too short"),
+    (dict(block_size=1500), "validation split too short"),
+    (dict(tokenizer="nonsense"), "unknown tokenizer"),
+    (dict(dtype="float8"), "unknown dtype"),
+    (dict(device="tpu"), "unknown device"),
+])
+def test_invalid_values_raise_gptlab_error(corpus, tmp_path, values, message):
+    with pytest.raises(GptlabError, match=message):
+        train(tiny(corpus, **values), out=tmp_path / "run", quiet=True)
+    assert ckpt_io.latest_checkpoint(tmp_path / "run") is None
+
+
+def test_progress_messages_go_to_stderr(corpus, tmp_path, capsys):
+    train(tiny(corpus, max_iters=2), out=tmp_path / "run")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "training gpt" in captured.err and "done: 2 iterations" in captured.err
+    train(tiny(corpus, max_iters=2), out=tmp_path / "quiet", quiet=True)
+    assert capsys.readouterr() == ("", "")
