@@ -90,15 +90,15 @@ def main() -> None:
     sync()
     seconds = time.perf_counter() - t0
 
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated()
+    else:  # read before the matmul-peak measurement below adds its own matrices
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tokens_per_iter = cfg.batch_size * cfg.grad_accum * mcfg.block_size
     tps = tokens_per_iter * args.iters / seconds
     flops = model.flops_per_token(mcfg.block_size) * tps
     peak_fp32 = measure_peak(device, torch.float32)
     peak_bf16 = measure_peak(device, torch.bfloat16)
-    if device.type == "cuda":
-        memory = torch.cuda.max_memory_allocated()
-    else:
-        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = {
         "bench": "train_speed", "preset": args.preset, "overrides": overrides, "device": device.type,
         "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

@@ -13,8 +13,6 @@ import os
 import re
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +192,9 @@ def _read_verified(path: Path, expected: str) -> str | None:
 def _download(src: SourceFile, name: str) -> str:
     """Fetch src.url, check the raw sha256, prepare the text and check its sha256."""
     print(f"downloading {name} from {src.url}", file=sys.stderr)
+    import urllib.error  # here, not at the top: runs that never download never load the HTTP stack
+    import urllib.request
+
     request = urllib.request.Request(src.url, headers={"User-Agent": "gptlab"})
     try:
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:

@@ -151,8 +151,8 @@ class Batches:
     """Random windows (x, y) of block_size tokens, y shifted by one, from one split.
 
     The windows come from a seeded generator whose state is saved in checkpoints, so a resumed run
-    draws exactly the batches the uninterrupted one would have. Small splits are copied to the device
-    once (gathering there is much faster than shipping each batch); large ones stay memory-mapped.
+    draws exactly the batches the uninterrupted one would have. On an accelerator, splits that fit are
+    copied to it once (gathering there beats shipping each batch); otherwise they stay memory-mapped.
     """
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device,
@@ -163,7 +163,7 @@ class Batches:
         self.offsets = torch.arange(block_size + 1)
         self.tokens_np = tokens
         self.tokens = None
-        if len(tokens) <= on_device_limit:
+        if self.device.type != "cpu" and len(tokens) <= on_device_limit:
             self.tokens = torch.from_numpy(np.asarray(tokens).astype(np.int64)).to(self.device)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,11 +17,12 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-
-import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from typing import TYPE_CHECKING
 
 from gptlab.errors import GptlabError
+
+if TYPE_CHECKING:  # the library itself is imported where BPE is used: char and word runs never load it
+    import tokenizers
 
 KINDS = ("char", "word", "bpe")  # what train_tokenizer accepts, besides a path to a tokenizer.json
 FORMAT_VERSION = 1
@@ -169,7 +170,9 @@ class BPETokenizer(Tokenizer):
             raise GptlabError(
                 f"bpe vocab_size {vocab_size} is too small: need {cls.min_vocab_size} (256 bytes + merges)"
             )
-        hf = tokenizers.Tokenizer(models.BPE())
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        hf = Tokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
@@ -183,9 +186,11 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_file(cls, path: str | Path) -> BPETokenizer:
         """Load any Hugging Face tokenizer.json (ours, GPT-2's, ...)."""
+        from tokenizers import Tokenizer
+
         path = _existing(path)
         try:
-            return cls(tokenizers.Tokenizer.from_file(str(path)))
+            return cls(Tokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises a bare Exception for a malformed file
             raise GptlabError(f"cannot read tokenizer file {path}: {e}") from None
 

@@ -115,19 +115,23 @@ class CausalSelfAttention(nn.Module):
             start = cache.pos
             k, v = cache.append(layer, k, v)  # (B, nh, start+T, hs)
         # Query i (at absolute position start+i) may look at keys 0..start+i.
-        mask = None
-        if start > 0 and T > 1:
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        if attn_out is None:
+        # The explicit form is the same function as torch's fused kernel; it is used to return the weights,
+        # and for bf16 on a CPU, where torch's flash kernel is several times slower than the plain matmuls.
+        if attn_out is None and not (x.device.type == "cpu" and q.dtype == torch.bfloat16):
+            mask = None
+            if start > 0 and T > 1:
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
                 is_causal=mask is None and start == 0 and T > 1)
-        else:  # the same attention, spelt out, to hand the weights to the caller
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, start+T)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, start+T)
             visible = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
             att = att.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-            attn_out.append(att.detach())
-            y = att @ v
+            if attn_out is not None:
+                attn_out.append(att.detach())
+            att = F.dropout(att, self.dropout, self.training)
+            y = att.to(v.dtype) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 

@@ -313,8 +313,8 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
             val_loss, last_ckpt = eval_and_save(it)
     finally:
         progress.close()
-    if stopped_by != "interrupt":
-        plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    if stopped_by != "interrupt" and not plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png"):
+        progress.message("could not draw loss.png (is matplotlib installed?); metrics.jsonl has the numbers")
     progress.message(f"done: {it} iterations in {timer.elapsed():.1f}s ({stopped_by}); checkpoint {last_ckpt}")
     return TrainResult(run_dir, it, val_loss, best_val, timer.elapsed(), last_ckpt, stopped_by)
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class MetricsLog:
@@ -34,35 +32,20 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_losses(metrics_path: Path, png_path: Path) -> None:
-    """Training loss per logged step and validation loss per evaluation, on one chart."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(metrics_path)
-    train = [(r["iter"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train (batch)", alpha=0.6, linewidth=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation", linewidth=2)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (nats per token)")
-    ax.set_title(png_path.parent.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path)
-    plt.close(fig)
+def plot_losses(metrics_path: Path, png_path: Path) -> bool:
+    """Draw the loss curve in a child process: matplotlib would add ~30 MB to the trainer's peak memory."""
+    proc = subprocess.run([sys.executable, "-m", "gptlab.train.plot", str(metrics_path), str(png_path)],
+                          capture_output=True, text=True)
+    return proc.returncode == 0
 
 
 class ProgressLine:
     """A live bar on a terminal (step, loss, tokens/s, ETA); plain log lines when stderr is not one."""
 
     def __init__(self, total: int, start: int, quiet: bool = False):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
         self.console = Console(stderr=True)
         self.live = self.console.is_terminal and not quiet
         self.quiet = quiet
