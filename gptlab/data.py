@@ -156,14 +156,16 @@ class Batches:
     """
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device,
-                 seed: int, on_device_limit: int = 1 << 28):
+                 seed: int, preload: bool | None = None):
         self.block_size, self.batch_size, self.device = block_size, batch_size, torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
         self.n_windows = len(tokens) - block_size
         self.offsets = torch.arange(block_size + 1)
         self.tokens_np = tokens
         self.tokens = None
-        if self.device.type != "cpu" and len(tokens) <= on_device_limit:
+        if preload is None:  # auto: on an accelerator, when the split fits easily (2**28 tokens = 2 GiB)
+            preload = self.device.type != "cpu" and len(tokens) <= 1 << 28
+        if preload:
             self.tokens = torch.from_numpy(np.asarray(tokens).astype(np.int64)).to(self.device)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -219,8 +219,8 @@ def test_memory_mapped_batches_equal_on_device_batches(tmp_path):
     path = tmp_path / "tokens.bin"
     TOKENS.tofile(path)
     mapped = np.memmap(path, dtype=np.uint16, mode="r", shape=(len(TOKENS),))
-    on_device = Batches(mapped, 8, 4, "cpu", seed=1)
-    streamed = Batches(mapped, 8, 4, "cpu", seed=1, on_device_limit=0)
+    on_device = Batches(mapped, 8, 4, "cpu", seed=1, preload=True)
+    streamed = Batches(mapped, 8, 4, "cpu", seed=1)
     assert on_device.tokens is not None and streamed.tokens is None
     for _ in range(3):
         assert all(torch.equal(u, v) for u, v in zip(on_device.next(), streamed.next()))
