@@ -92,25 +92,31 @@ def set_lr(optimizers, factor: float) -> None:
 def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Approximately U V^T of G = U S V^T by a quintic Newton-Schulz iteration (Muon's coefficients).
 
-    The coefficients push every singular value into about [0.7, 1.2] in five steps; exactness is not
-    needed. Runs in bfloat16, which is fast on GPUs and on CPUs with native bf16.
+    G is a matrix (r, c) or a stack of them (n, r, c). The coefficients push every singular value into
+    about [0.7, 1.2] in five steps; exactness is not needed. Runs in bfloat16, which is fast on GPUs and
+    on CPUs with native bf16.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.to(torch.bfloat16)
-    transposed = X.size(0) > X.size(1)
+    transposed = X.size(-2) > X.size(-1)
     if transposed:  # iterate on the wide orientation: X X^T is then the smaller Gram matrix
-        X = X.T
-    X = X / (X.norm() + 1e-7)  # the spectral norm is at most the Frobenius norm: start inside the basin
+        X = X.mT
+    # The spectral norm is at most the Frobenius norm: dividing by it starts inside the basin.
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
     if transposed:
-        X = X.T
+        X = X.mT
     return X.to(G.dtype)
 
 
 class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton-Schulz, for 2-D hidden weight matrices only."""
+    """MomentUm Orthogonalized by Newton-Schulz, for 2-D hidden weight matrices only.
+
+    Matrices of one shape are orthogonalized together, as one batched product per step: on a CPU
+    that is several times fewer, larger matmuls.
+    """
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns_steps: int = 5):
@@ -120,19 +126,24 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
+            by_shape: dict[tuple, list] = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.mul_(group["momentum"]).add_(p.grad)
-                g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                update = orthogonalize(g, group["ns_steps"])
+                if p.grad is not None:
+                    by_shape.setdefault(tuple(p.shape), []).append(p)
+            for shape, params in by_shape.items():
+                grads = []
+                for p in params:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    buf = state["momentum_buffer"]
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    grads.append(p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf)
+                updates = orthogonalize(torch.stack(grads), group["ns_steps"])
                 # An orthogonal update has RMS 1/sqrt(max dim); scale so tall matrices get comparable steps.
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * scale)
+                scale = max(1.0, shape[0] / shape[1]) ** 0.5
+                for p, update in zip(params, updates):
+                    if group["weight_decay"]:
+                        p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(update, alpha=-group["lr"] * scale)
         return None
