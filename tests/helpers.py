@@ -31,7 +31,7 @@ def tiny(corpus: str | Path, **overrides) -> dict:
     """Config values for a model that trains in well under a second on a CPU (float32: reproducible)."""
     values = dict(corpus=str(corpus), n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4,
                   max_iters=10, eval_interval=1000, eval_iters=2, log_interval=1, warmup_iters=2,
-                  lr=3e-3, min_lr=3e-4, dtype="float32", device="cpu")
+                  lr=3e-3, min_lr=3e-4, dtype="float32", device="cpu", max_time=None, optimizer="adamw")
     values.update(overrides)
     return values
 

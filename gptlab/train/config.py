@@ -24,7 +24,7 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per optimizer step
     max_iters: int = 2000
-    max_time: str | None = None  # e.g. "90s", "5m": stop (evaluate, save) when this much training time passed
+    max_time: str | None = None  # e.g. "90s", "5m", or "none": stop (evaluate, save) after this much training
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
     lr: float = 1e-3
     min_lr: float = 1e-4  # the cosine schedule decays to this
@@ -48,11 +48,12 @@ class TrainConfig:
 
 # Values for TrainConfig and the model config together; a preset names only what differs from defaults.
 PRESETS: dict[str, dict] = {
-    # The default on a CPU: a char-level Tiny Shakespeare model that trains in minutes on 2 cores.
+    # The default on a CPU: five minutes of Tiny Shakespeare (char) on 2 cores, val loss about 1.51.
+    # Muon on the hidden matrices learns several times faster per step than AdamW at this size.
     "cpu": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, bias=False,
-        batch_size=32, max_iters=3000, lr=2e-3, min_lr=2e-4, warmup_iters=100,
-        eval_interval=250, eval_iters=20,
+        n_layer=4, n_head=4, n_embd=192, block_size=128, dropout=0.0, bias=False,
+        batch_size=32, max_iters=100_000, max_time="5m", optimizer="muon", muon_lr=0.02,
+        lr=2e-3, min_lr=2e-4, warmup_iters=100, eval_interval=100, eval_iters=10,
     ),
     # nanoGPT's documented CPU recipe (config/train_shakespeare_char.py with its README's CPU flags).
     "nanogpt-cpu": dict(
@@ -125,8 +126,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")
 
 
 def parse_duration(text: str | None) -> float | None:
-    """'90s', '5m', '1.5h' or plain seconds -> seconds."""
-    if text is None or text == "":
+    """'90s', '5m', '1.5h' or plain seconds -> seconds; None, '' or 'none' -> no time limit."""
+    if text is None or str(text).strip().lower() in ("", "none"):
         return None
     m = _DURATION.match(str(text))
     if not m:
