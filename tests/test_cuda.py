@@ -1,0 +1,58 @@
+"""GPU paths: skipped without CUDA (CI has none); run on a GPU machine with the rest of the suite.
+
+The logic they exercise is shared with the CPU tests; these check what only a GPU does: bf16 autocast
+on CUDA, fused SDPA kernels with a KV cache, data preloaded to the device, and torch.compile with Inductor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny, tiny_model, write_corpus
+
+from gptlab.device import autocast
+from gptlab.generate import generate
+from gptlab.run import load_run
+from gptlab.train import train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_kv_cache_equals_full_forward_on_cuda(pos):
+    model = tiny_model(pos=pos, n_embd=64, n_head=4, block_size=32).cuda()
+    x = torch.randint(0, 23, (2, 20), device="cuda")
+    with torch.no_grad(), autocast(torch.device("cuda"), torch.bfloat16):
+        full, _ = model(x)
+        cache = model.new_cache(2)
+        steps = [model.step(x[:, :8], cache)] + [model.step(x[:, t:t + 1], cache) for t in range(8, 20)]
+    for i, logits in enumerate(steps):
+        ref = full[:, 7 + i].float()
+        assert (logits.float() - ref).norm() / ref.norm() < 2e-2
+
+
+def test_training_on_cuda_bf16_and_sampling(tmp_path):
+    corpus = write_corpus(tmp_path)
+    result = train(tiny(corpus, device="cuda", dtype="auto", max_iters=30, eval_iters=2, n_embd=32),
+                   out=tmp_path / "run", quiet=True)
+    assert result.val_loss is not None and result.val_loss < 3.0
+    run = load_run(result.run_dir, device="cuda")
+    a = run.generate("the ", max_new_tokens=30, temperature=0)
+    b = run.generate("the ", max_new_tokens=30, temperature=0)
+    assert a == b and len(a) == 30
+
+
+def test_cached_and_uncached_greedy_agree_on_cuda():
+    model = tiny_model(n_embd=32, block_size=32).cuda()
+    prompt = torch.tensor([1, 2, 3], device="cuda")
+    cached = torch.stack(list(generate(model, prompt, 20, temperature=0, use_cache=True)))
+    uncached = torch.stack(list(generate(model, prompt, 20, temperature=0, use_cache=False)))
+    assert torch.equal(cached, uncached)
+
+
+def test_compiled_equals_eager_on_cuda():
+    model = tiny_model(n_embd=64, n_head=4, block_size=32).cuda()
+    x = torch.randint(0, 23, (4, 32), device="cuda")
+    eager, _ = model(x)
+    compiled, _ = torch.compile(model)(x)
+    assert torch.allclose(compiled, eager, atol=1e-4, rtol=1e-4)
