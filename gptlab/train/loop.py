@@ -189,6 +189,8 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
     else:
         tokenizer = get_tokenizer(corpus, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction)
     data: TokenData = prepare(corpus, tokenizer, cfg.val_fraction)
+    corpus_name = corpus.name
+    del corpus  # training reads the token files; holding the text would cost its size in memory for the whole run
 
     # --- model and optimizer -------------------------------------------------------------------------
     try:
@@ -260,7 +262,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
     # --- the loop ------------------------------------------------------------------------------------
     tokens_per_iter = cfg.batch_size * cfg.grad_accum * block_size
     progress = ProgressLine(cfg.max_iters, it, quiet=quiet)
-    progress.message(f"training {cfg.arch} ({model.num_params() / 1e6:.2f}M parameters) on {corpus.name} "
+    progress.message(f"training {cfg.arch} ({model.num_params() / 1e6:.2f}M parameters) on {corpus_name} "
                      f"with a {tokenizer.kind} tokenizer ({tokenizer.vocab_size} tokens), {device.type}, "
                      f"{str(dtype).replace('torch.', '')}; run folder {run_dir}")
     timer = Timer(elapsed_before)
