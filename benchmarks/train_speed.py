@@ -20,7 +20,7 @@ import torch
 from matmul_peak import measure_peak
 
 from gptlab.data import Batches, get_tokenizer, prepare
-from gptlab.device import pick_device, pick_dtype
+from gptlab.device import pick_device, setup
 from gptlab.models import build_model, model_config
 from gptlab.train.config import resolve
 from gptlab.train.loop import train_step
@@ -52,14 +52,8 @@ def main() -> None:
     args = parser.parse_args()
 
     overrides = parse_sets(args.set)
-    device = pick_device(overrides.get("device", "auto"))
-    cfg, model_values = resolve(args.preset, overrides, device.type)
-    dtype = pick_dtype(cfg.dtype, device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    cfg, model_values = resolve(args.preset, overrides, pick_device(overrides.get("device", "auto")).type)
+    device, dtype = setup(cfg.device, cfg.dtype, cfg.threads, cfg.seed)
     if args.synthetic or cfg.tokenizer != "char":
         vocab = cfg.vocab_size or 50304
         tokens = torch.randint(vocab, (2_000_000,), dtype=torch.int32).numpy()

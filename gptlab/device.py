@@ -58,3 +58,17 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def setup(device_name: str, dtype_name: str, threads: int = 0, seed: int | None = None):
+    """The device and autocast format for a run, with torch's global settings made to match."""
+    device = pick_device(device_name)
+    dtype = pick_dtype(dtype_name, device)
+    if threads:
+        torch.set_num_threads(threads)
+    if seed is not None:
+        torch.manual_seed(seed)
+    if device.type == "cuda":  # TF32 for the float32 matmuls that remain under autocast
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, dtype

@@ -16,7 +16,7 @@ import torch
 
 from gptlab.corpora import NAMED, load_corpus
 from gptlab.data import Batches, TokenData, bits_per_char, check_length, get_tokenizer, prepare
-from gptlab.device import autocast, pick_device, pick_dtype
+from gptlab.device import autocast, pick_device, setup
 from gptlab.errors import GptlabError
 from gptlab.models import build_model, model_config
 from gptlab.tokenizer import load_tokenizer
@@ -173,14 +173,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
     max_time = parse_duration(cfg.max_time)
     check_values(cfg)
 
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device, dtype = setup(cfg.device, cfg.dtype, cfg.threads, cfg.seed)
 
     # --- data and tokenizer --------------------------------------------------------------------------
     corpus = load_corpus(cfg.corpus, mirror=mirror)
@@ -305,6 +298,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
                     progress.update(it, loss_value, tps, max(total, it))
                 if it % cfg.eval_interval == 0 and it < cfg.max_iters:
                     val_loss, last_ckpt = eval_and_save(it)
+                    last_log_time, last_log_iter = timer.elapsed(), it  # tokens/s counts training alone
                 if it < cfg.max_iters and (stop.set or (stop_after is not None and it >= stop_after)):
                     stopped_by = "interrupt"
                     break
