@@ -82,25 +82,17 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _read_prompt_file(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GptlabError(f"no such prompt file: {path}") from None
-    except UnicodeDecodeError as e:
-        raise GptlabError(f"prompt file {path} is not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise GptlabError(f"cannot read prompt file {path}: {e.strerror}") from None
-
-
 def cmd_sample(args) -> int:
+    from gptlab.corpora import read_text_file
     from gptlab.generate import check_sampling
     from gptlab.run import load_run
 
     if args.num_samples < 1 or args.max_new_tokens < 0:
         raise GptlabError("--num-samples must be >= 1 and --max-new-tokens >= 0")
+    if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_samples:
+        raise GptlabError("--seed must be a non-negative integer below 2**63")
     check_sampling(args.temperature, args.top_k, args.top_p)
-    prompt = _read_prompt_file(args.prompt_file) if args.prompt_file else args.prompt
+    prompt = read_text_file(Path(args.prompt_file)) if args.prompt_file else args.prompt
     run = load_run(args.run, device=args.device)
     run.prompt_ids(prompt)  # fail on unknown characters before printing anything
     out = sys.stdout
@@ -131,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `gptlab sample ... | head`
         return 0
+    except OSError as e:  # unreadable or unwritable paths: permissions, a full disk, a file where a folder goes
+        where = f" {e.filename}" if e.filename else ""
+        print(f"gptlab: error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ every machine.
 """
 
 import glob
-import hashlib
 import os
 import re
 import sys
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptlab.errors import GptlabError
+from gptlab.files import sha256_hex, write_atomic
 
 DOWNLOAD_TIMEOUT_S = 60
 MIRROR_HINT = "use --mirror DIR or set GPTLAB_MIRROR to a folder holding the corpus files"
@@ -31,11 +31,7 @@ class Corpus:
 
     def fingerprint(self) -> str:
         """sha256 of the text: the cache key for everything derived from it (tokenizers, token files)."""
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+        return sha256_hex(self.text)
 
 
 def _utf8(raw: bytes) -> str:
@@ -186,7 +182,7 @@ def resolve_mirror(mirror: str | Path | None) -> Path | None:
 def _read_verified(path: Path, expected: str) -> str | None:
     """The file's text if its sha256 is the expected one, else None."""
     data = path.read_bytes()
-    return data.decode("utf-8") if _sha256(data) == expected else None
+    return data.decode("utf-8") if sha256_hex(data) == expected else None
 
 
 def _download(src: SourceFile, name: str) -> str:
@@ -205,28 +201,15 @@ def _download(src: SourceFile, name: str) -> str:
         raise GptlabError(f"could not download {src.url}: {e.reason}; {MIRROR_HINT}") from e
     except OSError as e:  # timeouts and dropped connections while reading
         raise GptlabError(f"could not download {src.url}: {e}; {MIRROR_HINT}") from e
-    actual = _sha256(raw)
+    actual = sha256_hex(raw)
     if actual != src.sha256:
         raise GptlabError(f"checksum mismatch for {src.url}: expected sha256 {src.sha256}, got {actual}")
     text = src.prepare(raw)
-    actual = _sha256(text.encode("utf-8"))
+    actual = sha256_hex(text.encode("utf-8"))
     if actual != src.expected:
         raise GptlabError(f"{src.url} was converted to text with sha256 {actual}, expected {src.expected}; "
                           f"the conversion changed, please report it, or {MIRROR_HINT}")
     return text
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file next to path, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fetch(named: NamedCorpus, mirror: str | Path | None = None,
@@ -243,13 +226,13 @@ def fetch(named: NamedCorpus, mirror: str | Path | None = None,
             text = _read_verified(path, src.expected)
             if text is None:
                 raise GptlabError(f"corpus {named.name}: mirror file {path} has sha256 "
-                                  f"{_sha256(path.read_bytes())}, expected {src.expected}")
+                                  f"{sha256_hex(path.read_bytes())}, expected {src.expected}")
         else:
             path = cache / Path(src.path).name
             text = _read_verified(path, src.expected) if path.is_file() else None
             if text is None:  # not cached yet (or the cached copy was damaged): download it
                 text = _download(src, f"{named.name} ({path.name})")
-                _write_atomic(path, text)
+                write_atomic(path, text)
         texts.append(text)
         files.append(path)
     return Corpus(name=named.name, text="\n\n".join(texts), files=files)

@@ -8,7 +8,6 @@ split, so the files are reused exactly while those stay the same, and rebuilt wh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,7 +21,8 @@ import torch
 
 from gptlab.corpora import Corpus, default_cache_dir
 from gptlab.errors import GptlabError
-from gptlab.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from gptlab.files import sha256_hex
+from gptlab.tokenizer import KINDS, Tokenizer, load_tokenizer, train_tokenizer
 
 
 @dataclass
@@ -38,14 +38,6 @@ class TokenData:
         return self.val_chars / max(1, len(self.val))
 
 
-def _sha(*parts: bytes | str) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode("utf-8") if isinstance(p, str) else p)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 def split_text(text: str, val_fraction: float) -> tuple[str, str]:
     if not 0.0 <= val_fraction < 1.0:
         raise GptlabError(f"val_fraction must be in [0, 1), not {val_fraction}")
@@ -56,10 +48,10 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
 def get_tokenizer(corpus: Corpus, kind: str, vocab_size: int | None, val_fraction: float,
                   cache_dir: Path | None = None) -> Tokenizer:
     """Train (or load by path) the tokenizer on the training part of the corpus; trained ones are cached."""
-    if kind not in ("char", "word", "bpe"):
+    if kind not in KINDS:
         return train_tokenizer(kind, "", vocab_size)  # a path to an existing tokenizer.json
     cache = Path(cache_dir or default_cache_dir()) / "tokenizers"
-    key = _sha(corpus.fingerprint(), kind, str(vocab_size), str(val_fraction))[:24]
+    key = sha256_hex(corpus.fingerprint(), kind, str(vocab_size), str(val_fraction))[:24]
     path = cache / f"{kind}-{key}.json"
     if path.exists():
         return load_tokenizer(path)
@@ -68,9 +60,7 @@ def get_tokenizer(corpus: Corpus, kind: str, vocab_size: int | None, val_fractio
     train_text = corpus.text if kind == "char" else split_text(corpus.text, val_fraction)[0]
     tok = train_tokenizer(kind, train_text, vocab_size)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tok.save(tmp)
-    os.replace(tmp, path)
+    tok.save(path)  # written atomically
     return tok
 
 
@@ -78,7 +68,8 @@ def _chunks(text: str, size: int = 1 << 16) -> list[str]:
     """Cut text into pieces of about `size` characters for parallel tokenization.
 
     Cuts fall after a newline that is followed by a non-space character: byte-level BPE's pre-tokenizer
-    always separates the two there, so the pieces encode to exactly the ids of the whole text.
+    always separates the two there, so the pieces encode to exactly the ids of the whole text (only for
+    tokenizers whose ``chunk_safe`` is True).
     """
     out, start, n = [], 0, len(text)
     while start < n:
@@ -93,7 +84,7 @@ def _chunks(text: str, size: int = 1 << 16) -> list[str]:
 
 def encode_text(tokenizer: Tokenizer, text: str) -> np.ndarray:
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    if tokenizer.kind == "bpe":  # the HF tokenizer encodes a batch on all cores
+    if tokenizer.chunk_safe:  # the HF tokenizer encodes a batch on all cores
         ids = [i for piece in tokenizer.encode_batch(_chunks(text)) for i in piece]
     else:
         ids = tokenizer.encode(text)
@@ -107,7 +98,7 @@ def prepare(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float = 0.1,
         tok_file = Path(tmp) / "tokenizer.json"
         tokenizer.save(tok_file)
         tok_bytes = tok_file.read_bytes()
-    key = _sha(corpus.fingerprint(), tok_bytes, str(val_fraction))[:24]
+    key = sha256_hex(corpus.fingerprint(), tok_bytes, str(val_fraction))[:24]
     root = Path(cache_dir or default_cache_dir()) / "tokens"
     path = root / key
     if not (path / "meta.json").exists():

@@ -9,31 +9,40 @@ import torch
 from gptlab.errors import GptlabError
 
 
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' picks cuda, then Apple's mps, then the cpu; anything else must be available."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps" if _mps_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise GptlabError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise GptlabError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GptlabError("device cuda asked for, but torch sees no CUDA GPU")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise GptlabError(f"device {name} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not _mps_available():
         raise GptlabError("device mps asked for, but it is not available")
     return device
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), so bf16 autocast pays off."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX), so bf16 autocast pays off.
+
+    Older AVX-512 CPUs (Skylake to Ice Lake) run bf16 by emulation, slower than float32.
+    """
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -42,7 +51,11 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
              "float16": torch.float16, "fp16": torch.float16}
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            try:  # native bf16 (Ampere and later); emulated bf16 on older GPUs is slow: fp16 with loss scaling
+                native = torch.cuda.is_bf16_supported(including_emulation=False)
+            except TypeError:  # torch before 2.3
+                native = torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if native else torch.float16
         if device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32

@@ -8,6 +8,7 @@ position's worth of compute; without it, the whole context is run again for ever
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -16,8 +17,8 @@ from gptlab.errors import GptlabError
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise GptlabError(f"temperature must be >= 0, not {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise GptlabError(f"temperature must be a finite number >= 0, not {temperature}")
     if top_k is not None and top_k < 1:
         raise GptlabError(f"top-k must be >= 1, not {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -42,10 +43,15 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """One next token (B,) from logits (B, V)."""
+    if not torch.isfinite(logits).all():
+        raise GptlabError("the model produced non-finite logits (NaN or inf): its weights may be broken")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = logits.softmax(dim=-1)
+    # Subtract the row max first: the best token gets 0 and the others <= 0, so that even a tiny temperature
+    # gives no inf - inf. The floor keeps a temperature that float32 rounds to 0 from giving 0 / 0.
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / max(temperature, torch.finfo(torch.float32).tiny)
+    probs = filter_logits(logits, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -55,8 +61,10 @@ def generate(model, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, t
              use_cache: bool = True) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens next tokens, each a tensor (B,), for prompt ids (T,) or (B, T).
 
-    The context is cropped to the model's block_size. With the cache, when it is full, the newest
-    half of the context is fed again into a fresh cache (a sliding window in steps of half a block).
+    The model sees the window idx[:, start:], at most block_size tokens; a longer prompt starts with its last
+    block_size. When a new token would make the window too long, it slides to keep the newest block // 2 + 1
+    tokens (steps of about half a block). With the cache, that refill is the only time more than one token is
+    fed; without it, the whole window is run for every token. Both see the same window, so they agree.
     """
     check_sampling(temperature, top_k, top_p)
     device = next(model.parameters()).device
@@ -71,50 +79,60 @@ def generate(model, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, t
     was_training = model.training
     model.eval()
     block = model.block_size
+    start = max(0, idx.size(1) - block)  # the window's first position in idx
     try:
         if use_cache:
             cache = model.new_cache(idx.size(0))
-            context = idx[:, -block:] if block else idx
-            logits = model.step(context, cache)
+            logits = model.step(idx[:, start:], cache)
         for _ in range(max_new_tokens):
             if not use_cache:
-                context = idx[:, -block:] if block else idx
-                logits, _ = model(context)
+                logits, _ = model(idx[:, start:])
                 logits = logits[:, -1]
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             yield nxt
             idx = torch.cat((idx, nxt[:, None]), dim=1)
-            if use_cache:
-                if block and model.cache_len(cache) + 1 > block:
+            if idx.size(1) - start > block:
+                start = idx.size(1) - (block // 2 + 1)
+                if use_cache:
                     cache = model.new_cache(idx.size(0))
-                    logits = model.step(idx[:, -(block // 2 + 1):], cache)
-                else:
-                    logits = model.step(nxt[:, None], cache)
+                    logits = model.step(idx[:, start:], cache)
+            elif use_cache:
+                logits = model.step(nxt[:, None], cache)
     finally:
         model.train(was_training)
 
 
 class StreamDecoder:
-    """Turns ids into text as they arrive. Byte-level tokens can end inside a UTF-8 character (decoded
-    as U+FFFD until its last byte comes), so only the part of the text that is complete is emitted."""
+    """Turns ids into text as they arrive: the pieces join to exactly tokenizer.decode(all ids).
 
-    def __init__(self, tokenizer):
+    A token's text can depend on the tokens before it (SentencePiece's "▁" is a space except at the start,
+    byte-level merges can straddle UTF-8 characters), so each new id is decoded after the last few ids, and
+    what lies beyond the text already shown is emitted. An unfinished UTF-8 character decodes as U+FFFD, so
+    up to max_held trailing U+FFFDs are held back until the next id shows whether they were final.
+    Exact for char, word, byte-level BPE and SentencePiece-style files; with byte fallback, only where
+    byte tokens of two characters are not adjacent (a run of them decodes as a whole).
+    """
+
+    context_size = 10  # ids decoded again before each new one: more than the bytes of max_held U+FFFDs
+    max_held = 3  # a character cut short is one U+FFFD byte-level, up to 3 with byte fallback
+
+    def __init__(self, tokenizer, context: Sequence[int] = ()):
+        """context: ids whose text is already shown (the prompt's), so that the first token decodes after them."""
         self.tokenizer = tokenizer
-        self.pending: list[int] = []  # ids since the text was last complete
-        self.emitted = 0  # characters of decode(pending) already given out
+        self.context = list(context)[-self.context_size:]  # the last ids
+        self.held = 0  # characters at the end of decode(context) not shown yet
 
     def push(self, token_id: int) -> str:
-        self.pending.append(token_id)
-        text = self.tokenizer.decode(self.pending)
-        stable = text.rstrip("\ufffd")
-        out = stable[self.emitted:]
-        if stable == text:  # complete: start afresh, so decoding stays cheap
-            self.pending, self.emitted = [], 0
-        else:
-            self.emitted = len(stable)
-        return out
+        ids = self.context + [token_id]
+        text = self.tokenizer.decode(ids)
+        shown = len(self.tokenizer.decode(self.context)) - self.held  # text[:shown] was given out before
+        unsure = min(len(text) - len(text.rstrip("\ufffd")), self.max_held)  # may yet become a character
+        end = max(shown, len(text) - unsure)
+        self.context, self.held = ids[-self.context_size:], len(text) - end
+        return text[shown:end]
 
     def flush(self) -> str:
-        out = self.tokenizer.decode(self.pending)[self.emitted:] if self.pending else ""
-        self.pending, self.emitted = [], 0
+        text = self.tokenizer.decode(self.context)
+        out = text[len(text) - self.held:]
+        self.held = 0
         return out

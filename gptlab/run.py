@@ -23,12 +23,12 @@ class Run:
     model: torch.nn.Module
     tokenizer: Tokenizer
 
-    def stream(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 1.0,
+    def stream(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                use_cache: bool = True) -> Iterator[str]:
         """Yield pieces of generated text as they are sampled (the prompt itself is not repeated)."""
         ids = self.prompt_ids(prompt)
-        decoder = StreamDecoder(self.tokenizer)
+        decoder = StreamDecoder(self.tokenizer, context=ids)  # text after the prompt's, as decode(all ids) has it
         for token in generate(self.model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
             piece = decoder.push(int(token[0]))
             if piece:

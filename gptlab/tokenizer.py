@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptlab.errors import GptlabError
+from gptlab.files import write_atomic
 
 if TYPE_CHECKING:  # the library itself is imported where BPE is used: char and word runs never load it
     import tokenizers
@@ -33,6 +34,7 @@ class Tokenizer:
     """Base class: turns text into ids and back. Subclasses add a ``train`` classmethod."""
 
     kind: str = ""
+    chunk_safe = False  # True if encoding a text in pieces cut as data._chunks cuts gives the ids of the whole
 
     def __init__(self) -> None:
         # Tokens such as "<|endoftext|>" that chat finetuning will add, name -> id. Empty for now,
@@ -82,7 +84,7 @@ class _PieceTokenizer(Tokenizer):
 
     def save(self, path: str | Path) -> None:
         data = {"gptlab": {"kind": self.kind, "version": FORMAT_VERSION}, "vocab": self.vocab}
-        _write(path, json.dumps(data, ensure_ascii=False, indent=0))
+        write_atomic(path, json.dumps(data, ensure_ascii=False, indent=0))
 
 
 class CharTokenizer(_PieceTokenizer):
@@ -198,6 +200,16 @@ class BPETokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def chunk_safe(self) -> bool:
+        # GPT-2's byte-level regex always splits between "\n" and a non-space; other pre-tokenizers need not
+        # (SentencePiece's Metaspace keeps "a\nb" whole), and a normalizer or prefix space could act at a cut.
+        from tokenizers import pre_tokenizers
+
+        pre = self.hf.pre_tokenizer
+        return (isinstance(pre, pre_tokenizers.ByteLevel) and pre.use_regex and not pre.add_prefix_space
+                and self.hf.normalizer is None)
+
     def encode(self, text: str) -> list[int]:
         # The batch call skips computing character offsets, which we never use: about twice as fast.
         return self.hf.encode_batch_fast([text], add_special_tokens=False)[0].ids
@@ -210,7 +222,7 @@ class BPETokenizer(Tokenizer):
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def save(self, path: str | Path) -> None:
-        _write(path, self.hf.to_str(pretty=True))
+        write_atomic(path, self.hf.to_str(pretty=True))
 
 
 _CLASSES: dict[str, type[_PieceTokenizer]] = {"char": CharTokenizer, "word": WordTokenizer}
@@ -266,12 +278,6 @@ def _existing(path: str | Path) -> Path:
     if not path.is_file():
         raise GptlabError(f"tokenizer file not found: {path}")
     return path
-
-
-def _write(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
 
 
 def _require_text(text: str) -> None:

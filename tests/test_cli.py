@@ -148,11 +148,11 @@ def test_sample_errors_for_missing_runs_and_prompt_files(run_dir, tmp_path, caps
     empty.mkdir()
     assert_one_line_error(*run_cli(capsys, "sample", empty), "holds no checkpoint")
     assert_one_line_error(*run_cli(capsys, "sample", run_dir, "--prompt-file", tmp_path / "p.txt"),
-                          "no such prompt file")
+                          "p.txt", "No such file")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("the caf\xe9".encode("latin-1"))
-    assert_one_line_error(*run_cli(capsys, "sample", run_dir, "--prompt-file", bad), str(bad), "not UTF-8",
-                          "byte 7")
+    assert_one_line_error(*run_cli(capsys, "sample", run_dir, "--prompt-file", bad), str(bad), "not valid UTF-8",
+                          "offset 7")
 
 
 def _bad_corpus(tmp_path, kind) -> tuple[Path, list[str]]:
@@ -258,3 +258,12 @@ def test_subprocess_exit_codes_and_streams(run_dir, tmp_path):
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith("gptlab: error: no such run") and bad.stderr.count("\n") == 1
     assert "Traceback" not in bad.stderr
+
+
+def test_operating_system_errors_are_one_line(run_dir, tmp_path, capsys):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert_one_line_error(*run_cli(capsys, "sample", run_dir, "--prompt-file", folder), "a_folder")
+    corpus = write_corpus(tmp_path)
+    assert_one_line_error(*run_cli(capsys, "train", "--corpus", corpus, "--out", "/proc/not-here/run",
+                                   "--max-iters", "1", "--quiet"), "cannot access")

@@ -3,8 +3,10 @@ import math
 
 import numpy as np
 import pytest
+import tokenizers
 import torch
 from helpers import make_text
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import gptlab.data as data_mod
 from gptlab.corpora import Corpus
@@ -80,6 +82,39 @@ def test_large_vocabulary_uses_uint32(tmp_path):
     assert data.train.dtype == np.uint32
     assert data.train.tolist() + data.val.tolist() == tok.encode(split_text(text, 0.5)[0]) + tok.encode(
         split_text(text, 0.5)[1])
+
+
+def hf_bpe(text: str, pre_tokenizer, decoder) -> BPETokenizer:
+    hf = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer, hf.decoder = pre_tokenizer, decoder
+    hf.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    return BPETokenizer(hf)
+
+
+def test_encode_text_in_chunks_equals_the_whole_text():
+    text = make_text(2500) + "  indented\n\n\ttab\n \nthe end\n" + make_text(500, seed=1)
+    assert len(data_mod._chunks(text)) > 1
+    tok = BPETokenizer.train(text, vocab_size=300)
+    assert tok.chunk_safe
+    assert encode_text(tok, text).tolist() == tok.encode(text)
+    small = data_mod._chunks(text, size=50)
+    assert "".join(small) == text and len(small) > 100
+    assert [i for piece in tok.encode_batch(small) for i in piece] == tok.encode(text)
+
+
+@pytest.mark.parametrize("pre_tokenizer,decoder", [
+    (pre_tokenizers.Metaspace(), decoders.Metaspace()),  # SentencePiece-style: "a\nb" is one pre-token
+    (pre_tokenizers.ByteLevel(add_prefix_space=True), decoders.ByteLevel()),  # each piece would get a space
+    (pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False), decoders.ByteLevel()),  # no splits
+])
+def test_encode_text_of_other_tokenizers_equals_the_whole_text(pre_tokenizer, decoder):
+    text = make_text(2500)
+    assert len(data_mod._chunks(text)) > 1
+    tok = hf_bpe(text, pre_tokenizer, decoder)
+    assert not tok.chunk_safe
+    assert encode_text(tok, text).tolist() == tok.encode(text)
 
 
 def test_bpe_token_files_decode_to_the_text(tmp_path):

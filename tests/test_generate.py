@@ -1,10 +1,14 @@
+import inspect
 import random
 from pathlib import Path
 
 import pytest
+import tokenizers
 import torch
-from helpers import tiny_model
+from helpers import make_text, tiny_model
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from gptlab.cli import build_parser
 from gptlab.errors import GptlabError
 from gptlab.generate import StreamDecoder, check_sampling, filter_logits, generate, sample_next
 from gptlab.run import Run
@@ -19,15 +23,18 @@ def tokens(model, prompt=PROMPT, n=12, **kwargs) -> list[int]:
 
 
 def greedy_reference(model, prompt, n) -> list[int]:
-    """Argmax decoding spelt out: run the whole (cropped) context for every new token."""
-    idx = torch.tensor([prompt])
+    """Argmax decoding spelt out: run the whole window for every new token. The window starts as the prompt's
+    last BLOCK tokens; when it would grow past BLOCK, it keeps the newest BLOCK // 2 + 1."""
+    context = list(prompt[-BLOCK:])
     out = []
     with torch.no_grad():
         for _ in range(n):
-            logits, _ = model(idx[:, -BLOCK:])
+            logits, _ = model(torch.tensor([context]))
             nxt = int(logits[0, -1].argmax())
             out.append(nxt)
-            idx = torch.cat((idx, torch.tensor([[nxt]])), dim=1)
+            context.append(nxt)
+            if len(context) > BLOCK:
+                context = context[-(BLOCK // 2 + 1):]
     return out
 
 
@@ -84,9 +91,34 @@ def test_generation_past_block_size(model, use_cache, prompt_len):
     assert all(0 <= t < 23 for t in out)
 
 
-def test_greedy_past_block_size_without_cache_uses_the_last_block(model):
+@pytest.fixture(scope="module")
+def sharp_model():
+    # Weights x30: the next token depends strongly on the context, so any difference in windows shows.
+    m = tiny_model("learned", seed=1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(30)
+    return m
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("prompt_len", [1, 4, BLOCK, 2 * BLOCK + 3])
+def test_greedy_past_block_size_slides_the_window(sharp_model, use_cache, prompt_len):
+    prompt = [(5 * i + 1) % 23 for i in range(prompt_len)]
     n = 2 * BLOCK
-    assert tokens(model, n=n, temperature=0.0, use_cache=False) == greedy_reference(model, PROMPT, n)
+    assert tokens(sharp_model, prompt, n, temperature=0.0, use_cache=use_cache) == greedy_reference(
+        sharp_model, prompt, n)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 4, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 3])
+@pytest.mark.parametrize("kwargs", [dict(temperature=0.0), dict(temperature=1.0, seed=0),
+                                    dict(temperature=0.8, top_k=5, seed=1), dict(temperature=1.2, top_p=0.9, seed=2)])
+def test_cached_and_uncached_agree_past_block_size(sharp_model, prompt_len, kwargs):
+    prompt = [(7 * i + 3) % 23 for i in range(prompt_len)]
+    n = 3 * BLOCK
+    cached = tokens(sharp_model, prompt, n, use_cache=True, **kwargs)
+    assert cached == tokens(sharp_model, prompt, n, use_cache=False, **kwargs)
+    assert len(set(cached)) > 3  # not stuck on one token: the test would be weak
 
 
 def test_batched_prompt_matches_single_prompts(model):
@@ -111,11 +143,40 @@ def test_generate_restores_training_mode(model):
 def test_empty_prompt_and_bad_settings_raise(model):
     with pytest.raises(GptlabError, match="empty"):
         list(generate(model, [], 3))
-    for kwargs, message in [(dict(temperature=-0.1), "temperature"), (dict(top_k=0), "top-k"),
-                            (dict(top_p=0.0), "top-p"), (dict(top_p=1.5), "top-p")]:
+    for kwargs, message in [(dict(temperature=-0.1), "temperature"), (dict(temperature=float("nan")), "temperature"),
+                            (dict(temperature=float("inf")), "temperature"), (dict(top_k=0), "top-k"),
+                            (dict(top_p=0.0), "top-p"), (dict(top_p=1.5), "top-p"),
+                            (dict(top_p=float("nan")), "top-p")]:
         with pytest.raises(GptlabError, match=message):
             list(generate(model, PROMPT, 3, **kwargs))
     check_sampling(0.0, 1, 1.0)  # the edges that are allowed
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-300, 1e-6])
+def test_tiny_temperature_is_nearly_greedy(model, temperature):
+    logits = torch.tensor([[1.0, 3.0, 2.5, -1e30], [1e30, -1e30, 0.0, 1e30 - 1e24]])
+    g = torch.Generator().manual_seed(0)
+    assert sample_next(logits, temperature, generator=g).tolist() == [1, 0]
+    assert sample_next(logits, temperature, top_p=0.5, generator=g).tolist() == [1, 0]
+    greedy = tokens(model, n=10, temperature=0.0)
+    assert tokens(model, n=10, temperature=temperature, seed=0) == greedy
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_non_finite_logits_raise(bad, temperature):
+    logits = torch.tensor([[0.5, 1.0, 0.0], [0.0, bad, 1.0]])
+    with pytest.raises(GptlabError, match="non-finite logits"):
+        sample_next(logits, temperature)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_broken_model_raises_instead_of_crashing(use_cache):
+    m = tiny_model()
+    with torch.no_grad():
+        m.lm_head.weight[3, 0] = float("nan")
+    with pytest.raises(GptlabError, match="non-finite logits"):
+        list(generate(m, PROMPT, 3, temperature=0.8, seed=0, use_cache=use_cache))
 
 
 # --- filtering -------------------------------------------------------------------------------------------
@@ -212,14 +273,110 @@ def test_stream_decoder_flushes_an_unfinished_character(bpe):
 
 
 def test_stream_decoder_cjk_with_merges_across_characters():
-    rng = random.Random(0)
-    chars = [chr(0x4E00 + i) for i in range(40)]
-    tok = BPETokenizer.train("".join(rng.choice(chars) for _ in range(20000)), vocab_size=700)
-    text = "".join(rng.choice(chars) for _ in range(300))
+    tok, text = cjk_tokenizer_and_text()
     ids = tok.encode(text)
     assert tok.decode(ids) == text  # the tokenizer itself is exact
     pieces, tail = stream(tok, ids)
     assert "".join(pieces) + tail == text
+
+
+@pytest.fixture(scope="module")
+def metaspace():
+    """A SentencePiece-style tokenizer: "▁" marks a space, and decoding drops the first token's."""
+    hf = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.decoder = decoders.Metaspace()
+    hf.train_from_iterator([make_text()], trainers.BpeTrainer(vocab_size=150, special_tokens=["<unk>"],
+                                                              show_progress=False))
+    return BPETokenizer(hf)
+
+
+def cjk_tokenizer_and_text():
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in range(40)]
+    tok = BPETokenizer.train("".join(rng.choice(chars) for _ in range(20000)), vocab_size=700)
+    return tok, "".join(rng.choice(chars) for _ in range(300))
+
+
+def test_stream_decoder_keeps_spaces_of_sentencepiece_tokens(metaspace):
+    text = "the cat slept under the old tree.\nthe dog ran far away."
+    ids = metaspace.encode(text)
+    assert metaspace.decode(ids) == text
+    pieces, tail = stream(metaspace, ids)
+    assert "".join(pieces) + tail == text  # not "thecatsleptunder..."
+    assert tail == "" and pieces[1] == " cat"
+
+
+@pytest.mark.parametrize("name", ["char", "bpe", "cjk", "metaspace"])
+def test_stream_decoder_equals_decode_of_all_ids(name, bpe, metaspace):
+    """Random id sequences (not only encodings of text), cut at every point: the pieces join to decode(ids)."""
+    rng = random.Random(1)
+    if name == "char":
+        tok = CharTokenizer.train(DANISH + "😀\ufffd")
+    elif name == "cjk":
+        tok = cjk_tokenizer_and_text()[0]
+    else:
+        tok = dict(bpe=bpe, metaspace=metaspace)[name]
+    for _ in range(20):
+        ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randint(1, 40))]
+        pieces, tail = stream(tok, ids)
+        assert "".join(pieces) + tail == tok.decode(ids)
+
+
+def test_stream_decoder_decodes_a_few_ids_per_token(bpe):
+    calls = []
+
+    class Counting:
+        def decode(self, ids):
+            calls.append(len(ids))
+            return bpe.decode(ids)
+
+    text = DANISH * 30
+    ids = bpe.encode(text)
+    pieces, tail = stream(Counting(), ids)
+    assert "".join(pieces) + tail == text
+    assert max(calls) <= StreamDecoder.context_size + 1
+    assert len(calls) <= 2 * len(ids) + 1
+
+
+def test_stream_decoder_does_not_hold_back_forever():
+    tok = CharTokenizer(["a", "\ufffd"])  # a text that really ends in U+FFFD
+    decoder = StreamDecoder(tok)
+    pieces = [decoder.push(1) for _ in range(20)]
+    assert pieces == [""] * StreamDecoder.max_held + ["\ufffd"] * (20 - StreamDecoder.max_held)
+    assert decoder.flush() == "\ufffd" * StreamDecoder.max_held
+
+
+def test_stream_decoder_with_byte_fallback():
+    """Llama-style files: characters outside the vocabulary are spelt as byte tokens <0xE4><0xB8><0x8F>."""
+    hf = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    hf.train_from_iterator([make_text()], trainers.BpeTrainer(vocab_size=350, special_tokens=["<unk>", *bytes_],
+                                                              show_progress=False))
+    tok = BPETokenizer(hf)
+    text = "the cat 丏 slept 😀 under æ tree"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and tok.hf.token_to_id("<0xE4>") in ids
+    pieces, tail = stream(tok, ids)
+    assert "".join(pieces) + tail == text and tail == ""
+
+
+def test_run_stream_with_sentencepiece_prompt(metaspace, tmp_path):
+    model = tiny_model(vocab_size=metaspace.vocab_size)
+    run = Run(Path(tmp_path), {}, model, metaspace)
+    prompt = "the cat slept"
+    text = run.generate(prompt, max_new_tokens=30, temperature=1.0, seed=0)
+    ids = [int(t[0]) for t in generate(model, metaspace.encode(prompt), 30, temperature=1.0, seed=0)]
+    assert prompt + text == metaspace.decode(metaspace.encode(prompt) + ids)  # what the CLI prints
+
+
+def test_run_default_temperature_is_the_cli_default():
+    cli_default = build_parser().parse_args(["sample", "run"]).temperature
+    assert cli_default == 0.8
+    assert inspect.signature(Run.stream).parameters["temperature"].default == cli_default
 
 
 def test_run_stream_with_bpe_and_prompt_ids(bpe, tmp_path):

@@ -207,6 +207,17 @@ def test_load_standard_hugging_face_file(tmp_path):
     assert BPETokenizer.from_file(tmp_path / "tokenizer.json").vocab_size == tok.vocab_size
 
 
+def test_only_byte_level_files_may_be_encoded_in_pieces(bpe):
+    assert bpe.chunk_safe and not CharTokenizer.train("ab").chunk_safe
+    hf = tokenizers.Tokenizer.from_str(bpe.hf.to_str())
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    assert not BPETokenizer(hf).chunk_safe
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert BPETokenizer(hf).chunk_safe
+    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    assert not BPETokenizer(hf).chunk_safe  # unknown to us: encoded whole, which is always exact
+
+
 @pytest.mark.parametrize(
     "content,match",
     [

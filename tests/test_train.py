@@ -342,7 +342,7 @@ def test_huge_lr_gives_a_clean_error(corpus, tmp_path):
 def test_crash_while_saving_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch, fails):
     out = tmp_path / "run"
     calls = {"n": 0}
-    real_save_model, real_torch_save, real_pointer = ckpt_io.save_model, torch.save, ckpt_io._write_text_atomic
+    real_save_model, real_torch_save, real_pointer = ckpt_io.save_model, torch.save, ckpt_io.write_atomic
 
     def crash_second_time(real, path_arg):
         def wrapper(*args, **kwargs):
@@ -359,12 +359,12 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(corpus, tmp_path, monk
     elif fails == "trainer":
         monkeypatch.setattr(ckpt_io.torch, "save", crash_second_time(real_torch_save, 1))
     else:
-        monkeypatch.setattr(ckpt_io, "_write_text_atomic", crash_second_time(real_pointer, None))
+        monkeypatch.setattr(ckpt_io, "write_atomic", crash_second_time(real_pointer, None))
     with pytest.raises(OSError, match="simulated crash"):
         train(tiny(corpus, max_iters=10, eval_interval=5), out=out, quiet=True)
     monkeypatch.setattr(ckpt_io, "save_model", real_save_model)
     monkeypatch.setattr(ckpt_io.torch, "save", real_torch_save)
-    monkeypatch.setattr(ckpt_io, "_write_text_atomic", real_pointer)
+    monkeypatch.setattr(ckpt_io, "write_atomic", real_pointer)
     if fails == "pointer":  # the new folder was complete, but `latest` was never moved to it
         assert (out / "checkpoints" / "step-000010" / "model.safetensors").exists()
     else:  # the half-written folder is hidden
@@ -492,3 +492,82 @@ def test_progress_messages_go_to_stderr(corpus, tmp_path, capsys):
     assert "training gpt" in captured.err and "done: 2 iterations" in captured.err
     train(tiny(corpus, max_iters=2), out=tmp_path / "quiet", quiet=True)
     assert capsys.readouterr() == ("", "")
+
+
+# --- review findings: safety of the run folder and of stopping ----------------------------------------------
+
+
+def test_a_typo_with_overwrite_keeps_the_old_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(corpus, max_iters=4, eval_interval=2), out=out, quiet=True)
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    for bad in (dict(n_head=3, n_embd=16), dict(max_time="5x"), dict(corpus=str(tmp_path / "missing.txt"))):
+        with pytest.raises(GptlabError):
+            train({**tiny(corpus), **bad}, out=out, overwrite=True, quiet=True)
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    load_run(out, device="cpu")  # still whole
+
+
+def test_overwrite_clears_only_what_a_run_wrote(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(corpus, max_iters=6, eval_interval=2), out=out, quiet=True)
+    (out / "notes.txt").write_text("mine")
+    train(tiny(corpus, max_iters=2, eval_interval=100), out=out, overwrite=True, quiet=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert max(r["iter"] for r in read_metrics(out / "metrics.jsonl")) == 2
+    assert latest_name(out) == "step-000002" and not (out / "checkpoints" / "step-000006").exists()
+
+
+def test_a_folder_of_other_files_is_not_a_run_folder(corpus, tmp_path):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}')
+    for overwrite in (False, True):
+        with pytest.raises(GptlabError, match="other files"):
+            train(tiny(corpus), out=out, overwrite=overwrite, quiet=True)
+    assert (out / "config.json").read_text() == '{"my": "settings"}'
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(GptlabError, match="is a file"):
+        train(tiny(corpus), out=tmp_path / "afile", quiet=True)
+
+
+def test_an_interrupt_after_a_nan_step_saves_nothing(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _nan_after(monkeypatch, n_good=5)
+    with pytest.raises(GptlabError, match="loss is nan.*step-000004"):
+        train(tiny(corpus, max_iters=100, eval_interval=4, log_interval=100), out=out, quiet=True, stop_after=7)
+    assert latest_name(out) == "step-000004"
+    assert all(torch.isfinite(w).all() for w in weights(ckpt_io.latest_checkpoint(out)).values())
+
+
+def test_resume_with_a_broken_config_or_a_cut_metrics_line(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(corpus, max_iters=4, eval_interval=2), out=out, quiet=True, stop_after=3)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 3, "loss": 2.9')  # what a crash mid-write leaves
+    result = train({"max_iters": 5}, out=out, resume=True, quiet=True)
+    assert result.iters == 5 and [r["iter"] for r in read_metrics(out / "metrics.jsonl")][-1] == 5
+    (ckpt_io.latest_checkpoint(out) / "config.json").write_text('{"x": 1}')
+    with pytest.raises(GptlabError, match="not a gptlab run configuration"):
+        train({"max_iters": 6}, out=out, resume=True, quiet=True)
+    with pytest.raises(GptlabError, match="leave out --preset"):
+        train({}, out=out, resume=True, preset="cpu", quiet=True)
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(min_lr=1e-2, lr=1e-3), "--min-lr"),
+    (dict(seed=-1), "--seed"),
+    (dict(seed=2**64), "--seed"),
+    (dict(device="meta"), "unknown device"),
+])
+def test_more_invalid_values(corpus, tmp_path, values, message):
+    with pytest.raises(GptlabError, match=message):
+        train(tiny(corpus, **values), out=tmp_path / "run", quiet=True)
+
+
+def test_checkpoints_are_ordered_by_step_number(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (999_998, 999_999, 1_000_000):
+        (root / f"step-{step:06d}").mkdir(parents=True)
+        (root / f"step-{step:06d}" / "model.safetensors").write_bytes(b"")
+    assert ckpt_io.latest_checkpoint(tmp_path).name == "step-1000000"  # no `latest` pointer: the highest step

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from gptlab.errors import GptlabError
+from gptlab.files import write_atomic
 
 CKPT_DIR = "checkpoints"
 
@@ -37,15 +38,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, trainer_state: dict,
@@ -72,9 +64,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, trai
     else:
         os.replace(tmp, final)
     _fsync_dir(root)
-    _write_text_atomic(root / "latest", name + "\n")
+    write_atomic(root / "latest", name + "\n")
     _fsync_dir(root)
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+    for old in _by_step(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return final
@@ -88,8 +80,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         path = root / pointer.read_text().strip()
         if (path / "model.safetensors").exists():
             return path
-    done = sorted(p for p in root.glob("step-*") if (p / "model.safetensors").exists()) if root.exists() else []
+    done = _by_step(p for p in root.glob("step-*") if (p / "model.safetensors").exists()) if root.exists() else []
     return done[-1] if done else None
+
+
+def _by_step(folders) -> list[Path]:
+    """Checkpoint folders oldest first, by step number (names sort wrongly past step 999999)."""
+    def step(p: Path) -> int:
+        try:
+            return int(p.name.removeprefix("step-"))
+        except ValueError:
+            return -1
+    return sorted(folders, key=step)
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -113,6 +115,9 @@ def read_config(ckpt: Path) -> dict:
 
 
 def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
+    path = ckpt / "model.safetensors"
+    if not os.access(path, os.R_OK):
+        raise GptlabError(f"cannot read {path}")
     try:
         missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     except Exception as e:  # shape mismatches and corrupt files both land here

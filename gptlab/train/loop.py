@@ -19,7 +19,7 @@ from gptlab.data import Batches, TokenData, bits_per_char, check_length, get_tok
 from gptlab.device import autocast, pick_device, setup
 from gptlab.errors import GptlabError
 from gptlab.models import build_model, model_config
-from gptlab.tokenizer import load_tokenizer
+from gptlab.tokenizer import KINDS, load_tokenizer
 from gptlab.train import checkpoint as ckpt_io
 from gptlab.train.config import TrainConfig, parse_duration, resolve, split_values, to_dict
 from gptlab.train.metrics import MetricsLog, ProgressLine, Timer, plot_losses
@@ -48,24 +48,47 @@ def default_run_dir(cfg: TrainConfig) -> Path:
         plain = Path(re.split(r"[*?\[]", corpus)[0] or ".")
         corpus = (plain.stem if plain.suffix else plain.name) or "corpus"
     corpus = re.sub(r"[^\w.-]+", "_", corpus)
-    tok = cfg.tokenizer if cfg.tokenizer in ("char", "word", "bpe") else "custom"
+    tok = cfg.tokenizer if cfg.tokenizer in KINDS else "custom"
     return Path("runs") / f"{corpus}-{tok}"
 
 
-def check_values(cfg: TrainConfig) -> None:
-    """Numbers that would otherwise fail deep inside torch, as one clear message each."""
-    at_least_one = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval",
-                    "warmup_iters")
-    for name in at_least_one:
-        if getattr(cfg, name) < (0 if name == "warmup_iters" else 1):
-            raise GptlabError(f"--{name.replace('_', '-')} must be at least {0 if name == 'warmup_iters' else 1}")
+MINIMUMS = dict(max_iters=1, batch_size=1, grad_accum=1, eval_interval=1, eval_iters=1, log_interval=1,
+                warmup_iters=0, threads=0, seed=0, min_lr=0.0, weight_decay=0.0, grad_clip=0.0)
+
+
+def check_values(cfg: TrainConfig, model_values: dict) -> None:
+    """Values that would otherwise fail deep inside torch (or much later), as one clear message each."""
+    for name, low in MINIMUMS.items():
+        if not getattr(cfg, name) >= low:
+            raise GptlabError(f"--{name.replace('_', '-')} must be at least {low}")
+    if cfg.seed >= 2**63:
+        raise GptlabError("--seed must be below 2**63")
     for name in ("lr", "muon_lr"):
         if not getattr(cfg, name) > 0:
             raise GptlabError(f"--{name.replace('_', '-')} must be positive")
-    if cfg.min_lr < 0 or cfg.weight_decay < 0 or cfg.grad_clip < 0 or cfg.threads < 0:
-        raise GptlabError("--min-lr, --weight-decay, --grad-clip and --threads cannot be negative")
+    if cfg.min_lr > cfg.lr:
+        raise GptlabError(f"--min-lr ({cfg.min_lr}) cannot be above --lr ({cfg.lr}): the schedule decays to it")
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
         raise GptlabError("--beta1 and --beta2 must be in [0, 1)")
+    try:  # the model's own checks, before any corpus is downloaded or tokenized
+        model_config(cfg.arch, vocab_size=1, **model_values)
+    except (TypeError, ValueError) as e:
+        raise GptlabError(f"invalid model config: {e}") from None
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """A new run needs an empty (or new) folder; --overwrite may only clear a folder that holds a gptlab run."""
+    if resume or not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise GptlabError(f"--out {run_dir} is a file, not a folder")
+    if not any(run_dir.iterdir()):
+        return
+    if not ((run_dir / ckpt_io.CKPT_DIR).is_dir() or _is_run_config(run_dir / "config.json")):
+        raise GptlabError(f"--out {run_dir} is a folder with other files in it; choose a new or empty folder")
+    if not overwrite:
+        raise GptlabError(f"{run_dir} already holds a trained run; pass --resume to continue it, "
+                          f"--overwrite to start over, or another --out")
 
 
 def train_step(fwd, model, optimizers, next_batch, cfg, device, dtype, scaler=None) -> torch.Tensor:
@@ -132,12 +155,23 @@ class StopFlag:
             signal.signal(signal.SIGINT, self.previous)
 
 
+def _is_run_config(path: Path) -> bool:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"train", "model"} <= set(saved)
+
+
 def _resume_values(run_dir: Path, overrides: dict) -> tuple[dict, Path]:
     ckpt = ckpt_io.latest_checkpoint(run_dir)
     if ckpt is None:
         raise GptlabError(f"--resume: {run_dir} holds no checkpoint to resume")
     saved = ckpt_io.read_config(ckpt)
-    values = {**saved["train"], **{k: v for k, v in saved["model"].items() if k != "vocab_size"}}
+    try:
+        values = {**saved["train"], **{k: v for k, v in saved["model"].items() if k != "vocab_size"}}
+    except (KeyError, TypeError, AttributeError):
+        raise GptlabError(f"{ckpt / 'config.json'} is not a gptlab run configuration") from None
     changed = sorted(k for k, v in overrides.items() if k not in RESUMABLE and values.get(k) != v)
     if changed:
         raise GptlabError(f"--resume keeps the run's configuration; cannot change {', '.join(changed)} "
@@ -159,19 +193,17 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
     if resume:
         if out is None:
             raise GptlabError("--resume needs --out RUN_DIR, the run to continue")
+        if preset is not None:
+            raise GptlabError("--resume continues with the run's own configuration; leave out --preset")
         values, resume_ckpt = _resume_values(Path(out), overrides)
         cfg, model_values = split_values(values)
     else:
         device_hint = pick_device(overrides.get("device", "auto")).type
         cfg, model_values = resolve(preset, overrides, device_hint)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
-    if not resume and ckpt_io.latest_checkpoint(run_dir) is not None:
-        if not overwrite:
-            raise GptlabError(f"{run_dir} already holds a trained run; pass --resume to continue it, "
-                              f"--overwrite to start over, or another --out")
-        shutil.rmtree(run_dir / ckpt_io.CKPT_DIR, ignore_errors=True)
+    prepare_run_dir(run_dir, resume, overwrite)
     max_time = parse_duration(cfg.max_time)
-    check_values(cfg)
+    check_values(cfg, model_values)
 
     device, dtype = setup(cfg.device, cfg.dtype, cfg.threads, cfg.seed)
 
@@ -186,10 +218,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
     del corpus  # training reads the token files; holding the text would cost its size in memory for the whole run
 
     # --- model and optimizer -------------------------------------------------------------------------
-    try:
-        mcfg = model_config(cfg.arch, vocab_size=tokenizer.vocab_size, **model_values)
-    except (TypeError, ValueError) as e:
-        raise GptlabError(f"invalid model config: {e}") from None
+    mcfg = model_config(cfg.arch, vocab_size=tokenizer.vocab_size, **model_values)  # checked above
     block_size = mcfg.block_size
     check_length(data, block_size, cfg.val_fraction)
     model = build_model(cfg.arch, mcfg).to(device)
@@ -217,6 +246,10 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
             scaler.load_state_dict(state["scaler"])
         it, elapsed_before, best_val = state["iter"], state["elapsed"], state["best_val_loss"]
 
+    if not resume:  # everything was checked: only now clear what an overwritten run left
+        shutil.rmtree(run_dir / ckpt_io.CKPT_DIR, ignore_errors=True)
+        for name in ("config.json", "tokenizer.json", "metrics.jsonl", "loss.png"):
+            (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config_dict, indent=1))
     tokenizer.save(run_dir / "tokenizer.json")
@@ -235,7 +268,8 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
         return ckpt_io.save_checkpoint(run_dir, at, model, state, config_dict, tokenizer)
 
     def eval_and_save(at: int) -> tuple[float | None, Path]:
-        nonlocal best_val
+        nonlocal best_val, last_eval_iter
+        last_eval_iter = at
         losses = evaluate(fwd, eval_sources, cfg.eval_iters, cfg.seed + 1, device, dtype)
         val = losses.get("val")
         for name, value in losses.items():
@@ -260,7 +294,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
                      f"{str(dtype).replace('torch.', '')}; run folder {run_dir}")
     timer = Timer(elapsed_before)
     last_log_time, last_log_iter = timer.elapsed(), it
-    stopped_by, val_loss, last_ckpt = "max_iters", None, None
+    stopped_by, val_loss, last_ckpt, last_eval_iter = "max_iters", None, None, None
     compiled_ok = not cfg.compile
     try:
         with StopFlag() as stop:
@@ -303,14 +337,19 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
                     stopped_by = "interrupt"
                     break
         if stopped_by == "interrupt":
+            if not math.isfinite(loss.item()):  # never save weights that a NaN step has already spoiled
+                raise GptlabError(f"training loss is {loss.item()} at iteration {it}; stopped without saving. "
+                                  f"{_last_good(run_dir)} Try a lower --lr, or --dtype float32.")
             progress.message(f"interrupted at iteration {it}: saving a checkpoint to resume from")
             last_ckpt = save(it, None)
-        else:
+        elif it != last_eval_iter:  # (a time limit right after an evaluation needs no second one)
             val_loss, last_ckpt = eval_and_save(it)
     finally:
         progress.close()
-    if stopped_by != "interrupt" and not plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png"):
-        progress.message("could not draw loss.png (is matplotlib installed?); metrics.jsonl has the numbers")
+    if stopped_by != "interrupt":
+        failure = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        if failure:
+            progress.message(f"could not draw loss.png ({failure}); metrics.jsonl has the numbers")
     progress.message(f"done: {it} iterations in {timer.elapsed():.1f}s ({stopped_by}); checkpoint {last_ckpt}")
     return TrainResult(run_dir, it, val_loss, best_val, timer.elapsed(), last_ckpt, stopped_by)
 

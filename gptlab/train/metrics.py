@@ -15,9 +15,8 @@ class MetricsLog:
     def __init__(self, path: Path, resume_from: int | None = None):
         self.path = path
         if resume_from is not None and path.exists():  # forget what came after the checkpoint we resume
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iter", 0) <= resume_from]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [r for r in read_metrics(path) if r.get("iter", 0) <= resume_from]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         elif resume_from is None and path.exists():
             path.unlink()
 
@@ -29,14 +28,23 @@ class MetricsLog:
 def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line cut short by a crash: skip it
+            continue
+    return [r for r in records if isinstance(r, dict)]
 
 
-def plot_losses(metrics_path: Path, png_path: Path) -> bool:
+def plot_losses(metrics_path: Path, png_path: Path) -> str | None:
     """Draw the loss curve in a child process: matplotlib would add ~30 MB to the trainer's peak memory."""
     proc = subprocess.run([sys.executable, "-m", "gptlab.train.plot", str(metrics_path), str(png_path)],
                           capture_output=True, text=True)
-    return proc.returncode == 0
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit status {proc.returncode}"  # why it failed, in one line
 
 
 class ProgressLine:

@@ -79,7 +79,7 @@ def lr_factor(it: int, elapsed: float, cfg, max_time: float | None) -> float:
     if max_time:
         progress = max(progress, elapsed / max_time)
     progress = min(1.0, progress)
-    floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    floor = cfg.min_lr / cfg.lr
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every CPU figure of benchmarks/README.md, written as JSON lines to benchmarks/results/cpu_*.json.
+# About 9 minutes on the 2-core project machine; run it on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")"
+out=results
+mkdir -p "$out"
+python matmul_peak.py > "$out/cpu_matmul_peak.json"
+for round in 1 2 3; do  # interleaved, so the machine's drift hits every variant alike
+  for dtype in bfloat16 float32; do
+    python train_speed.py --preset nanogpt-cpu --iters 200 --set dtype=$dtype
+  done
+done > "$out/cpu_train_nanogpt.json"
+python train_speed.py --preset cpu --iters 60 > "$out/cpu_train_default.json"
+python generate_speed.py --preset nanogpt-cpu > "$out/cpu_generate_nanogpt.json"
+python generate_speed.py --preset cpu --skip-cli > "$out/cpu_generate_default.json"
+python tokenize_speed.py > "$out/cpu_tokenize.json"
+python time_to_quality.py --preset nanogpt-cpu --target 1.886 > "$out/cpu_ttq_nanogpt_fp32.json"
+python time_to_quality.py --preset nanogpt-cpu --target 1.886 -- --dtype bfloat16 > "$out/cpu_ttq_nanogpt_bf16.json"
+python time_to_quality.py --preset cpu --target 1.886 --target 1.70 --target 1.60 > "$out/cpu_ttq_default.json"
