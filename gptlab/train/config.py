@@ -53,7 +53,7 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(
         n_layer=4, n_head=4, n_embd=192, block_size=128, dropout=0.0, bias=False,
         batch_size=32, max_iters=100_000, max_time="5m", optimizer="muon", muon_lr=0.02,
-        lr=2e-3, min_lr=2e-4, warmup_iters=100, eval_interval=100, eval_iters=10,
+        lr=2e-3, min_lr=2e-4, warmup_iters=50, eval_interval=50, eval_iters=10,
     ),
     # nanoGPT's documented CPU recipe (config/train_shakespeare_char.py with its README's CPU flags).
     "nanogpt-cpu": dict(
