@@ -129,6 +129,6 @@ def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
 
 def load_trainer_state(ckpt: Path) -> dict:
     try:
-        return torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
+        return torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)  # tensors and plain data only
     except Exception as e:
         raise GptlabError(f"cannot read {ckpt / 'trainer.pt'}: {e}") from None

@@ -228,7 +228,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
     eval_sources = {"train": Batches(data.train, block_size, cfg.batch_size, device, cfg.seed)}
     if len(data.val) > block_size:
         eval_sources["val"] = Batches(data.val, block_size, cfg.batch_size, device, cfg.seed)
-    config_dict = to_dict(cfg, {**asdict(mcfg)})
+    config_dict = to_dict(cfg, asdict(mcfg))
 
     it, elapsed_before, best_val = 0, 0.0, None
     if resume_ckpt is not None:

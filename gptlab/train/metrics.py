@@ -17,8 +17,6 @@ class MetricsLog:
         if resume_from is not None and path.exists():  # forget what came after the checkpoint we resume
             kept = [r for r in read_metrics(path) if r.get("iter", 0) <= resume_from]
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        elif resume_from is None and path.exists():
-            path.unlink()
 
     def write(self, **record) -> None:
         with open(self.path, "a") as f:
