@@ -29,9 +29,13 @@ class Corpus:
     text: str  # the whole corpus as one string
     files: list[Path] = field(default_factory=list)  # the files it was read from
 
+    _sha: str = field(default="", repr=False, compare=False)
+
     def fingerprint(self) -> str:
         """sha256 of the text: the cache key for everything derived from it (tokenizers, token files)."""
-        return sha256_hex(self.text)
+        if not self._sha:  # hashed once: a large corpus takes seconds
+            self._sha = sha256_hex(self.text)
+        return self._sha
 
 
 def _utf8(raw: bytes) -> str:
