@@ -8,6 +8,7 @@ split, so the files are reused exactly while those stay the same, and rebuilt wh
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -171,6 +172,12 @@ class Batches:
             else:
                 window = window.to(self.device)
         return window[:, :-1], window[:, 1:]
+
+    def sibling(self) -> Batches:
+        """Another draw of windows from the same tokens (no second copy on the device), own generator."""
+        other = copy.copy(self)
+        other.generator = torch.Generator().manual_seed(self.generator.initial_seed())
+        return other
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

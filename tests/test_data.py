@@ -280,3 +280,12 @@ def test_prepare_failure_leaves_no_finished_folder(corpus, char_tok, tmp_path, m
     monkeypatch.setattr(data_mod, "encode_text", real_encode)
     data = prepare(corpus, char_tok, cache_dir=tmp_path)
     assert char_tok.decode(data.train.tolist()) == split_text(corpus.text, 0.1)[0]
+
+
+def test_a_sibling_shares_the_tokens_and_draws_on_its_own(tmp_path):
+    batches = Batches(TOKENS, 8, 4, "cpu", seed=5, preload=True)
+    sibling = batches.sibling()
+    assert sibling.tokens is batches.tokens  # no second copy
+    fresh = Batches(TOKENS, 8, 4, "cpu", seed=5, preload=True)
+    batches.next()  # the original's draws do not move the sibling's generator
+    assert all(torch.equal(u, v) for u, v in zip(sibling.next(), fresh.next()))

@@ -20,7 +20,7 @@ def cached_logits(model, idx, chunks):
     for n in chunks:
         out.append(model.lm_head(model.hidden(idx[:, start:start + n], cache)))
         start += n
-        assert model.cache_len(cache) == start
+        assert cache.pos == start
     assert start == idx.size(1)
     return torch.cat(out, dim=1)
 

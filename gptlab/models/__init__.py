@@ -1,7 +1,7 @@
 """Model families trained by the same commands. Each model offers:
 
 - ``forward(idx, targets=None) -> (logits (B, T, vocab), loss or None)`` for training,
-- ``new_cache(batch_size)``, ``step(idx, cache) -> logits (B, vocab)`` and ``cache_len(cache)`` for generation,
+- ``new_cache(batch_size)`` and ``step(idx, cache) -> logits (B, vocab)`` for generation,
 - ``block_size``: the longest context it takes (generation crops to it).
 """
 

@@ -247,9 +247,6 @@ class GPT(nn.Module):
         """Feed idx (B, T) after the cached tokens; return the logits (B, vocab) of the last position."""
         return self.lm_head(self.hidden(idx, cache)[:, -1])
 
-    def cache_len(self, cache: KVCache) -> int:
-        return cache.pos
-
     def flops_per_token(self, T: int | None = None) -> float:
         """Training FLOPs per token: 6 per weight (forward + backward) plus attention's 12·L·C·T (PaLM, App. B)."""
         c = self.config

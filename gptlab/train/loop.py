@@ -225,7 +225,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
     optimizers = build_optimizers(model, cfg, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     batches = Batches(data.train, block_size, cfg.batch_size, device, seed=cfg.seed)
-    eval_sources = {"train": Batches(data.train, block_size, cfg.batch_size, device, cfg.seed)}
+    eval_sources = {"train": batches.sibling()}  # evaluate() reseeds it; the tokens are shared
     if len(data.val) > block_size:
         eval_sources["val"] = Batches(data.val, block_size, cfg.batch_size, device, cfg.seed)
     config_dict = to_dict(cfg, asdict(mcfg))
