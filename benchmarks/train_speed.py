@@ -65,7 +65,7 @@ def main() -> None:
         vocab, tokens = tok.vocab_size, prepare(corpus, tok, cfg.val_fraction).train
     mcfg = model_config(cfg.arch, vocab_size=vocab, **model_values)
     model = build_model(cfg.arch, mcfg).to(device)
-    optimizers = build_optimizers(model, cfg, device.type)
+    optimizers = build_optimizers(model, cfg)
     batches = Batches(tokens, mcfg.block_size, cfg.batch_size, device, cfg.seed)
     fwd = torch.compile(model) if cfg.compile else model
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -1,5 +1,8 @@
+import io
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from gptlab.train import checkpoint as ckpt_io
 from gptlab.train.config import PRESETS, TrainConfig, parse_duration, resolve, split_values
 from gptlab.train.loop import default_run_dir, train
 from gptlab.train.metrics import read_metrics
-from gptlab.train.optim import Muon, build_optimizers, lr_factor, orthogonalize, set_lr
+from gptlab.train.optim import AdamW, Muon, build_optimizers, lr_factor, orthogonalize, set_lr
 
 TIMING = {"time", "tokens_per_s", "unix_time"}  # fields that differ between identical runs
 
@@ -49,8 +52,8 @@ def _names(model, params):
 
 def test_adamw_decays_only_hidden_matrices():
     model = tiny_model(bias=True, tie_weights=False)
-    (opt,) = build_optimizers(model, TrainConfig(weight_decay=0.1), "cpu")
-    assert isinstance(opt, torch.optim.AdamW)
+    (opt,) = build_optimizers(model, TrainConfig(weight_decay=0.1))
+    assert isinstance(opt, AdamW)
     decay = {n for g in opt.param_groups if g["weight_decay"] > 0 for n in _names(model, g["params"])}
     no_decay = {n for g in opt.param_groups if g["weight_decay"] == 0 for n in _names(model, g["params"])}
     assert decay and not decay & no_decay
@@ -65,7 +68,7 @@ def test_adamw_decays_only_hidden_matrices():
 
 def test_tied_head_is_an_embedding_and_not_decayed():
     model = tiny_model()
-    (opt,) = build_optimizers(model, TrainConfig(), "cpu")
+    (opt,) = build_optimizers(model, TrainConfig())
     no_decay = [p for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]]
     assert any(p is model.lm_head.weight for p in no_decay)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
@@ -73,15 +76,108 @@ def test_tied_head_is_an_embedding_and_not_decayed():
 
 def test_muon_takes_the_hidden_matrices():
     model = tiny_model(tie_weights=False)
-    muon, adamw = build_optimizers(model, TrainConfig(optimizer="muon", muon_lr=0.05), "cpu")
-    assert isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
+    muon, adamw = build_optimizers(model, TrainConfig(optimizer="muon", muon_lr=0.05))
+    assert isinstance(muon, Muon) and isinstance(adamw, AdamW)
     hidden = _names(model, muon.param_groups[0]["params"])
     assert hidden == {n for n, p in model.named_parameters() if p.dim() == 2 and ".h." in n}
     assert muon.param_groups[0]["base_lr"] == 0.05
     decay = {n for g in adamw.param_groups if g["weight_decay"] > 0 for n in _names(model, g["params"])}
     assert decay == {"lm_head.weight"}
     with pytest.raises(GptlabError, match="optimizer"):
-        build_optimizers(model, TrainConfig(optimizer="sgd"), "cpu")
+        build_optimizers(model, TrainConfig(optimizer="sgd"))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_matches_torch_adamw(monkeypatch, fused):
+    """The hand-held AdamW takes the same steps as torch.optim.AdamW, per group, in both kernels."""
+    monkeypatch.setattr(AdamW, "_fused", staticmethod(lambda p: fused))
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(5))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+
+    def groups(ps):
+        return [dict(params=[ps[0]], weight_decay=0.1), dict(params=[ps[1]], weight_decay=0.0, lr=3e-2)]
+
+    opt_a = AdamW(groups(ours), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    opt_b = torch.optim.AdamW(groups(theirs), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    for step in range(6):
+        for ps in (ours, theirs):
+            g = torch.Generator().manual_seed(step)
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g)
+        opt_a.step()
+        opt_b.step()
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert all(opt_a.state[p]["step"].item() == 6 for p in ours)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "muon"])
+def test_optimizer_state_dict_round_trip_continues_identically(kind):
+    def make():
+        torch.manual_seed(0)
+        model = tiny_model(n_layer=1)
+        return model, build_optimizers(model, TrainConfig(optimizer=kind, weight_decay=0.1))
+
+    def steps(model, optimizers, n, seed):
+        torch.manual_seed(seed)
+        for _ in range(n):
+            x = torch.randint(0, 16, (2, 8))
+            _, loss = model(x, x)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad()
+
+    model_a, opts_a = make()
+    steps(model_a, opts_a, 3, seed=1)
+    saved = [o.state_dict() for o in opts_a]
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)  # what a checkpoint holds, loaded as the trainer loads it
+    model_b, opts_b = make()
+    model_b.load_state_dict(model_a.state_dict())
+    for opt, state in zip(opts_b, loaded):
+        opt.load_state_dict(state)
+    steps(model_a, opts_a, 3, seed=2)
+    steps(model_b, opts_b, 3, seed=2)
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_optimizer_state_refuses_another_optimizer_or_other_shapes():
+    torch.manual_seed(0)
+    small, wide = tiny_model(n_layer=1), tiny_model(n_layer=1, n_embd=32)
+    (adamw_small,) = build_optimizers(small, TrainConfig())
+    (adamw_wide,) = build_optimizers(wide, TrainConfig())
+    muon, _ = build_optimizers(small, TrainConfig(optimizer="muon"))
+    with pytest.raises(ValueError, match="shapes"):
+        adamw_wide.load_state_dict(adamw_small.state_dict())
+    with pytest.raises(ValueError, match="AdamW"):
+        adamw_small.load_state_dict(muon.state_dict())
+    with pytest.raises(ValueError):
+        adamw_small.load_state_dict({"state": {}, "param_groups": []})  # torch.optim's format
+
+
+def test_building_and_stepping_optimizers_leaves_torch_compile_unimported():
+    """torch.optim.Optimizer imports torch._dynamo (about 85 MiB resident); gptlab's optimizers must not."""
+    code = ("import sys, torch\n"
+            "from gptlab.models import build_model, model_config\n"
+            "from gptlab.train.config import TrainConfig\n"
+            "from gptlab.train.optim import build_optimizers\n"
+            "cfg = model_config('gpt', vocab_size=16, n_layer=1, n_head=2, n_embd=16, block_size=8)\n"
+            "model = build_model('gpt', cfg)\n"
+            "for kind in ('adamw', 'muon'):\n"
+            "    opts = build_optimizers(model, TrainConfig(optimizer=kind))\n"
+            "    _, loss = model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))\n"
+            "    loss.backward()\n"
+            "    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
+            "    for o in opts:\n"
+            "        o.step(); o.zero_grad()\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (8, 32), (48, 12)])
@@ -113,7 +209,7 @@ def test_muon_reduces_loss_on_a_least_squares_problem():
 def test_muon_trains_a_tiny_gpt():
     torch.manual_seed(0)
     model = tiny_model("rope", n_layer=1).train()
-    optimizers = build_optimizers(model, TrainConfig(optimizer="muon", lr=1e-2, muon_lr=0.02), "cpu")
+    optimizers = build_optimizers(model, TrainConfig(optimizer="muon", lr=1e-2, muon_lr=0.02))
     pattern = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2])
     x, y = pattern[:-1].repeat(4, 1), pattern[1:].repeat(4, 1)
     history = []
@@ -150,7 +246,7 @@ def test_lr_schedule_follows_time_when_max_time_is_set():
 
 def test_set_lr_scales_each_groups_peak():
     model = tiny_model(tie_weights=False)
-    optimizers = build_optimizers(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), "cpu")
+    optimizers = build_optimizers(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02))
     set_lr(optimizers, 0.5)
     assert [g["lr"] for o in optimizers for g in o.param_groups] == pytest.approx([0.01, 5e-4, 5e-4])
 
@@ -266,6 +362,19 @@ def test_resume_refuses_to_change_the_model_or_run_nothing(corpus, tmp_path):
         train({"n_layer": 2}, out=out, resume=True, quiet=True)
     with pytest.raises(GptlabError, match="cannot change lr"):
         train(tiny(corpus, max_iters=6, lr=0.5), out=out, resume=True, quiet=True)
+    assert latest_name(out) == "step-000003"
+
+
+def test_resume_refuses_optimizer_state_it_cannot_use(corpus, tmp_path):
+    """A trainer.pt from torch.optim (or another optimizer) is refused in one line; the run is untouched."""
+    out = tmp_path / "run"
+    train(tiny(corpus, max_iters=3), out=out, quiet=True)
+    path = ckpt_io.latest_checkpoint(out) / "trainer.pt"
+    state = torch.load(path, weights_only=True)
+    state["optimizers"] = [{"state": {}, "param_groups": [{"lr": 1e-3, "params": [0]}]}]
+    torch.save(state, path)
+    with pytest.raises(GptlabError, match="cannot be resumed: the saved optimizer state is not AdamW's"):
+        train({"max_iters": 5}, out=out, resume=True, quiet=True)
     assert latest_name(out) == "step-000003"
 
 

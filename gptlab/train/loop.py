@@ -222,7 +222,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
     block_size = mcfg.block_size
     check_length(data, block_size, cfg.val_fraction)
     model = build_model(cfg.arch, mcfg).to(device)
-    optimizers = build_optimizers(model, cfg, device.type)
+    optimizers = build_optimizers(model, cfg)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     batches = Batches(data.train, block_size, cfg.batch_size, device, seed=cfg.seed)
     eval_sources = {"train": batches.sibling()}  # evaluate() reseeds it; the tokens are shared
@@ -237,7 +237,10 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
         if len(state["optimizers"]) != len(optimizers):
             raise GptlabError(f"checkpoint {resume_ckpt} was written with another optimizer")
         for opt, s in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(s)
+            try:
+                opt.load_state_dict(s)
+            except ValueError as e:
+                raise GptlabError(f"checkpoint {resume_ckpt} cannot be resumed: {e}") from None
         batches.load_state_dict(state["batches"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and state.get("rng_cuda") is not None:
