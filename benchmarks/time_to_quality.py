@@ -4,13 +4,15 @@
 
 It launches `python -m gptlab train` as a fresh process (imports, corpus, tokenizer, data preparation and
 compilation all count), then reads the run's metrics.jsonl and prints one JSON line: for each target the
-seconds from launch to the first evaluation at or below it (null if never), and the final validation loss.
+seconds from launch to the first evaluation at or below it (null if never), the final validation loss, and
+the process's peak resident memory (the whole run: the figure to hold against another trainer's process).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,6 +37,7 @@ def main() -> None:
         launched = time.time()
         proc = subprocess.run(cmd)
         finished = time.time()
+        peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the only child: the run
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [r for r in records if "val_loss" in r]
     reached = {}
@@ -47,6 +50,7 @@ def main() -> None:
         "reached": reached, "final_val_loss": round(evals[-1]["val_loss"], 4) if evals else None,
         "best_val_loss": round(min(r["val_loss"] for r in evals), 4) if evals else None,
         "iters": records[-1]["iter"] if records else 0, "process_seconds": round(finished - launched, 2),
+        "peak_rss_bytes": peak_rss,
         "curve": [(r["iter"], round(r["unix_time"] - launched, 1), round(r["val_loss"], 4)) for r in evals],
     }))
 

@@ -378,6 +378,16 @@ def test_resume_refuses_optimizer_state_it_cannot_use(corpus, tmp_path):
     assert latest_name(out) == "step-000003"
 
 
+def test_vocab_size_is_refused_where_the_tokenizer_ignores_it(corpus, tmp_path):
+    with pytest.raises(GptlabError, match="--vocab-size applies to the word and bpe tokenizers; a char"):
+        train(tiny(corpus, tokenizer="char", vocab_size=100), out=tmp_path / "a", quiet=True)
+    first = train(tiny(corpus, tokenizer="word", vocab_size=20, max_iters=1), out=tmp_path / "b", quiet=True)
+    with pytest.raises(GptlabError, match="a tokenizer file brings its own"):
+        train(tiny(corpus, tokenizer=str(first.run_dir / "tokenizer.json"), vocab_size=30), out=tmp_path / "c",
+              quiet=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
 def test_existing_run_needs_resume_or_overwrite(corpus, tmp_path):
     out = tmp_path / "run"
     first = train(tiny(corpus, max_iters=4, eval_interval=2), out=out, quiet=True)

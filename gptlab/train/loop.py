@@ -200,6 +200,10 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
     else:
         device_hint = pick_device(overrides.get("device", "auto")).type
         cfg, model_values = resolve(preset, overrides, device_hint)
+        if overrides.get("vocab_size") is not None and cfg.tokenizer not in ("word", "bpe"):
+            fixed = "a char tokenizer's is the corpus's characters" if cfg.tokenizer == "char" else \
+                "a tokenizer file brings its own"
+            raise GptlabError(f"--vocab-size applies to the word and bpe tokenizers; {fixed}")
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     prepare_run_dir(run_dir, resume, overwrite)
     max_time = parse_duration(cfg.max_time)
