@@ -379,7 +379,7 @@ def test_resume_refuses_optimizer_state_it_cannot_use(corpus, tmp_path):
 
 
 def test_vocab_size_is_refused_where_the_tokenizer_ignores_it(corpus, tmp_path):
-    with pytest.raises(GptlabError, match="--vocab-size applies to the word and bpe tokenizers; a char"):
+    with pytest.raises(GptlabError, match="--vocab-size applies to the word and bpe tokenizers; the char"):
         train(tiny(corpus, tokenizer="char", vocab_size=100), out=tmp_path / "a", quiet=True)
     first = train(tiny(corpus, tokenizer="word", vocab_size=20, max_iters=1), out=tmp_path / "b", quiet=True)
     with pytest.raises(GptlabError, match="a tokenizer file brings its own"):

@@ -201,8 +201,8 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
         device_hint = pick_device(overrides.get("device", "auto")).type
         cfg, model_values = resolve(preset, overrides, device_hint)
         if overrides.get("vocab_size") is not None and cfg.tokenizer not in ("word", "bpe"):
-            fixed = "a char tokenizer's is the corpus's characters" if cfg.tokenizer == "char" else \
-                "a tokenizer file brings its own"
+            fixed = "the char tokenizer's vocabulary is the corpus's characters" if cfg.tokenizer == "char" else \
+                "a tokenizer file brings its own vocabulary"
             raise GptlabError(f"--vocab-size applies to the word and bpe tokenizers; {fixed}")
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     prepare_run_dir(run_dir, resume, overwrite)
