@@ -113,6 +113,38 @@ def test_adamw_matches_torch_adamw(monkeypatch, fused):
 
 
 @pytest.mark.parametrize("kind", ["adamw", "muon"])
+def test_grad_scaler_drives_gptlabs_optimizers(kind):
+    """The fp16 path: a scaled step equals an unscaled one, and an inf gradient skips the step."""
+    def make():
+        torch.manual_seed(0)
+        model = tiny_model(n_layer=1)
+        return model, build_optimizers(model, TrainConfig(optimizer=kind))
+
+    x = torch.randint(0, 16, (2, 8))
+    plain, plain_opts = make()
+    plain(x, x)[1].backward()
+    for opt in plain_opts:
+        opt.step()
+    scaled, scaled_opts = make()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(scaled(x, x)[1]).backward()
+    for opt in scaled_opts:
+        scaler.step(opt)
+    scaler.update()
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(a, b)
+    before = [p.detach().clone() for p in scaled.parameters()]
+    for opt in scaled_opts:
+        opt.zero_grad()
+    scaler.scale(scaled(x, x)[1] * float("inf")).backward()
+    for opt in scaled_opts:
+        scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
+    assert scaler.get_scale() == 512.0
+
+
+@pytest.mark.parametrize("kind", ["adamw", "muon"])
 def test_optimizer_state_dict_round_trip_continues_identically(kind):
     def make():
         torch.manual_seed(0)
@@ -161,7 +193,7 @@ def test_optimizer_state_refuses_another_optimizer_or_other_shapes():
 
 
 def test_building_and_stepping_optimizers_leaves_torch_compile_unimported():
-    """torch.optim.Optimizer imports torch._dynamo (about 85 MiB resident); gptlab's optimizers must not."""
+    """torch.optim.Optimizer imports torch._dynamo (about 70 MiB of peak memory); gptlab's optimizers must not."""
     code = ("import sys, torch\n"
             "from gptlab.models import build_model, model_config\n"
             "from gptlab.train.config import TrainConfig\n"
