@@ -56,3 +56,33 @@ def test_compiled_equals_eager_on_cuda():
     eager, _ = model(x)
     compiled, _ = torch.compile(model)(x)
     assert torch.allclose(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_adamw_on_cuda_matches_torch_and_its_state_moves_to_cpu():
+    from gptlab.train.optim import AdamW
+
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(64, 32, device="cuda")), torch.nn.Parameter(torch.randn(32, device="cuda"))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt_a = AdamW(ours, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    opt_b = torch.optim.AdamW(theirs, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    for step in range(5):
+        for ps in (ours, theirs):
+            g = torch.Generator(device="cuda").manual_seed(step)
+            for p in ps:
+                p.grad = torch.randn(p.shape, device="cuda", generator=g)
+        opt_a.step()
+        opt_b.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    on_cpu = [torch.nn.Parameter(p.detach().cpu()) for p in ours]
+    opt_c = AdamW(on_cpu, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    opt_c.load_state_dict(opt_a.state_dict())
+    assert all(t.device.type == "cpu" for s in opt_c.state.values() for t in s.values())
+    for p, q in zip(on_cpu, ours):
+        p.grad = torch.ones_like(p)
+        q.grad = torch.ones_like(q)
+    opt_a.step()
+    opt_c.step()
+    for p, q in zip(on_cpu, ours):
+        torch.testing.assert_close(p, q.cpu())
