@@ -37,7 +37,8 @@ def main() -> None:
         launched = time.time()
         proc = subprocess.run(cmd)
         finished = time.time()
-        peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the only child: the run
+        # The largest resident set among the finished child processes: the run (its loss-plot child is smaller).
+        peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [r for r in records if "val_loss" in r]
     reached = {}

@@ -89,14 +89,16 @@ def test_muon_takes_the_hidden_matrices():
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_adamw_matches_torch_adamw(monkeypatch, fused):
-    """The hand-held AdamW takes the same steps as torch.optim.AdamW, per group, in both kernels."""
+    """gptlab's AdamW takes the same steps as torch.optim.AdamW, per group, in both kernels, including for a
+    parameter that has no gradient at some steps (it is left alone and its step count waits)."""
     monkeypatch.setattr(AdamW, "_fused", staticmethod(lambda p: fused))
     torch.manual_seed(0)
-    ours = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(5))]
+    ours = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(5)),
+            torch.nn.Parameter(torch.randn(4, 3))]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
 
     def groups(ps):
-        return [dict(params=[ps[0]], weight_decay=0.1), dict(params=[ps[1]], weight_decay=0.0, lr=3e-2)]
+        return [dict(params=[ps[0], ps[2]], weight_decay=0.1), dict(params=[ps[1]], weight_decay=0.0, lr=3e-2)]
 
     opt_a = AdamW(groups(ours), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
     opt_b = torch.optim.AdamW(groups(theirs), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
@@ -105,11 +107,78 @@ def test_adamw_matches_torch_adamw(monkeypatch, fused):
             g = torch.Generator().manual_seed(step)
             for p in ps:
                 p.grad = torch.randn(p.shape, generator=g)
+            if step % 2:
+                ps[2].grad = None
         opt_a.step()
         opt_b.step()
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    assert all(opt_a.state[p]["step"].item() == 6 for p in ours)
+    assert [opt_a.state[p]["step"].item() for p in ours] == [6, 6, 3]
+
+
+def test_optimizers_refuse_malformed_parameters():
+    w = torch.nn.Parameter(torch.randn(3, 3))
+    with pytest.raises(TypeError, match="not a tensor"):
+        AdamW(w)
+    with pytest.raises(ValueError, match="twice"):
+        AdamW([dict(params=[w]), dict(params=[w])])
+    with pytest.raises(ValueError, match="at least one"):
+        Muon([])
+
+
+def test_muon_step_is_orthogonalized_nesterov_momentum():
+    """Two steps by hand: buffer b = mu b + g, update = orthogonalize(g + mu b), p -= lr * update."""
+    torch.manual_seed(0)
+    W = torch.nn.Parameter(torch.randn(8, 16))
+    start = W.detach().clone()
+    g1, g2 = torch.randn(8, 16), torch.randn(8, 16)
+    opt = Muon([W], lr=0.1, momentum=0.9)
+    W.grad = g1.clone()
+    opt.step()
+    W.grad = g2.clone()
+    opt.step()
+    b1 = g1
+    b2 = 0.9 * b1 + g2
+    expected = start - 0.1 * orthogonalize(g1 + 0.9 * b1) - 0.1 * orthogonalize(g2 + 0.9 * b2)
+    torch.testing.assert_close(W.detach(), expected)
+    torch.testing.assert_close(opt.state[W]["momentum_buffer"], b2)
+
+
+def test_adamw_resumes_from_torch_optim_state():
+    """Checkpoints written before gptlab had its own optimizers hold torch.optim.AdamW's state_dict: a
+    resumed run continues exactly as torch's optimizer would have."""
+    torch.manual_seed(0)
+    model_a = tiny_model(n_layer=1)
+    model_b = tiny_model(n_layer=1)
+    groups = build_optimizers(model_a, TrainConfig(weight_decay=0.1))[0].param_groups
+    old = torch.optim.AdamW([dict(g, betas=(0.9, 0.95)) for g in groups], lr=1e-3, fused=True)
+
+    def step(model, opt, seed):
+        x = torch.randint(0, 16, (2, 8), generator=torch.Generator().manual_seed(seed))
+        model(x, x)[1].backward()
+        opt.step()
+        opt.zero_grad()
+
+    for seed in range(3):
+        step(model_a, old, seed)
+    buffer = io.BytesIO()
+    torch.save(old.state_dict(), buffer)
+    buffer.seek(0)
+    model_b.load_state_dict(model_a.state_dict())
+    (new,) = build_optimizers(model_b, TrainConfig(weight_decay=0.1))
+    new.load_state_dict(torch.load(buffer, weights_only=True))
+    assert new.param_groups[0]["betas"] == (0.9, 0.95)
+    for seed in range(3, 6):
+        step(model_a, old, seed)
+        step(model_b, new, seed)
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+    (other,) = build_optimizers(tiny_model(n_layer=1, n_embd=32), TrainConfig(weight_decay=0.1))
+    with pytest.raises(ValueError, match="shapes"):
+        other.load_state_dict(old.state_dict())
+    muon, _ = build_optimizers(model_b, TrainConfig(optimizer="muon"))
+    with pytest.raises(ValueError, match="not Muon's"):
+        muon.load_state_dict(old.state_dict())
 
 
 @pytest.mark.parametrize("kind", ["adamw", "muon"])
@@ -189,7 +258,9 @@ def test_optimizer_state_refuses_another_optimizer_or_other_shapes():
     with pytest.raises(ValueError, match="AdamW"):
         adamw_small.load_state_dict(muon.state_dict())
     with pytest.raises(ValueError):
-        adamw_small.load_state_dict({"state": {}, "param_groups": []})  # torch.optim's format
+        adamw_small.load_state_dict({"state": {}, "param_groups": []})  # torch.optim's layout, no groups
+    with pytest.raises(ValueError, match="not AdamW's"):
+        adamw_small.load_state_dict({"kind": "AdamW", "shapes": []})  # cut short
 
 
 def test_building_and_stepping_optimizers_leaves_torch_compile_unimported():
@@ -398,7 +469,7 @@ def test_resume_refuses_to_change_the_model_or_run_nothing(corpus, tmp_path):
 
 
 def test_resume_refuses_optimizer_state_it_cannot_use(corpus, tmp_path):
-    """A trainer.pt from torch.optim (or another optimizer) is refused in one line; the run is untouched."""
+    """A trainer.pt holding another optimizer's state is refused in one line; the run is untouched."""
     out = tmp_path / "run"
     train(tiny(corpus, max_iters=3), out=out, quiet=True)
     path = ckpt_io.latest_checkpoint(out) / "trainer.pt"

@@ -43,17 +43,26 @@ def _head_ids(model: nn.Module) -> set[int]:
 class Optimizer:
     """The part of torch.optim.Optimizer the trainer uses, written out: parameter groups (dicts holding
     "params" and their hyperparameters, "lr" among them), per-parameter state, step(), zero_grad() and a
-    state_dict() for checkpoints. torch.amp.GradScaler drives it like a torch optimizer.
+    state_dict() for checkpoints. torch.amp.GradScaler drives it like a torch optimizer (it unscales the
+    gradients and skips the step after an inf, reading found-inf on the host).
 
     Why not subclass torch.optim.Optimizer: adding a parameter group to one imports the whole
     torch.compile stack (torch._dynamo) even when nothing is compiled: about 70 MiB of peak memory, a
-    fifth of a small CPU run's, and a second of start-up.
+    fifth of a small CPU run's, and a second of start-up. What needs a real torch.optim.Optimizer (its
+    lr schedulers, FSDP's optim_state_dict, ZeroRedundancyOptimizer) does not take these classes.
     """
 
     def __init__(self, params, defaults: dict):
+        if isinstance(params, torch.Tensor):
+            raise TypeError("params must be an iterable of tensors or of group dicts, not a tensor")
         params = list(params)
         groups = params if params and isinstance(params[0], dict) else [dict(params=params)]
         self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
+        every = [p for g in self.param_groups for p in g["params"]]
+        if not every:
+            raise ValueError("an optimizer needs at least one parameter")
+        if len({id(p) for p in every}) != len(every):
+            raise ValueError("a parameter appears twice in the optimizer's groups")
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -74,16 +83,47 @@ class Optimizer:
                     state=[[self.state.get(p, {}) for p in g["params"]] for g in self.param_groups])
 
     def load_state_dict(self, saved: dict) -> None:
-        """Restores a state_dict(); ValueError if it was written by another optimizer or for other parameters."""
-        if not isinstance(saved, dict) or saved.get("kind") != type(self).__name__:
-            raise ValueError(f"the saved optimizer state is not {type(self).__name__}'s")
-        if saved.get("shapes") != self._shapes():
+        """Restores a state_dict(), or torch.optim's layout of the same optimizer (what gptlab checkpoints
+        held before these classes); ValueError if it was written by another optimizer or for other parameters."""
+        name = type(self).__name__
+        if isinstance(saved, dict) and "param_groups" in saved and "kind" not in saved:
+            saved = self._from_torch_layout(saved)
+        try:
+            groups, states, shapes = saved["groups"], saved["state"], saved["shapes"]
+            ours = saved["kind"] == name and all(isinstance(g, dict) for g in groups)
+        except (TypeError, KeyError):
+            ours = False
+        if not ours:
+            raise ValueError(f"the saved optimizer state is not {name}'s")
+        if shapes != self._shapes() or [len(s) for s in states] != [len(g["params"]) for g in self.param_groups]:
             raise ValueError("the saved optimizer state is for parameters of other shapes")
-        for group, hyper, states in zip(self.param_groups, saved["groups"], saved["state"]):
+        self.state.clear()
+        for group, hyper, group_states in zip(self.param_groups, groups, states):
             group.update(hyper)
-            for p, state in zip(group["params"], states):
+            for p, state in zip(group["params"], group_states):
                 if state:
                     self.state[p] = {k: v.to(self._state_device(p, k)) for k, v in state.items()}
+
+    def _from_torch_layout(self, saved: dict) -> dict:
+        """torch.optim's state_dict (parameters and their state by index) in this class's layout. The
+        shapes are read from the saved tensors, so a state for other parameters is still refused."""
+        try:
+            groups, by_index = saved["param_groups"], saved["state"]
+            states = [[by_index.get(i, {}) for i in g["params"]] for g in groups]
+            # KeyError when the groups lack one of this optimizer's hyperparameters: another optimizer's.
+            hyper = [{k: g[k] for k in mine if k != "params"} for g, mine in zip(groups, self.param_groups)]
+        except (TypeError, KeyError, AttributeError):
+            return {}
+        mine = self._shapes()
+
+        def shape(gi: int, j: int, state: dict):
+            saved_shape = next((list(t.shape) for t in state.values() if t.dim() > 0), None)
+            if saved_shape is not None:
+                return saved_shape
+            return mine[gi][j] if gi < len(mine) and j < len(mine[gi]) else None
+
+        shapes = [[shape(gi, j, st) for j, st in enumerate(g)] for gi, g in enumerate(states)]
+        return dict(kind=type(self).__name__, shapes=shapes, groups=hyper, state=states)
 
     def _state_device(self, p: torch.Tensor, key: str) -> torch.device:
         return p.device
@@ -124,7 +164,7 @@ class AdamW(Optimizer):
                     self.state[p] = dict(step=torch.zeros((), device=self._state_device(p, "step")),
                                          exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
             states = [self.state[p] for p in params]
-            fused = self._fused(params[0])
+            fused = all(self._fused(p) for p in params)
             beta1, beta2 = group["betas"]
             adamw_kernel(params, [p.grad for p in params], [s["exp_avg"] for s in states],
                          [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
