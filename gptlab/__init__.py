@@ -8,16 +8,10 @@ The pipeline, one module each: corpora -> tokenizer -> data -> models -> train -
     print(run.generate("ROMEO:", max_new_tokens=100, temperature=0.8))
 """
 
+from gptlab import train  # a callable package: gptlab.train(values, out=...) runs gptlab.train.loop.train
 from gptlab.errors import GptlabError
 
 __version__ = "0.1.0"
-
-
-def train(*args, **kwargs):
-    """See gptlab.train.loop.train (imported on first use to keep `import gptlab` light)."""
-    from gptlab.train.loop import train as _train
-
-    return _train(*args, **kwargs)
 
 
 def load_run(*args, **kwargs):

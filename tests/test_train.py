@@ -793,3 +793,23 @@ def test_checkpoints_are_ordered_by_step_number(tmp_path):
         (root / f"step-{step:06d}").mkdir(parents=True)
         (root / f"step-{step:06d}" / "model.safetensors").write_bytes(b"")
     assert ckpt_io.latest_checkpoint(tmp_path).name == "step-1000000"  # no `latest` pointer: the highest step
+
+
+def test_python_api_in_a_fresh_process(corpus, tmp_path):
+    """The README's API: gptlab.train may be called again after its package was imported (it used to be
+    shadowed by the gptlab.train package on the second call); neither `import gptlab` nor the loss-plot
+    child process imports torch."""
+    values = tiny(corpus, max_iters=2)
+    code = ("import sys, gptlab\n"
+            "light = 'torch' not in sys.modules\n"
+            f"values = {values!r}\n"
+            f"gptlab.train(values, out={str(tmp_path / 'a')!r}, quiet=True)\n"
+            f"result = gptlab.train(values, out={str(tmp_path / 'b')!r}, quiet=True)\n"
+            "run = gptlab.load_run(result.run_dir, device='cpu')\n"
+            "print(light, result.iters, len(run.generate('the', max_new_tokens=5, temperature=0)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "2", "5"]
+    plot = subprocess.run([sys.executable, "-c", "import sys, gptlab.train.plot; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert plot.stdout.strip() == "False"
+    assert (tmp_path / "b" / "loss.png").exists()
