@@ -5,6 +5,7 @@
 - Muon (Jordan et al., 2024) for the hidden matrices of a transformer: SGD momentum whose update is
   orthogonalized by a few Newton-Schulz iterations. Embeddings, the output head, norms and biases
   stay with AdamW, as in the fastest GPT training records.
+- Both are small classes written out here, not torch.optim subclasses (Optimizer says why).
 - Linear warmup, then cosine decay to min_lr. Progress is the larger of iterations done over
   max_iters and time spent over max_time, so a time-limited run still ends its schedule on time.
 """
