@@ -106,24 +106,22 @@ class Optimizer:
                     self.state[p] = {k: v.to(self._state_device(p, k)) for k, v in state.items()}
 
     def _from_torch_layout(self, saved: dict) -> dict:
-        """torch.optim's state_dict (parameters and their state by index) in this class's layout. The
-        shapes are read from the saved tensors, so a state for other parameters is still refused."""
+        """torch.optim's state_dict (parameters and their state by index) in this class's layout. Shapes are
+        read from the saved tensors (a parameter without state is taken as fitting), so a state for other
+        parameters is still refused."""
+        mine = self._shapes()
         try:
             groups, by_index = saved["param_groups"], saved["state"]
             states = [[by_index.get(i, {}) for i in g["params"]] for g in groups]
             # KeyError when the groups lack one of this optimizer's hyperparameters: another optimizer's.
-            hyper = [{k: g[k] for k in mine if k != "params"} for g, mine in zip(groups, self.param_groups)]
+            hyper = [{k: g[k] for k in group if k != "params"} for g, group in zip(groups, self.param_groups)]
+            shapes = [[next((list(t.shape) for t in st.values() if t.dim() > 0), None) for st in g] for g in states]
         except (TypeError, KeyError, AttributeError):
             return {}
-        mine = self._shapes()
-
-        def shape(gi: int, j: int, state: dict):
-            saved_shape = next((list(t.shape) for t in state.values() if t.dim() > 0), None)
-            if saved_shape is not None:
-                return saved_shape
-            return mine[gi][j] if gi < len(mine) and j < len(mine[gi]) else None
-
-        shapes = [[shape(gi, j, st) for j, st in enumerate(g)] for gi, g in enumerate(states)]
+        for gi, group_shapes in enumerate(shapes):
+            for j, shape in enumerate(group_shapes):
+                if shape is None and gi < len(mine) and j < len(mine[gi]):
+                    group_shapes[j] = mine[gi][j]
         return dict(kind=type(self).__name__, shapes=shapes, groups=hyper, state=states)
 
     def _state_device(self, p: torch.Tensor, key: str) -> torch.device:
