@@ -119,7 +119,7 @@ def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
     if not os.access(path, os.R_OK):
         raise GptlabError(f"cannot read {path}")
     try:
-        missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
+        missing, unexpected = load_model(model, str(path), strict=False)
     except Exception as e:  # shape mismatches and corrupt files both land here
         raise GptlabError(f"checkpoint {ckpt} does not fit this model: {str(e).splitlines()[0]}") from None
     if missing or unexpected:

@@ -281,8 +281,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
         val = losses.get("val")
         for name, value in losses.items():
             if not math.isfinite(value):
-                raise GptlabError(f"{name} loss is {value} at iteration {at}; stopped without saving. "
-                                  f"{_last_good(run_dir)} Try a lower --lr, or --dtype float32.")
+                raise _non_finite(f"{name} loss", value, at, run_dir)
         record = dict(iter=at, train_loss=losses["train"], time=round(timer.elapsed(), 3), unix_time=time.time())
         if val is not None:
             best_val = val if best_val is None else min(best_val, val)
@@ -326,8 +325,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
                 if it % cfg.log_interval == 0 or it == cfg.max_iters:
                     loss_value = loss.item()
                     if not math.isfinite(loss_value):
-                        raise GptlabError(f"training loss is {loss_value} at iteration {it}; stopped. "
-                                          f"{_last_good(run_dir)} Try a lower --lr, or --dtype float32.")
+                        raise _non_finite("training loss", loss_value, it, run_dir)
                     now = timer.elapsed()
                     tps = tokens_per_iter * (it - last_log_iter) / max(1e-9, now - last_log_time)
                     last_log_time, last_log_iter = now, it
@@ -345,8 +343,7 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
                     break
         if stopped_by == "interrupt":
             if not math.isfinite(loss.item()):  # never save weights that a NaN step has already spoiled
-                raise GptlabError(f"training loss is {loss.item()} at iteration {it}; stopped without saving. "
-                                  f"{_last_good(run_dir)} Try a lower --lr, or --dtype float32.")
+                raise _non_finite("training loss", loss.item(), it, run_dir)
             progress.message(f"interrupted at iteration {it}: saving a checkpoint to resume from")
             last_ckpt = save(it, None)
         elif it != last_eval_iter:  # (a time limit right after an evaluation needs no second one)
@@ -361,6 +358,9 @@ def train(overrides: dict | None = None, *, preset: str | None = None, out: str 
     return TrainResult(run_dir, it, val_loss, best_val, timer.elapsed(), last_ckpt, stopped_by)
 
 
-def _last_good(run_dir: Path) -> str:
+def _non_finite(what: str, value: float, at: int, run_dir: Path) -> GptlabError:
+    """The one-line error for a NaN or inf loss: nothing is saved, and the last good checkpoint is named."""
     ckpt = ckpt_io.latest_checkpoint(run_dir)
-    return f"The last good checkpoint, {ckpt}, is intact." if ckpt else "No checkpoint was written yet."
+    last = f"The last good checkpoint, {ckpt}, is intact." if ckpt else "No checkpoint was written yet."
+    return GptlabError(f"{what} is {value} at iteration {at}; stopped without saving. {last} "
+                       f"Try a lower --lr, or --dtype float32.")
