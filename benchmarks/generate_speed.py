@@ -21,8 +21,8 @@ import time
 import torch
 
 from gptlab.generate import generate
-from gptlab.models import build_model, model_config
-from gptlab.train.config import resolve
+from gptlab.models import build_model, make_config
+from gptlab.training.config import resolve
 
 
 def tokens_per_s(model, n: int, use_cache: bool) -> float:
@@ -59,10 +59,11 @@ def main() -> None:
     args = parser.parse_args()
     _, model_values = resolve(args.preset, {})
     torch.manual_seed(0)
-    model = build_model("gpt", model_config("gpt", vocab_size=args.vocab_size, **model_values)).eval()
+    family = model_values.pop("family")
+    model = build_model(family, make_config(family, {**model_values, "vocab_size": args.vocab_size})).eval()
     result = {
         "bench": "generate_speed", "preset": args.preset, "threads": torch.get_num_threads(),
-        "params": model.num_params(), "block_size": model.block_size, "new_tokens": args.tokens,
+        "params": model.num_params(), "block_size": model.max_context, "new_tokens": args.tokens,
         "tokens_per_s_cache": round(tokens_per_s(model, args.tokens, True), 1),
         "tokens_per_s_no_cache": round(tokens_per_s(model, args.tokens, False), 1),
     }

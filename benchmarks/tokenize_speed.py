@@ -3,7 +3,7 @@
     python benchmarks/tokenize_speed.py [--corpus andersen-en] [--vocab-size 4096] [--repeat 4]
 
 The tokenizer is trained once; then the corpus (repeated --repeat times, to time something sizeable)
-is encoded by gptlab.data.encode_text, which cuts it into pieces that the Hugging Face tokenizer
+is encoded by gptlab.data.tokens.encode_text, which cuts it into pieces that the Hugging Face tokenizer
 encodes in parallel. Each thread count runs in a fresh process, since the tokenizer's thread pool is
 sized (RAYON_NUM_THREADS) when it starts. Prints one JSON line per thread count.
 """
@@ -20,9 +20,9 @@ import time
 
 
 def child(corpus: str, tokenizer_path: str, repeat: int) -> None:
-    from gptlab.corpora import load_corpus
-    from gptlab.data import encode_text
-    from gptlab.tokenizer import load_tokenizer
+    from gptlab.data.corpora import load_corpus
+    from gptlab.data.tokenizer import load_tokenizer
+    from gptlab.data.tokens import encode_text
 
     text = load_corpus(corpus).text * repeat
     tok = load_tokenizer(tokenizer_path)
@@ -47,8 +47,8 @@ def main() -> None:
     if args.child:
         return child(args.child[0], args.child[1], args.repeat)
 
-    from gptlab.corpora import load_corpus
-    from gptlab.tokenizer import train_tokenizer
+    from gptlab.data.corpora import load_corpus
+    from gptlab.data.tokenizer import train_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "tokenizer.json")

@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py --preset nanogpt-cpu [--set dtype=bfloat16 --set compile=true] [--iters 50]
 
-It runs the training loop's own step (gptlab.train.loop.train_step) on random windows of Tiny
+It runs the training loop's own step (gptlab.training.step.Stepper) on random windows of Tiny
 Shakespeare (char) from the mirror, or of random tokens for presets with a large vocabulary, and prints
 one JSON line with the figures. Peak memory is the process's maximum resident set on a CPU, the
 allocator's maximum on a GPU.
@@ -19,12 +19,13 @@ import time
 import torch
 from matmul_peak import measure_peak
 
-from gptlab.data import Batches, get_tokenizer, prepare
+from gptlab.data.tokens import get_tokenizer, prepare
 from gptlab.device import pick_device, setup
-from gptlab.models import build_model, model_config
-from gptlab.train.config import resolve
-from gptlab.train.loop import train_step
-from gptlab.train.optim import build_optimizers
+from gptlab.models import build_model, make_config
+from gptlab.training.batches import RandomWindows
+from gptlab.training.config import resolve
+from gptlab.training.optim import build_optimizers, schedulers
+from gptlab.training.step import Stepper
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -58,28 +59,29 @@ def main() -> None:
         vocab = cfg.vocab_size or 50304
         tokens = torch.randint(vocab, (2_000_000,), dtype=torch.int32).numpy()
     else:
-        from gptlab.corpora import load_corpus
+        from gptlab.data.corpora import load_corpus
 
         corpus = load_corpus(cfg.corpus)
         tok = get_tokenizer(corpus, "char", None, cfg.val_fraction)
         vocab, tokens = tok.vocab_size, prepare(corpus, tok, cfg.val_fraction).train
-    mcfg = model_config(cfg.arch, vocab_size=vocab, **model_values)
-    model = build_model(cfg.arch, mcfg).to(device)
+    family = model_values.pop("family")
+    mcfg = make_config(family, {**model_values, "vocab_size": vocab})
+    model = build_model(family, mcfg).to(device)
     optimizers = build_optimizers(model, cfg)
-    batches = Batches(tokens, mcfg.block_size, cfg.batch_size, device, cfg.seed)
-    fwd = torch.compile(model) if cfg.compile else model
+    step = Stepper(model, model, optimizers, schedulers(optimizers, cfg, 0), cfg, device, dtype, compiled=cfg.compile)
+    batches = RandomWindows(tokens, mcfg.block_size, cfg.batch_size, device, cfg.seed)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     t0 = time.perf_counter()
     for _ in range(args.warmup):
-        train_step(fwd, model, optimizers, batches.next, cfg, device, dtype)
+        step(batches)
     sync()
     warmup_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(args.iters):
-        loss = train_step(fwd, model, optimizers, batches.next, cfg, device, dtype)
+        loss = step(batches)
     loss = loss.item()
     sync()
     seconds = time.perf_counter() - t0

@@ -61,10 +61,12 @@ def generate(model, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, t
              use_cache: bool = True) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens next tokens, each a tensor (B,), for prompt ids (T,) or (B, T).
 
-    The model sees the window idx[:, start:], at most block_size tokens; a longer prompt starts with its last
-    block_size. When a new token would make the window too long, it slides to keep the newest block // 2 + 1
-    tokens (steps of about half a block). With the cache, that refill is the only time more than one token is
-    fed; without it, the whole window is run for every token. Both see the same window, so they agree.
+    The model carries a generation state (a GPT's KV cache, a recurrent net's hidden state) and is fed one new
+    token per step. A model with a longest context (model.max_context, a GPT's block_size) sees the window
+    idx[:, start:] of at most that many tokens: a longer prompt starts with its last ones, and when a new token
+    would make the window too long, it slides to keep the newest context // 2 + 1 tokens (steps of about half
+    a context), refilling a fresh state. Without the state (use_cache=False) the whole window is run for every
+    token; both see the same window, so they agree.
     """
     check_sampling(temperature, top_k, top_p)
     device = next(model.parameters()).device
@@ -78,12 +80,12 @@ def generate(model, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, t
         generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    block = model.block_size
-    start = max(0, idx.size(1) - block)  # the window's first position in idx
+    context = model.max_context  # None: the state carries any length
+    start = max(0, idx.size(1) - context) if context else 0  # the window's first position in idx
     try:
         if use_cache:
-            cache = model.new_cache(idx.size(0))
-            logits = model.step(idx[:, start:], cache)
+            state = model.new_state(idx.size(0))
+            logits = model.step(idx[:, start:], state)
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits, _ = model(idx[:, start:])
@@ -91,13 +93,13 @@ def generate(model, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, t
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             yield nxt
             idx = torch.cat((idx, nxt[:, None]), dim=1)
-            if idx.size(1) - start > block:
-                start = idx.size(1) - (block // 2 + 1)
+            if context and idx.size(1) - start > context:
+                start = idx.size(1) - (context // 2 + 1)
                 if use_cache:
-                    cache = model.new_cache(idx.size(0))
-                    logits = model.step(idx[:, start:], cache)
+                    state = model.new_state(idx.size(0))
+                    logits = model.step(idx[:, start:], state)
             elif use_cache:
-                logits = model.step(nxt[:, None], cache)
+                logits = model.step(nxt[:, None], state)
     finally:
         model.train(was_training)
 

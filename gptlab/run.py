@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
+from gptlab import rundir
+from gptlab.data.tokenizer import Tokenizer, load_tokenizer
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.generate import StreamDecoder, generate
-from gptlab.models import build_model, model_config
-from gptlab.tokenizer import Tokenizer, load_tokenizer
-from gptlab.train import checkpoint as ckpt_io
+from gptlab.models import build_model, config_from_dict
 
 
 @dataclass
@@ -53,19 +53,19 @@ class Run:
 
 
 def load_run(path: str | Path, device: str = "auto") -> Run:
-    """Load a run folder (its latest checkpoint) or a checkpoint folder, ready to generate."""
-    ckpt = ckpt_io.find_checkpoint(path)
-    config = ckpt_io.read_config(ckpt)
+    """Load a run folder (its newest intact checkpoint) or a checkpoint folder, ready to generate."""
+    ckpt = rundir.open_checkpoint(path, need=rundir.FOR_SAMPLING)
+    config = rundir.read_config(ckpt)
     try:
-        arch = config["train"]["arch"]
-        mcfg = model_config(arch, **config["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise GptlabError(f"{ckpt / 'config.json'} is not a gptlab run configuration ({e})") from None
-    tokenizer = load_tokenizer(ckpt / "tokenizer.json")
+        train = config.get("train") or {}
+        family, mcfg = config_from_dict(config["model"], default_family=train.get("arch", "gpt"))
+    except (KeyError, TypeError, AttributeError, GptlabError) as e:
+        raise GptlabError(f"{ckpt / rundir.CONFIG} is not a gptlab run configuration ({e})") from None
+    tokenizer = load_tokenizer(ckpt / rundir.TOKENIZER)
     if tokenizer.vocab_size != mcfg.vocab_size:
         raise GptlabError(f"the tokenizer in {ckpt} has {tokenizer.vocab_size} tokens but the model expects "
                           f"{mcfg.vocab_size}")
-    model = build_model(arch, mcfg)
-    ckpt_io.load_weights(model, ckpt)
+    model = build_model(family, mcfg)
+    rundir.load_weights(model, ckpt)
     model.to(pick_device(device)).eval()
     return Run(ckpt, config, model, tokenizer)

@@ -1,16 +1,19 @@
-"""Small, deterministic building blocks shared by the model, generate, data, train and CLI tests."""
+"""Small, deterministic building blocks shared by the model, generate, data, training and CLI tests."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import torch
 
 from gptlab.models.gpt import GPT, GPTConfig
+from gptlab.training.metrics import read_metrics
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "and", "then", "slept",
          "under", "old", "tree", "while", "rain", "fell", "softly"]
+TIMING = {"time", "tokens_per_s", "unix_time"}  # metrics fields that differ between identical runs
 
 
 def make_text(n_lines: int = 300, seed: int = 0) -> str:
@@ -41,3 +44,63 @@ def tiny_model(pos: str = "learned", seed: int = 0, **kwargs) -> GPT:
     values.update(kwargs)
     torch.manual_seed(seed)
     return GPT(GPTConfig(**values)).eval()
+
+
+def losses(run_dir) -> dict[int, float]:
+    """Training loss by iteration, from a run's metrics.jsonl."""
+    return {r["iter"]: r["loss"] for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in r}
+
+
+def untimed(run_dir) -> list[dict]:
+    """Every metrics record without its timings: equal for runs that computed the same things."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+
+
+def latest_name(run_dir) -> str:
+    return (Path(run_dir) / "checkpoints" / "latest").read_text().strip()
+
+
+def run_config(run_dir) -> dict:
+    return json.loads((Path(run_dir) / "config.json").read_text())
+
+
+def reseal(ckpt) -> None:
+    """Record new checksums after a test changed a checkpoint's files on purpose (as another writer would)."""
+    from gptlab.files import sha256_file
+
+    sums = Path(ckpt) / "SHA256SUMS"
+    names = [line.split("  ", 1)[1] for line in sums.read_text().splitlines()]
+    sums.write_text("".join(f"{sha256_file(Path(ckpt) / n)}  {n}\n" for n in names))
+
+
+# --- the command line ----------------------------------------------------------------------------------------------
+
+TINY_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+              "--max-iters", "5", "--eval-iters", "2", "--dtype", "float32", "--device", "cpu"]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    from gptlab.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, out, err, *fragments):
+    assert code == 1
+    assert out == ""
+    assert err.startswith("gptlab: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def gptlab_process(*argv, cwd, timeout: float = 120, env: dict | None = None):
+    """`python -m gptlab ARGV` in its own process, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "gptlab", *map(str, argv)], capture_output=True, text=True,
+                          cwd=cwd, env=env or os.environ.copy(), timeout=timeout)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gptlab.corpora import (
+from gptlab.data.corpora import (
     NAMED,
     Corpus,
     NamedCorpus,

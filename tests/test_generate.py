@@ -9,10 +9,10 @@ from helpers import make_text, tiny_model
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from gptlab.cli import build_parser
+from gptlab.data.tokenizer import BPETokenizer, CharTokenizer
 from gptlab.errors import GptlabError
 from gptlab.generate import StreamDecoder, check_sampling, filter_logits, generate, sample_next
 from gptlab.run import Run
-from gptlab.tokenizer import BPETokenizer, CharTokenizer
 
 BLOCK = 16
 PROMPT = [3, 7, 1, 12]

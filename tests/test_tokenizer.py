@@ -7,14 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from gptlab.errors import GptlabError
-from gptlab.tokenizer import (
+from gptlab.data.tokenizer import (
     BPETokenizer,
     CharTokenizer,
     WordTokenizer,
     load_tokenizer,
     train_tokenizer,
 )
+from gptlab.errors import GptlabError
 
 DANISH = (
     "Der var engang en soldat, som kom marcherende hen ad landevejen: én, to! én, to!\n"

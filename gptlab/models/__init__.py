@@ -1,29 +1,75 @@
-"""Model families trained by the same commands. Each model offers:
+"""Model families, trained, sampled and inspected by the same commands.
 
-- ``forward(idx, targets=None) -> (logits (B, T, vocab), loss or None)`` for training,
-- ``new_cache(batch_size)`` and ``step(idx, cache) -> logits (B, vocab)`` for generation,
-- ``block_size``: the longest context it takes (generation crops to it).
+A family is a config dataclass (in configs.py, free of torch so that --help stays fast) and a model class
+that implements gptlab.models.base.LanguageModel. Register both here under a name; `--model NAME` then
+trains it, and sampling and the CLI need no change. A run's config.json saves the family with the
+model's values: {"family": "gpt", "n_layer": 4, ...}.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+import importlib
+from dataclasses import asdict, dataclass, fields
 
-from gptlab.models.gpt import GPT, GPTConfig
-
-ARCHS = {"gpt": (GPT, GPTConfig)}
-
-
-def model_config(arch: str, **values):
-    """The config dataclass of `arch`, filled from the values that belong to it (others are ignored)."""
-    _, config_cls = ARCHS[arch]
-    names = {f.name for f in fields(config_cls)}
-    return config_cls(**{k: v for k, v in values.items() if k in names})
+from gptlab.errors import GptlabError
+from gptlab.models.configs import GPTConfig
 
 
-def build_model(arch: str, config):
-    model_cls, _ = ARCHS[arch]
-    return model_cls(config)
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config: type  # the config dataclass
+    model: str  # "module:Class" of the model, imported on first use (it imports torch)
+    description: str
 
 
-__all__ = ["ARCHS", "GPT", "GPTConfig", "build_model", "model_config"]
+FAMILIES: dict[str, Family] = {f.name: f for f in [
+    Family("gpt", GPTConfig, "gptlab.models.gpt:GPT", "decoder-only transformer (GPT-2's layout)"),
+]}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise GptlabError(f"unknown --model {name!r}; choose one of: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def model_fields(family: str) -> dict:
+    """Name -> dataclass field of the family's config, less vocab_size (the tokenizer sets that)."""
+    return {f.name: f for f in fields(get_family(family).config) if f.name != "vocab_size"}
+
+
+def make_config(family: str, values: dict):
+    """The family's config from its values; GptlabError for a value it does not have or cannot take."""
+    cls = get_family(family).config
+    names = {f.name for f in fields(cls)}
+    foreign = sorted(set(values) - names)
+    if foreign:
+        raise GptlabError(f"--model {family} has no {', '.join(foreign)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise GptlabError(f"invalid model config: {e}") from None
+
+
+def config_to_dict(family: str, config) -> dict:
+    """The model section of a run's config.json."""
+    return {"family": family, **asdict(config)}
+
+
+def config_from_dict(section: dict, default_family: str = "gpt") -> tuple[str, object]:
+    """(family, config) from a model section; runs written before families were saved are GPTs."""
+    if not isinstance(section, dict):
+        raise GptlabError("the model section of the run's configuration is not a mapping")
+    values = dict(section)
+    family = values.pop("family", default_family)
+    return family, make_config(family, values)
+
+
+def build_model(family: str, config):
+    module, _, name = get_family(family).model.partition(":")
+    return getattr(importlib.import_module(module), name)(config)
+
+
+__all__ = ["FAMILIES", "Family", "build_model", "config_from_dict", "config_to_dict", "get_family",
+           "make_config", "model_fields"]

@@ -13,40 +13,15 @@ Shapes in comments: B batch, T time (sequence), C channels (n_embd), nh heads, h
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-POSITION_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
+from gptlab.models.base import Capture, LanguageModel, ParamGroups, lm_loss, split_params
+from gptlab.models.configs import POSITION_ENCODINGS, GPTConfig
 
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 65
-    block_size: int = 256  # the longest context the model sees
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0
-    bias: bool = False  # biases in Linear layers and LayerNorms (GPT-2 has them)
-    pos: str = "learned"  # one of POSITION_ENCODINGS
-    tie_weights: bool = True  # lm_head shares its matrix with wte
-    rope_base: float = 10000.0
-
-    def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
-        if self.pos not in POSITION_ENCODINGS:
-            raise ValueError(f"pos must be one of {', '.join(POSITION_ENCODINGS)}, not {self.pos!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("rope needs an even head size (n_embd / n_head)")
+__all__ = ["GPT", "GPTConfig", "KVCache", "POSITION_ENCODINGS"]
 
 
 class KVCache:
@@ -103,8 +78,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
+        self.probs = Capture()  # the attention weights (B, nh, T, start+T), for the views
 
-    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0, attn_out: list | None = None):
+    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B,nh,T,hs)
@@ -115,9 +91,9 @@ class CausalSelfAttention(nn.Module):
             start = cache.pos
             k, v = cache.append(layer, k, v)  # (B, nh, start+T, hs)
         # Query i (at absolute position start+i) may look at keys 0..start+i.
-        # The explicit form is the same function as torch's fused kernel; it is used to return the weights,
-        # and for bf16 on a CPU, where torch's flash kernel is several times slower than the plain matmuls.
-        if attn_out is None and not (x.device.type == "cpu" and q.dtype == torch.bfloat16):
+        # The explicit form is the same function as torch's fused kernel; it is used when the weights are
+        # captured, and for bf16 on a CPU, where torch's flash kernel is several times slower than plain matmuls.
+        if not self.probs.active and not (x.device.type == "cpu" and q.dtype == torch.bfloat16):
             mask = None
             if start > 0 and T > 1:
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
@@ -127,9 +103,7 @@ class CausalSelfAttention(nn.Module):
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, start+T)
             visible = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            att = att.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-            if attn_out is not None:
-                attn_out.append(att.detach())
+            att = self.probs(att.masked_fill(~visible, float("-inf")).softmax(dim=-1))
             att = F.dropout(att, self.dropout, self.training)
             y = att.to(v.dtype) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
@@ -140,7 +114,8 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        # GELU(x) = x Phi(x); GPT-2 computed it as 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -158,16 +133,15 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, cache=None, layer=0, attn_out=None):
-        x = x + self.attn(self.ln_1(x), rope, cache, layer, attn_out)
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
+class GPT(LanguageModel):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.block_size = config.block_size
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
@@ -202,19 +176,16 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; by default without the position table (as in the scaling-law papers)."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding and "wpe" in self.transformer:
-            n -= self.transformer.wpe.weight.numel()
-        return n
+    @property
+    def max_context(self) -> int:
+        return self.config.block_size
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, attn_out: list | None = None):
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final hidden states (B, T, C) for tokens idx (B, T) that follow the cache's tokens, if any."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        if start + T > self.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.block_size}")
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos == "learned":
@@ -225,30 +196,39 @@ class GPT(nn.Module):
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, rope, cache, layer, attn_out)
+            x = block(x, rope, cache, layer)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None):
         """Logits (B, T, vocab) for every position, and the mean cross-entropy if targets are given."""
         logits = self.lm_head(self.hidden(idx))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        loss = lm_loss(logits, targets, loss_mask) if targets is not None else None
         return logits, loss
 
-    # --- the interface generation uses, shared by every model family ---
+    # --- the rest of the model interface (gptlab.models.base) ---
 
-    def new_cache(self, batch_size: int) -> KVCache:
-        c = self.config
-        p = self.lm_head.weight
-        return KVCache(c.n_layer, batch_size, c.n_head, c.n_embd // c.n_head, c.block_size, p.device, p.dtype)
-
-    def step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Feed idx (B, T) after the cached tokens; return the logits (B, vocab) of the last position."""
-        return self.lm_head(self.hidden(idx, cache)[:, -1])
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position table (as in the scaling-law papers)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
 
     def flops_per_token(self, T: int | None = None) -> float:
         """Training FLOPs per token: 6 per weight (forward + backward) plus attention's 12·L·C·T (PaLM, App. B)."""
         c = self.config
         T = T or c.block_size
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
+
+    def param_groups(self) -> ParamGroups:
+        """Muon takes the blocks' matrices; an untied output head is decayed but left to AdamW."""
+        return split_params(self, heads=(self.lm_head.weight,))
+
+    def new_state(self, batch_size: int) -> KVCache:
+        c = self.config
+        p = self.lm_head.weight
+        return KVCache(c.n_layer, batch_size, c.n_head, c.n_embd // c.n_head, c.block_size, p.device, p.dtype)
+
+    def step(self, idx: torch.Tensor, state: KVCache) -> torch.Tensor:
+        """Feed idx (B, T) after the cached tokens; return the logits (B, vocab) of the last position."""
+        return self.lm_head(self.hidden(idx, state)[:, -1])

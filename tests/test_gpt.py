@@ -1,8 +1,14 @@
+"""gptlab.models.gpt: shapes and the loss, causality, the KV cache, attention weights, learning, the config."""
+
+import math
+
 import pytest
 import torch
 from helpers import tiny_model
 
-from gptlab.models import build_model, model_config
+from gptlab.errors import GptlabError
+from gptlab.models import build_model, make_config
+from gptlab.models.base import LanguageModel, capture
 from gptlab.models.gpt import GPT, POSITION_ENCODINGS, GPTConfig, KVCache
 
 ALL_POS = pytest.mark.parametrize("pos", POSITION_ENCODINGS)
@@ -15,7 +21,7 @@ def random_ids(B=2, T=16, vocab=23, seed=1):
 
 def cached_logits(model, idx, chunks):
     """Logits of every position of idx, fed through one KV cache in chunks of the given lengths."""
-    cache = model.new_cache(idx.size(0))
+    cache = model.new_state(idx.size(0))
     out, start = [], 0
     for n in chunks:
         out.append(model.lm_head(model.hidden(idx[:, start:start + n], cache)))
@@ -43,7 +49,7 @@ def test_longer_than_block_size_raises():
     model = tiny_model()
     with pytest.raises(ValueError, match="block_size"):
         model(random_ids(T=17))
-    cache = model.new_cache(1)
+    cache = model.new_state(1)
     model.step(random_ids(B=1, T=16), cache)
     with pytest.raises(ValueError, match="block_size"):
         model.step(random_ids(B=1, T=1), cache)
@@ -88,7 +94,7 @@ def test_step_returns_last_position_logits(pos):
     model = tiny_model(pos)
     idx = random_ids()
     full, _ = model(idx)
-    cache = model.new_cache(2)
+    cache = model.new_state(2)
     torch.testing.assert_close(model.step(idx[:, :9], cache), full[:, 8], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model.step(idx[:, 9:10], cache), full[:, 9], rtol=1e-5, atol=1e-5)
 
@@ -111,9 +117,10 @@ def test_kv_cache_append_tracks_position_after_last_layer():
 def test_attention_weights_are_causal_distributions_and_match_sdpa(pos):
     model = tiny_model(pos)
     idx = random_ids()
-    weights = []
-    h_explicit = model.hidden(idx, attn_out=weights)
-    assert len(weights) == model.config.n_layer
+    with capture(model) as seen:
+        h_explicit = model.hidden(idx)
+    weights = [seen[f"transformer.h.{i}.attn.probs"] for i in range(model.config.n_layer)]
+    assert len(seen) == model.config.n_layer
     for att in weights:
         assert att.shape == (2, 2, 16, 16)  # (B, nh, T, T)
         torch.testing.assert_close(att.sum(-1), torch.ones(2, 2, 16))
@@ -126,13 +133,13 @@ def test_attention_weights_are_causal_distributions_and_match_sdpa(pos):
 def test_attention_weights_with_cache_match_sdpa():
     model = tiny_model("rope")
     idx = random_ids()
-    c1, c2 = model.new_cache(2), model.new_cache(2)
+    c1, c2 = model.new_state(2), model.new_state(2)
     model.hidden(idx[:, :6], c1)
     model.hidden(idx[:, :6], c2)
-    weights = []
-    h_explicit = model.hidden(idx[:, 6:10], c1, attn_out=weights)
+    with capture(model, suffix=".attn.probs") as seen:
+        h_explicit = model.hidden(idx[:, 6:10], c1)
     torch.testing.assert_close(h_explicit, model.hidden(idx[:, 6:10], c2), rtol=1e-5, atol=1e-5)
-    att = weights[0]
+    att = seen["transformer.h.0.attn.probs"]
     assert att.shape == (2, 2, 4, 10)
     torch.testing.assert_close(att.sum(-1), torch.ones(2, 2, 4))
     visible = torch.ones(4, 10, dtype=torch.bool).tril(diagonal=6)
@@ -209,13 +216,41 @@ def test_invalid_config_raises(values, message):
         GPTConfig(**values)
 
 
-def test_model_config_ignores_foreign_values():
-    cfg = model_config("gpt", vocab_size=11, n_layer=1, n_head=1, n_embd=8, block_size=4, lr=0.1)
+def test_make_config_refuses_foreign_values():
+    """A value the family does not have is refused, not ignored (gptlab 0.1 dropped it in silence)."""
+    cfg = make_config("gpt", dict(vocab_size=11, n_layer=1, n_head=1, n_embd=8, block_size=4))
     assert (cfg.vocab_size, cfg.n_layer, cfg.block_size) == (11, 1, 4)
     assert isinstance(build_model("gpt", cfg), GPT)
+    with pytest.raises(GptlabError, match="--model gpt has no lr"):
+        make_config("gpt", dict(vocab_size=11, lr=0.1))
 
 
 def test_flops_per_token():
     model = tiny_model(n_layer=1)
     assert model.flops_per_token(8) == 6 * model.num_params() + 12 * 1 * 16 * 8
     assert model.flops_per_token() == model.flops_per_token(16)
+
+
+def test_gpt2_tanh_gelu():
+    """GPT-2's activation (so that its weights can reproduce its logits):
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    x = torch.linspace(-5, 5, 101)
+    tanh_form = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    gpt2 = tiny_model(activation="gelu_tanh").transformer.h[0].mlp.gelu
+    torch.testing.assert_close(gpt2(x), tanh_form)
+    exact = tiny_model().transformer.h[0].mlp.gelu
+    torch.testing.assert_close(exact(x), x * 0.5 * (1 + torch.erf(x / math.sqrt(2))))
+    assert (exact(x) - gpt2(x)).abs().max() > 1e-4  # two different functions
+    with pytest.raises(ValueError, match="activation must be one of gelu, gelu_tanh"):
+        GPTConfig(activation="relu")
+
+
+def test_gpt_implements_the_model_interface():
+    model = tiny_model(tie_weights=False)
+    assert isinstance(model, LanguageModel) and model.max_context == 16
+    groups = model.param_groups()
+    ids = {name: {id(p) for p in getattr(groups, name)} for name in ("hidden", "decay", "no_decay")}
+    assert ids["decay"] == {id(model.lm_head.weight)}
+    assert id(model.transformer.h[0].attn.c_attn.weight) in ids["hidden"]
+    assert {id(model.transformer.wte.weight), id(model.transformer.ln_f.weight)} <= ids["no_decay"]
+    assert len(groups.hidden) + len(groups.decay) + len(groups.no_decay) == len(list(model.parameters()))

@@ -10,17 +10,18 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Appends one JSON object per line to RUN_DIR/metrics.jsonl."""
+    """Appends one JSON object per line to RUN_DIR/metrics.jsonl (rank 0 only, under several processes)."""
 
-    def __init__(self, path: Path, resume_from: int | None = None):
-        self.path = path
-        if resume_from is not None and path.exists():  # forget what came after the checkpoint we resume
+    def __init__(self, path: Path, resume_from: int | None = None, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if enabled and resume_from is not None and path.exists():  # forget what came after the checkpoint
             kept = [r for r in read_metrics(path) if r.get("iter", 0) <= resume_from]
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, **record) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -37,7 +38,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 def plot_losses(metrics_path: Path, png_path: Path) -> str | None:
     """Draw the loss curve in a child process: matplotlib would add ~30 MB to the trainer's peak memory."""
-    proc = subprocess.run([sys.executable, "-m", "gptlab.train.plot", str(metrics_path), str(png_path)],
+    proc = subprocess.run([sys.executable, "-m", "gptlab.training.plot", str(metrics_path), str(png_path)],
                           capture_output=True, text=True)
     if proc.returncode == 0:
         return None
@@ -46,23 +47,27 @@ def plot_losses(metrics_path: Path, png_path: Path) -> str | None:
 
 
 class ProgressLine:
-    """A live bar on a terminal (step, loss, tokens/s, ETA); plain log lines when stderr is not one."""
+    """A live bar on a terminal (step, loss, tokens/s, ETA) from start() on; plain log lines when stderr is
+    not one. Quiet prints nothing."""
 
-    def __init__(self, total: int, start: int, quiet: bool = False):
+    def __init__(self, quiet: bool = False):
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.console = Console(stderr=True)
-        self.live = self.console.is_terminal and not quiet
         self.quiet = quiet
         self.progress = None
-        if self.live:
-            self.progress = Progress(
-                TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False)
-            self.task = self.progress.add_task("train", total=total, completed=start, loss="-", tps="-")
-            self.progress.start()
+
+    def start(self, total: int, done: int) -> None:
+        if self.quiet or not self.console.is_terminal:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False)
+        self.task = self.progress.add_task("train", total=total, completed=done, loss="-", tps="-")
+        self.progress.start()
 
     def update(self, it: int, loss: float, tokens_per_s: float, total: int) -> None:
         if self.progress is not None:
@@ -80,6 +85,7 @@ class ProgressLine:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+            self.progress = None
 
 
 class Timer:

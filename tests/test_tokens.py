@@ -1,17 +1,18 @@
+"""gptlab.data.tokens: splitting, tokenizing once into cached token files, and checking their length."""
+
 import json
 import math
 
 import numpy as np
 import pytest
 import tokenizers
-import torch
 from helpers import make_text
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-import gptlab.data as data_mod
-from gptlab.corpora import Corpus
-from gptlab.data import (
-    Batches,
+import gptlab.data.tokens as data_mod
+from gptlab.data.corpora import Corpus
+from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, WordTokenizer
+from gptlab.data.tokens import (
     TokenData,
     bits_per_char,
     check_length,
@@ -21,7 +22,6 @@ from gptlab.data import (
     split_text,
 )
 from gptlab.errors import GptlabError
-from gptlab.tokenizer import BPETokenizer, CharTokenizer, WordTokenizer
 
 
 @pytest.fixture
@@ -181,12 +181,12 @@ def _token_data(n_train, n_val):
 
 
 def test_check_length():
-    check_length(_token_data(17, 17), block_size=16, val_fraction=0.1)
+    check_length(_token_data(17, 17), seq_len=16, val_fraction=0.1)
     with pytest.raises(GptlabError, match="corpus too short: 16 training tokens.*17"):
-        check_length(_token_data(16, 100), block_size=16, val_fraction=0.1)
+        check_length(_token_data(16, 100), seq_len=16, val_fraction=0.1)
     with pytest.raises(GptlabError, match="validation split too short"):
-        check_length(_token_data(100, 16), block_size=16, val_fraction=0.1)
-    check_length(_token_data(100, 0), block_size=16, val_fraction=0.0)  # no validation asked for
+        check_length(_token_data(100, 16), seq_len=16, val_fraction=0.1)
+    check_length(_token_data(100, 0), seq_len=16, val_fraction=0.0)  # no validation asked for
 
 
 def test_corpus_shorter_than_a_block_raises(tmp_path):
@@ -194,71 +194,13 @@ def test_corpus_shorter_than_a_block_raises(tmp_path):
     tok = CharTokenizer.train(corpus.text)
     data = prepare(corpus, tok, cache_dir=tmp_path)
     with pytest.raises(GptlabError, match="corpus too short"):
-        check_length(data, block_size=32, val_fraction=0.1)
+        check_length(data, seq_len=32, val_fraction=0.1)
 
 
 def test_empty_validation_split(tmp_path, corpus, char_tok):
     data = prepare(corpus, char_tok, val_fraction=0.0, cache_dir=tmp_path)
     assert len(data.val) == 0 and data.val_chars == 0
     assert len(data.train) == len(corpus.text)
-
-
-# --- batches ---------------------------------------------------------------------------------------------
-
-TOKENS = np.arange(1000, dtype=np.uint16) % 251
-
-
-def test_batches_y_is_x_shifted_by_one():
-    b = Batches(TOKENS, block_size=8, batch_size=5, device="cpu", seed=0)
-    for _ in range(3):
-        x, y = b.next()
-        assert x.shape == y.shape == (5, 8) and x.dtype == torch.int64
-        assert torch.equal(x[:, 1:], y[:, :-1])
-        for row_x, row_y in zip(x.tolist(), y.tolist()):  # each row is a real window of the tokens
-            start = next(s for s in range(len(TOKENS)) if TOKENS[s:s + 8].tolist() == row_x)
-            assert TOKENS[start + 1:start + 9].tolist() == row_y
-
-
-def test_batches_reach_the_last_token():
-    tokens = np.arange(12, dtype=np.uint16)
-    b = Batches(tokens, block_size=8, batch_size=64, device="cpu", seed=0)
-    x, y = b.next()
-    assert y.max().item() == 11 and x.min().item() == 0  # starts 0..3 all drawn, never out of range
-
-
-def test_batches_seeded_and_state_round_trip():
-    a = Batches(TOKENS, 8, 4, "cpu", seed=7)
-    same = Batches(TOKENS, 8, 4, "cpu", seed=7)
-    other = Batches(TOKENS, 8, 4, "cpu", seed=8)
-    assert torch.equal(a.next()[0], same.next()[0])
-    assert not torch.equal(a.next()[0], other.next()[0])
-    state = a.state_dict()
-    expected = [a.next() for _ in range(5)]
-    restored = Batches(TOKENS, 8, 4, "cpu", seed=999)
-    restored.load_state_dict(state)
-    for (x, y), (ex, ey) in zip([restored.next() for _ in range(5)], expected):
-        assert torch.equal(x, ex) and torch.equal(y, ey)
-
-
-def test_batches_state_survives_torch_save(tmp_path):
-    a = Batches(TOKENS, 8, 4, "cpu", seed=3)
-    a.next()
-    torch.save(a.state_dict(), tmp_path / "state.pt")
-    expected = a.next()
-    b = Batches(TOKENS, 8, 4, "cpu", seed=0)
-    b.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
-    assert all(torch.equal(u, v) for u, v in zip(b.next(), expected))
-
-
-def test_memory_mapped_batches_equal_on_device_batches(tmp_path):
-    path = tmp_path / "tokens.bin"
-    TOKENS.tofile(path)
-    mapped = np.memmap(path, dtype=np.uint16, mode="r", shape=(len(TOKENS),))
-    on_device = Batches(mapped, 8, 4, "cpu", seed=1, preload=True)
-    streamed = Batches(mapped, 8, 4, "cpu", seed=1)
-    assert on_device.tokens is not None and streamed.tokens is None
-    for _ in range(3):
-        assert all(torch.equal(u, v) for u, v in zip(on_device.next(), streamed.next()))
 
 
 def test_bits_per_char():
@@ -280,12 +222,3 @@ def test_prepare_failure_leaves_no_finished_folder(corpus, char_tok, tmp_path, m
     monkeypatch.setattr(data_mod, "encode_text", real_encode)
     data = prepare(corpus, char_tok, cache_dir=tmp_path)
     assert char_tok.decode(data.train.tolist()) == split_text(corpus.text, 0.1)[0]
-
-
-def test_a_sibling_shares_the_tokens_and_draws_on_its_own(tmp_path):
-    batches = Batches(TOKENS, 8, 4, "cpu", seed=5, preload=True)
-    sibling = batches.sibling()
-    assert sibling.tokens is batches.tokens  # no second copy
-    fresh = Batches(TOKENS, 8, 4, "cpu", seed=5, preload=True)
-    batches.next()  # the original's draws do not move the sibling's generator
-    assert all(torch.equal(u, v) for u, v in zip(sibling.next(), fresh.next()))

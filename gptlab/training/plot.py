@@ -1,11 +1,11 @@
-"""The loss-curve PNG of a run: python -m gptlab.train.plot RUN_DIR/metrics.jsonl RUN_DIR/loss.png"""
+"""The loss-curve PNG of a run: python -m gptlab.training.plot RUN_DIR/metrics.jsonl RUN_DIR/loss.png"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from gptlab.train.metrics import read_metrics
+from gptlab.training.metrics import read_metrics
 
 
 def draw_losses(metrics_path: Path, png_path: Path) -> None:

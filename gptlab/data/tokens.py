@@ -1,4 +1,4 @@
-"""Data preparation: tokenize a corpus once into compact binary token files, then draw random windows.
+"""Token files: tokenize a corpus once into compact binary files that training memory-maps.
 
 A corpus is split by characters (the first 1 - val_fraction for training, the rest for validation),
 each part is tokenized, and the ids are written as uint16 (uint32 for vocabularies over 65,536) to
@@ -8,7 +8,6 @@ split, so the files are reused exactly while those stay the same, and rebuilt wh
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -18,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from gptlab.corpora import Corpus, default_cache_dir
+from gptlab.data.corpora import Corpus, default_cache_dir
+from gptlab.data.tokenizer import KINDS, Tokenizer, load_tokenizer, train_tokenizer
 from gptlab.errors import GptlabError
 from gptlab.files import sha256_hex
-from gptlab.tokenizer import KINDS, Tokenizer, load_tokenizer, train_tokenizer
 
 
 @dataclass
@@ -128,62 +126,15 @@ def prepare(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float = 0.1,
                      meta["vocab_size"], meta["val_chars"], path)
 
 
-def check_length(data: TokenData, block_size: int, val_fraction: float) -> None:
-    """A training window is block_size + 1 tokens; both splits need at least one."""
-    need = block_size + 1
+def check_length(data: TokenData, seq_len: int, val_fraction: float) -> None:
+    """A training window is seq_len + 1 tokens (inputs and the targets one further); both splits need one."""
+    need = seq_len + 1
     if len(data.train) < need:
-        raise GptlabError(f"corpus too short: {len(data.train)} training tokens, but one block needs {need}; "
-                          f"use more text or a smaller --block-size")
+        raise GptlabError(f"corpus too short: {len(data.train)} training tokens, but one window needs {need}; "
+                          f"use more text or a shorter window (--block-size, or --seq-len)")
     if val_fraction > 0 and len(data.val) < need:
-        raise GptlabError(f"validation split too short: {len(data.val)} tokens, but one block needs {need}; "
-                          f"use more text, a larger --val-fraction or a smaller --block-size")
-
-
-class Batches:
-    """Random windows (x, y) of block_size tokens, y shifted by one, from one split.
-
-    The windows come from a seeded generator whose state is saved in checkpoints, so a resumed run
-    draws exactly the batches the uninterrupted one would have. On an accelerator, splits that fit are
-    copied to it once (gathering there beats shipping each batch); otherwise they stay memory-mapped.
-    """
-
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device,
-                 seed: int, preload: bool | None = None):
-        self.block_size, self.batch_size, self.device = block_size, batch_size, torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.n_windows = len(tokens) - block_size
-        self.offsets = torch.arange(block_size + 1)
-        self.tokens_np = tokens
-        self.tokens = None
-        if preload is None:  # auto: on an accelerator, when the split fits easily (2**28 tokens = 2 GiB)
-            preload = self.device.type != "cpu" and len(tokens) <= 1 << 28
-        if preload:
-            self.tokens = torch.from_numpy(np.asarray(tokens).astype(np.int64)).to(self.device)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(self.n_windows, (self.batch_size,), generator=self.generator)
-        index = starts[:, None] + self.offsets  # (B, T+1)
-        if self.tokens is not None:
-            window = self.tokens[index.to(self.device)]
-        else:
-            window = torch.from_numpy(self.tokens_np[index.numpy()].astype(np.int64))
-            if self.device.type == "cuda":
-                window = window.pin_memory().to(self.device, non_blocking=True)
-            else:
-                window = window.to(self.device)
-        return window[:, :-1], window[:, 1:]
-
-    def sibling(self) -> Batches:
-        """Another draw of windows from the same tokens (no second copy on the device), own generator."""
-        other = copy.copy(self)
-        other.generator = torch.Generator().manual_seed(self.generator.initial_seed())
-        return other
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        raise GptlabError(f"validation split too short: {len(data.val)} tokens, but one window needs "
+                          f"{need}; use more text, a larger --val-fraction or a shorter window")
 
 
 def bits_per_char(loss_nats: float, chars_per_token: float) -> float:

@@ -1,0 +1,50 @@
+"""The `gptlab` command: a thin layer that parses arguments and calls the library, one module per subcommand.
+
+Building the parser imports no torch, so `gptlab --help` answers at once. Every user-facing failure is a
+GptlabError, printed as one line on stderr with exit status 1 (under torchrun, by rank 0 only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from gptlab import __version__
+from gptlab.cli import listing, sample, train
+from gptlab.errors import GptlabError
+
+COMMANDS = {"train": train, "sample": sample, "list": listing}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """argv lets `gptlab train --preset P --help` show the defaults of preset P."""
+    parser = argparse.ArgumentParser(prog="gptlab", description="Build a GPT from scratch and understand it.")
+    parser.add_argument("--version", action="version", version=f"gptlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS.values():
+        module.add_parser(sub, list(sys.argv[1:] if argv is None else argv))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except GptlabError as e:
+        if os.environ.get("RANK", "0") == "0":  # several processes fail alike: one of them says why
+            print(f"gptlab: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gptlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `gptlab sample ... | head`
+        return 0
+    except OSError as e:  # unreadable or unwritable paths: permissions, a full disk, a file where a folder goes
+        where = f" {e.filename}" if e.filename else ""
+        print(f"gptlab: error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

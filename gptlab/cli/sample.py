@@ -1,0 +1,56 @@
+"""`gptlab sample RUN`: generate text from a trained run; the text goes to stdout, notices to stderr."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gptlab.errors import GptlabError
+
+
+def add_parser(sub, argv: list[str]) -> None:
+    s = sub.add_parser("sample", help="generate text from a trained run",
+                       description="Generate text; the text goes to stdout, notices to stderr.")
+    s.add_argument("run", help="a run folder (its newest intact checkpoint) or a checkpoint folder")
+    prompt = s.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="", help="text to continue (default: start from a newline)")
+    prompt.add_argument("--prompt-file", default=None, help="a UTF-8 file whose text to continue")
+    s.add_argument("--num-samples", type=int, default=1, help="how many samples (default: 1)")
+    s.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate per sample (default: 500)")
+    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy, deterministic (default: 0.8)")
+    s.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (default: all)")
+    s.add_argument("--top-p", type=float, default=None,
+                   help="sample from the smallest set of tokens with this much probability (default: 1)")
+    s.add_argument("--seed", type=int, default=None, help="sample i uses seed + i (default: random)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    s.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole context for every token instead of keeping a KV cache")
+
+
+def run(args) -> int:
+    from gptlab.data.corpora import read_text_file
+    from gptlab.generate import check_sampling
+    from gptlab.run import load_run
+
+    if args.num_samples < 1 or args.max_new_tokens < 0:
+        raise GptlabError("--num-samples must be >= 1 and --max-new-tokens >= 0")
+    if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_samples:
+        raise GptlabError("--seed must be a non-negative integer below 2**63")
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    prompt = read_text_file(Path(args.prompt_file)) if args.prompt_file else args.prompt
+    run = load_run(args.run, device=args.device)
+    run.prompt_ids(prompt)  # fail on unknown characters before printing anything
+    out = sys.stdout
+    for i in range(args.num_samples):
+        if i:
+            out.write("\n\n---\n\n")
+        out.write(prompt)
+        out.flush()
+        seed = None if args.seed is None else args.seed + i
+        for piece in run.stream(prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed,
+                                use_cache=not args.no_cache):
+            out.write(piece)
+            out.flush()
+    out.write("\n")
+    out.flush()
+    return 0

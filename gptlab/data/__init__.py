@@ -1,0 +1,6 @@
+"""Data: the text a model learns from, and how it becomes token ids.
+
+    corpora.py    named public corpora (downloaded once, checksummed, cached, or read from a mirror) and your text
+    tokenizer.py  char, word and byte-level BPE tokenizers, saved as tokenizer.json
+    tokens.py     a corpus tokenized once into memory-mapped token files
+"""

@@ -1,0 +1,132 @@
+"""What every model family implements, and what they share.
+
+Training, evaluation, sampling and the views use a model only through this interface:
+
+    logits, loss = model(idx, targets, loss_mask)   # (B, T, vocab); mean cross-entropy over the counted tokens
+    model.num_params(), model.flops_per_token(T)
+    groups = model.param_groups()                    # which tensors take Muon, which take weight decay
+    state = model.new_state(batch_size)              # a KV cache, a hidden state, ...
+    logits = model.step(idx, state)                  # (B, vocab) for the last of idx (B, T), fed after state
+    model.max_context                                # the longest context it takes, None if unbounded
+
+Intermediate tensors for the views (attention weights, say) pass through named capture points
+(`Capture` submodules); `with capture(model) as seen:` records them by name while the block runs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the counted positions: all of them, or where loss_mask (B, T) is set.
+
+    Chat finetuning counts only the assistant's tokens; a batch without any counted token has loss 0.
+    """
+    flat_logits, flat_targets = logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1)
+    if loss_mask is None:
+        return F.cross_entropy(flat_logits, flat_targets)
+    per_token = F.cross_entropy(flat_logits, flat_targets, reduction="none")  # (B*T,)
+    mask = loss_mask.reshape(-1).to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@dataclass
+class ParamGroups:
+    """A model's parameters as the optimizers see them; each parameter in exactly one list."""
+
+    hidden: list[nn.Parameter] = field(default_factory=list)  # matrices inside the network: Muon's, or decayed
+    decay: list[nn.Parameter] = field(default_factory=list)  # other matrices that take weight decay (a head)
+    no_decay: list[nn.Parameter] = field(default_factory=list)  # embeddings, norms, biases: never decayed
+
+
+def split_params(model: nn.Module, heads: tuple[torch.Tensor, ...] = ()) -> ParamGroups:
+    """The usual split: embedding tables and vectors are not decayed, `heads` are decayed but not Muon's,
+    every other matrix is hidden. A head tied to an embedding is an embedding. Order follows parameters()."""
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head_ids = {id(h) for h in heads}
+    groups, embeddings, vectors = ParamGroups(), [], []
+    for p in model.parameters():  # parameters() yields a tied weight once
+        if not p.requires_grad:
+            continue
+        if id(p) in embedding_ids:
+            embeddings.append(p)
+        elif p.dim() < 2:
+            vectors.append(p)
+        elif id(p) in head_ids:
+            groups.decay.append(p)
+        else:
+            groups.hidden.append(p)
+    groups.no_decay = embeddings + vectors
+    return groups
+
+
+class LanguageModel(nn.Module):
+    """The base class of every family: next-token prediction over a vocabulary, plus generation."""
+
+    config: object
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    @property
+    def max_context(self) -> int | None:
+        """The longest context the model takes (generation slides its window to fit); None if unbounded."""
+        raise NotImplementedError
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, T: int | None = None) -> float:
+        """Training FLOPs per token: 6 per weight, forward and backward (families add what else they do)."""
+        return 6 * self.num_params()
+
+    def param_groups(self) -> ParamGroups:
+        return split_params(self)
+
+    def new_state(self, batch_size: int):
+        """An empty generation state for batch_size sequences."""
+        raise NotImplementedError
+
+    def step(self, idx: torch.Tensor, state) -> torch.Tensor:
+        """Feed idx (B, T) after what state holds (updating it); the logits (B, vocab) of the last position."""
+        raise NotImplementedError
+
+
+class Capture(nn.Identity):
+    """A named point in a model where a tensor can be read out (an attention map, say). It passes its input
+    through; `active` tells the model that someone is listening, so it can compute what is otherwise skipped."""
+
+    def __init__(self):
+        super().__init__()
+        self.active = False
+
+
+@contextmanager
+def capture(model: nn.Module, suffix: str = ""):
+    """Record, while the block runs, the latest tensor through each capture point whose name ends in suffix.
+
+        with capture(model) as seen:
+            model(idx)
+        seen["transformer.h.0.attn.probs"]     # (B, n_head, T, T) for a GPT
+    """
+    seen: dict[str, torch.Tensor] = {}
+    points = [(name, m) for name, m in model.named_modules() if isinstance(m, Capture) and name.endswith(suffix)]
+    handles = []
+    for name, point in points:
+        point.active = True
+        handles.append(point.register_forward_hook(
+            lambda module, args, out, name=name: seen.__setitem__(name, out.detach())))
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+        for _, point in points:
+            point.active = False

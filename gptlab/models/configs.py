@@ -1,0 +1,56 @@
+"""Each model family's configuration: one dataclass per family, every field with its help line.
+
+No torch here: `gptlab train --help` reads these fields (their defaults, help and choices) without loading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+def setting(default, help: str, choices: tuple[str, ...] | None = None):
+    """A config field carrying the help line (and the choices) that the command line shows for it."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def check_choices(config) -> None:
+    """ValueError for a field whose value is not one of its choices."""
+    for f in fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(choices)}, not {getattr(config, f.name)!r}")
+
+
+def check_positive(config, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+
+
+POSITION_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh")  # gelu_tanh: GPT-2's tanh approximation of GELU
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = setting(65, "tokens in the vocabulary (set from the tokenizer)")
+    block_size: int = setting(256, "the longest context the model sees, in tokens")
+    n_layer: int = setting(6, "transformer blocks")
+    n_head: int = setting(6, "attention heads per block")
+    n_embd: int = setting(384, "width of the residual stream (the embedding size)")
+    dropout: float = setting(0.0, "dropout probability while training")
+    bias: bool = setting(False, "biases in the linear layers and layer norms (GPT-2 has them)")
+    pos: str = setting("learned", "position information", POSITION_ENCODINGS)
+    tie_weights: bool = setting(True, "the output head shares its matrix with the token embedding")
+    rope_base: float = setting(10000.0, "base of RoPE's wavelengths (with --pos rope)")
+    activation: str = setting("gelu", "the MLP's nonlinearity; gelu_tanh is GPT-2's approximation", ACTIVATIONS)
+
+    def __post_init__(self):
+        check_positive(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+        check_choices(self)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rope needs an even head size (n_embd / n_head)")

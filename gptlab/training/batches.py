@@ -1,0 +1,67 @@
+"""Batch sources: what the training step consumes, one micro-batch per call of next().
+
+A source yields (x, y) with x, y (B, T) token ids, y shifted by one: the targets of next-token prediction.
+A source may add a third tensor, a loss mask (B, T), when only some targets count (chat finetuning);
+the step passes whatever it gets on to model(*batch).
+
+Every source has a state_dict (saved in checkpoints, so a resumed run draws exactly the batches the
+uninterrupted one would have) and draws the same global batch whatever the number of processes: each of
+world_size processes keeps its own slice of it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+
+class RandomWindows:
+    """Random windows of seq_len + 1 tokens from one split of the token files.
+
+    The window starts come from one seeded generator that every process holds in the same state: each
+    draws the starts of the global batch (world_size x batch_size windows) and keeps its rank's slice.
+    On an accelerator, splits that fit are copied to it once (gathering there beats shipping each batch);
+    otherwise they stay memory-mapped.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, device: torch.device, seed: int,
+                 rank: int = 0, world_size: int = 1, preload: bool | None = None):
+        self.seq_len, self.batch_size, self.device = seq_len, batch_size, torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.n_windows = len(tokens) - seq_len
+        self.offsets = torch.arange(seq_len + 1)
+        self.tokens_np = tokens
+        self.tokens = None
+        if preload is None:  # auto: on an accelerator, when the split fits easily (2**28 tokens = 2 GiB)
+            preload = self.device.type != "cpu" and len(tokens) <= 1 << 28
+        if preload:
+            self.tokens = torch.from_numpy(np.asarray(tokens).astype(np.int64)).to(self.device)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(self.n_windows, (self.world_size * self.batch_size,), generator=self.generator)
+        starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]  # this process's share
+        index = starts[:, None] + self.offsets  # (B, T+1)
+        if self.tokens is not None:
+            window = self.tokens[index.to(self.device)]
+        else:
+            window = torch.from_numpy(self.tokens_np[index.numpy()].astype(np.int64))
+            if self.device.type == "cuda":
+                window = window.pin_memory().to(self.device, non_blocking=True)
+            else:
+                window = window.to(self.device)
+        return window[:, :-1], window[:, 1:]
+
+    def sibling(self, seed: int | None = None) -> RandomWindows:
+        """Another draw of windows from the same tokens (no second copy on the device), with its own generator."""
+        other = copy.copy(self)
+        other.generator = torch.Generator().manual_seed(self.generator.initial_seed() if seed is None else seed)
+        return other
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

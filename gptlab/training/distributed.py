@@ -1,0 +1,133 @@
+"""Several processes, with PyTorch's own engine: torchrun starts them, DistributedDataParallel keeps them in step.
+
+    torchrun --nproc-per-node 2 -m gptlab train ...                       # 2 processes on this machine
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
+             --rdzv-endpoint HOST:29500 -m gptlab train ...               # on each of 2 machines
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK for each process. Each process draws its own share of the
+global batch; DDP averages the gradients over processes in the backward pass, so every process takes the
+same step. Processes talk through gloo on CPUs and NCCL on GPUs; small control messages (stop now?) go
+through a gloo group, which needs no GPU synchronization. One process alone needs none of this.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from contextlib import contextmanager
+
+import torch
+
+
+class Distributed:
+    """This process's place among the processes of a run: rank, world size, and the collectives training needs.
+    With one process every collective is the identity."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0):
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.control = None  # a gloo group for small CPU-side messages
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        env = os.environ
+        if int(env.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        return cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def device(self, device: torch.device) -> torch.device:
+        """One GPU per process: cuda becomes cuda:LOCAL_RANK (an explicit index is kept)."""
+        if self.active and device.type == "cuda" and device.index is None:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def start(self, device: torch.device) -> None:
+        if not self.active:
+            return
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+            self.control = dist.new_group(backend="gloo")
+        else:
+            dist.init_process_group("gloo")
+            self.control = dist.group.WORLD
+
+    def close(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """The model as training calls it: under DDP with several processes, the model itself otherwise.
+        Its buffers are constant tables (positions), so DDP need not broadcast them before each forward."""
+        if not self.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:  # torch 2.13 and later
+            return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    def mean(self, value: torch.Tensor) -> float:
+        """The average of a scalar over processes, as a Python float (every process gets it)."""
+        if self.active:
+            import torch.distributed as dist
+
+            value = value.detach().float().clone()
+            dist.all_reduce(value)
+            value /= self.world_size
+        return float(value)
+
+    def _reduce(self, number: float, op: str) -> float:
+        if not self.active:
+            return number
+        import torch.distributed as dist
+
+        t = torch.tensor([number], dtype=torch.float64)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op), group=self.control)
+        return float(t)
+
+    def any(self, flag: bool) -> bool:
+        """True on every process if it is true on any (so that all stop at the same step)."""
+        return self._reduce(float(flag), "MAX") > 0
+
+    def max(self, number: float) -> float:
+        return self._reduce(number, "MAX")
+
+    def gather(self, obj) -> list:
+        """obj of every process, in rank order, on every process."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.control)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.control)
+
+    @contextmanager
+    def main_first(self):
+        """Rank 0 runs the block first (downloads, tokenizer training, token files), then the others, which
+        find its results in the cache."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()

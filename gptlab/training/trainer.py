@@ -1,0 +1,398 @@
+"""The training run, top to bottom.
+
+    plan = plan_run(values, ...)     what to train, from what, into which folder (checked before anything runs)
+    trainer = Trainer(plan, dist)    data, model, optimizers, batches, the step, progress: the parts
+    trainer.fit()                    a time budget becomes iterations; then step / log / evaluate / save
+
+The loop itself is Trainer.loop. It is the same for one process and for several under torchrun, where
+every process runs it in step with the others and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gptlab import rundir
+from gptlab.data.corpora import load_corpus
+from gptlab.data.tokenizer import load_tokenizer
+from gptlab.data.tokens import bits_per_char, check_length, get_tokenizer, prepare
+from gptlab.device import pick_device, setup
+from gptlab.errors import GptlabError
+from gptlab.models import build_model, config_to_dict, make_config
+from gptlab.training import budget
+from gptlab.training.batches import RandomWindows
+from gptlab.training.config import (
+    TrainConfig,
+    check_overrides,
+    check_values,
+    parse_duration,
+    resolve,
+    resume_values,
+    saved_values,
+    split_values,
+    to_dict,
+)
+from gptlab.training.distributed import Distributed
+from gptlab.training.evaluate import evaluate
+from gptlab.training.metrics import MetricsLog, ProgressLine, Timer, plot_losses
+from gptlab.training.optim import build_optimizers, load_state, schedulers
+from gptlab.training.step import Stepper
+
+STATE_FORMAT = 2  # trainer.pt: torch optimizers, the random-number state of every process
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iters: int
+    val_loss: float | None
+    best_val_loss: float | None
+    elapsed: float
+    checkpoint: Path | None
+    stopped_by: str  # "max_iters" | "max_time" | "interrupt"
+
+
+@dataclass
+class Plan:
+    """What a run will do, fully checked: no file has been touched yet."""
+
+    cfg: TrainConfig
+    model: dict  # the model section {"family": ..., its values}; vocab_size comes from the tokenizer
+    run_dir: Path
+    resume_from: Path | None = None  # the checkpoint a resumed run continues from
+    budget: dict | None = None  # how an earlier part of the run turned its time budget into iterations
+    cap: int = 0  # the most iterations a time budget may give
+
+    @property
+    def max_time(self) -> float | None:
+        return parse_duration(self.cfg.max_time)
+
+
+def plan_run(values: dict | None = None, *, preset: str | None = None, out: str | Path | None = None,
+             resume: bool = False, overwrite: bool = False, check_folder: bool = True) -> Plan:
+    """The configuration of a new or resumed run, and its folder's policy, checked before anything is written."""
+    overrides = dict(values or {})
+    if resume:
+        return _plan_resume(overrides, preset, out)
+    cfg, model = resolve(preset, overrides, pick_device(overrides.get("device", "auto")).type)
+    check_overrides(cfg, overrides)
+    run_dir = Path(out) if out is not None else rundir.default_run_dir(cfg)
+    if check_folder:
+        rundir.check_new(run_dir, overwrite)
+    check_values(cfg, model)
+    return Plan(cfg, model, run_dir, cap=cfg.max_iters)
+
+
+def _plan_resume(overrides: dict, preset: str | None, out) -> Plan:
+    if out is None:
+        raise GptlabError("--resume needs --out RUN_DIR, the run to continue")
+    if preset is not None:
+        raise GptlabError("--resume continues with the run's own configuration; leave out --preset")
+    run_dir = Path(out)
+    if rundir.latest_checkpoint(run_dir) is None:
+        raise GptlabError(f"--resume: {run_dir} holds no checkpoint to resume")
+    ckpt = rundir.open_checkpoint(run_dir, need=rundir.FOR_RESUME)
+    saved = rundir.read_config(ckpt)
+    try:
+        values = saved_values(saved)
+    except GptlabError as e:
+        raise GptlabError(f"{ckpt / rundir.CONFIG} is {e}") from None
+    cfg, model = split_values(resume_values(values, overrides))
+    check_values(cfg, model)
+    record = saved.get("budget") if isinstance(saved.get("budget"), dict) else None
+    if record and overrides.get("max_time") == record.get("max_time"):
+        cfg.max_time = None  # the same budget again: its iterations are already in max_iters
+    cap = cfg.max_iters if "max_iters" in overrides or not record else record.get("cap", cfg.max_iters)
+    return Plan(cfg, model, run_dir, ckpt, record, cap)
+
+
+class StopFlag:
+    """Ctrl-C (or SIGTERM, as torchrun and cluster schedulers send it) sets a flag that the loop reads between
+    steps; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.set = False
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _rng_state(device: torch.device) -> dict:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+class Trainer:
+    """The parts of one run, built once: data, model, optimizers, batch sources, the step, the log."""
+
+    def __init__(self, plan: Plan, dist: Distributed, mirror: str | Path | None = None, quiet: bool = False):
+        self.plan, self.cfg, self.dist = plan, plan.cfg, dist
+        cfg = self.cfg
+        device, self.dtype = setup(cfg.device, cfg.dtype, cfg.threads, cfg.seed + dist.rank)
+        self.device = dist.device(device)
+        dist.start(self.device)
+        self.progress = ProgressLine(quiet=quiet or not dist.is_main)
+        with dist.main_first():
+            self.tokenizer, self.data, self.corpus_name = self._data(mirror)
+        self.model, self.seq_len = self._model()
+        self.optimizers = build_optimizers(self.model, cfg)
+        self.step = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
+                            schedulers(self.optimizers, cfg, 0), cfg, self.device, self.dtype,
+                            notice=self.progress.message, compiled=cfg.compile)
+        args = (self.seq_len, cfg.batch_size, self.device, cfg.seed, dist.rank, dist.world_size)
+        self.batches = RandomWindows(self.data.train, *args)
+        self.eval_sources = {"train": self.batches.sibling()}  # evaluate() reseeds them; the tokens are shared
+        if len(self.data.val) > self.seq_len:
+            self.eval_sources["val"] = RandomWindows(self.data.val, *args)
+        self.it, self.elapsed_before, self.best_val, self.budget = 0, 0.0, None, plan.budget
+        self.val_loss, self.last_ckpt, self.last_eval_iter, self.last_loss = None, None, None, None
+        if plan.resume_from is not None:
+            rundir.load_weights(self.model, plan.resume_from)
+            self.restore(rundir.load_trainer_state(plan.resume_from), plan.resume_from)
+
+    def _data(self, mirror):
+        corpus = load_corpus(self.cfg.corpus, mirror=mirror)
+        if self.plan.resume_from is not None:
+            tokenizer = load_tokenizer(self.plan.resume_from / rundir.TOKENIZER)
+        else:
+            tokenizer = get_tokenizer(corpus, self.cfg.tokenizer, self.cfg.vocab_size, self.cfg.val_fraction)
+        data = prepare(corpus, tokenizer, self.cfg.val_fraction)
+        return tokenizer, data, corpus.name  # training reads the token files: the text itself is let go
+
+    def _model(self):
+        values = {k: v for k, v in self.plan.model.items() if k != "family"}
+        self.model_config = make_config(self.plan.model["family"], {**values, "vocab_size": self.tokenizer.vocab_size})
+        model = build_model(self.plan.model["family"], self.model_config).to(self.device)
+        context = model.max_context
+        seq_len = self.cfg.seq_len or context
+        if seq_len is None:
+            raise GptlabError(f"--model {self.plan.model['family']} takes any length: set the window with --seq-len")
+        if context is not None and seq_len > context:
+            raise GptlabError(f"--seq-len {seq_len} is longer than the model's context ({context} tokens)")
+        check_length(self.data, seq_len, self.cfg.val_fraction)
+        return model, seq_len
+
+    # --- state: what a checkpoint holds, and what calibration puts back ---------------------------------------
+
+    def state(self) -> dict:
+        """This process's resumable state (live tensors: copy before changing anything)."""
+        return dict(iter=self.it, elapsed=self.timer.elapsed(), best_val_loss=self.best_val,
+                    optimizers=[o.state_dict() for o in self.optimizers], batches=self.batches.state_dict(),
+                    scaler=self.step.scaler.state_dict())
+
+    def restore(self, state: dict, source: Path | None = None) -> None:
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise GptlabError(f"checkpoint {source} was written with another optimizer")
+        for opt, saved in zip(self.optimizers, state["optimizers"]):
+            try:
+                load_state(opt, saved)
+            except ValueError as e:
+                raise GptlabError(f"checkpoint {source} cannot be resumed: {e}") from None
+        self.it, self.elapsed_before, self.best_val = state["iter"], state["elapsed"], state["best_val_loss"]
+        self.step.schedulers = schedulers(self.optimizers, self.cfg, self.it)
+        self.batches.load_state_dict(state["batches"])
+        if state.get("scaler"):
+            self.step.scaler.load_state_dict(state["scaler"])
+        self._restore_rng(state)
+
+    def _restore_rng(self, state: dict) -> None:
+        if "rng" not in state:  # one process's state, as gptlab 0.1 saved it
+            state = dict(rng=[{"cpu": state["rng_cpu"], "cuda": state.get("rng_cuda")}])
+        rng = state["rng"]
+        if isinstance(rng, dict):  # calibration's snapshot: this process's own
+            rng = [rng] * self.dist.world_size
+        if len(rng) != self.dist.world_size:
+            self.progress.message(f"resuming {len(rng)} process(es)' run with {self.dist.world_size}: "
+                                  f"dropout's random numbers start afresh")
+            torch.manual_seed(self.cfg.seed + self.dist.rank + self.it)
+            return
+        mine = rng[self.dist.rank]
+        torch.set_rng_state(mine["cpu"])
+        if self.device.type == "cuda" and mine.get("cuda") is not None:
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
+
+    def save(self, val_loss: float | None) -> Path:
+        """A checkpoint at the current step; every process takes part (its random numbers), rank 0 writes."""
+        rng = self.dist.gather(_rng_state(self.device))
+        path = rundir.checkpoint_path(self.plan.run_dir, self.it)
+        if self.dist.is_main:
+            state = dict(self.state(), rng=rng, val_loss=val_loss, world_size=self.dist.world_size,
+                         format=STATE_FORMAT)
+            path = rundir.save_checkpoint(self.plan.run_dir, self.it, self.model, state, self.config(), self.tokenizer)
+        self.last_ckpt = path
+        return path
+
+    def config(self) -> dict:
+        config = to_dict(self.cfg, config_to_dict(self.plan.model["family"], self.model_config))
+        if self.budget:
+            config["budget"] = self.budget
+        return config
+
+    # --- the run ------------------------------------------------------------------------------------------------
+
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        self.timer = Timer(self.elapsed_before)
+        if self.plan.max_time is not None:
+            self.calibrate(self.plan.max_time)
+        self.begin()
+        try:
+            with StopFlag() as stop:
+                stopped_by = self.loop(stop, stop_after)
+            self.finish(stopped_by)
+        finally:
+            self.progress.close()
+        if stopped_by != "interrupt" and self.dist.is_main:
+            failure = plot_losses(self.plan.run_dir / rundir.METRICS, self.plan.run_dir / rundir.PLOT)
+            if failure:
+                self.progress.message(f"could not draw loss.png ({failure}); metrics.jsonl has the numbers")
+        self.progress.message(f"done: {self.it} iterations in {self.timer.elapsed():.1f}s ({stopped_by}); "
+                              f"checkpoint {self.last_ckpt}")
+        return TrainResult(self.plan.run_dir, self.it, self.val_loss, self.best_val, self.timer.elapsed(),
+                           self.last_ckpt, stopped_by)
+
+    def calibrate(self, max_time: float) -> None:
+        """Turn the time budget into an iteration count (gptlab.training.budget), and record it."""
+        snapshot = copy.deepcopy(dict(self.state(), model=self.model.state_dict(), rng=_rng_state(self.device)))
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        per_iter = budget.measure(lambda: self.step(self.batches), self.evaluate, self.cfg.eval_interval, sync)
+        self.model.load_state_dict(snapshot.pop("model"))
+        self.restore(snapshot)
+        per_iter = self.dist.max(per_iter)
+        iters = budget.iteration_budget(max_time, self.timer.elapsed(), self.it, per_iter, self.plan.cap)
+        self.budget = dict(max_time=self.cfg.max_time, seconds_per_iter=round(per_iter, 6), iters=iters,
+                           cap=self.plan.cap, measured_at_iter=self.it)
+        self.cfg.max_iters, self.cfg.max_time = iters, None  # from here on the run follows iterations
+        self.progress.message(f"time budget {self.budget['max_time']}: {per_iter:.4f} s per iteration, so "
+                              f"{iters} iterations (to replay: --max-iters {iters} --max-time none)")
+
+    def begin(self) -> None:
+        """Write the run folder's files (an overwritten run's are cleared only now) and announce the run."""
+        resumed = self.plan.resume_from is not None
+        run_dir = self.plan.run_dir
+        if self.dist.is_main:
+            if not resumed:
+                rundir.clear(run_dir)
+            rundir.write_run_files(run_dir, self.config(), self.tokenizer)
+        self.metrics = MetricsLog(run_dir / rundir.METRICS, resume_from=self.it if resumed else None,
+                                  enabled=self.dist.is_main)
+        self.progress.start(self.cfg.max_iters, self.it)
+        cfg, world = self.cfg, self.dist.world_size
+        self.progress.message(
+            f"training {self.plan.model['family']} ({self.model.num_params() / 1e6:.2f}M parameters) on "
+            f"{self.corpus_name} with a {self.tokenizer.kind} tokenizer ({self.tokenizer.vocab_size} tokens), "
+            f"{self.device.type}, {str(self.dtype).replace('torch.', '')}; run folder {run_dir}")
+        self.progress.message(
+            f"global batch: {world} process(es) x {cfg.batch_size} sequences x {cfg.grad_accum} micro-batch(es) "
+            f"x {self.seq_len} tokens = {self.tokens_per_iter:,} tokens per step")
+
+    @property
+    def tokens_per_iter(self) -> int:
+        return self.dist.world_size * self.cfg.batch_size * self.cfg.grad_accum * self.seq_len
+
+    def loop(self, stop: StopFlag, stop_after: int | None) -> str:
+        """Step, log, evaluate and save until the iterations run out or the run is stopped."""
+        cfg = self.cfg
+        self.last_log = (self.timer.elapsed(), self.it)
+        while self.it < cfg.max_iters:
+            self.last_loss = self.step(self.batches)
+            self.it += 1
+            if self.it % cfg.log_interval == 0 or self.it == cfg.max_iters:
+                self.log_step()
+            if self.it % cfg.eval_interval == 0 and self.it < cfg.max_iters:
+                self.evaluate_and_save()
+            stopping = stop.set or (stop_after is not None and self.it >= stop_after)
+            if self.it < cfg.max_iters and self.dist.any(stopping):
+                return "interrupt"
+        return "max_time" if self.budget and self.budget.get("iters") == cfg.max_iters else "max_iters"
+
+    def finish(self, stopped_by: str) -> None:
+        if stopped_by == "interrupt":
+            loss = self.dist.mean(self.last_loss)
+            if not math.isfinite(loss):  # never save weights that a NaN step has already spoiled
+                raise self._non_finite("training loss", loss)
+            self.progress.message(f"interrupted at iteration {self.it}: saving a checkpoint to resume from")
+            self.save(None)
+            self.dist.barrier()  # no process leaves (and ends the run for torchrun) before rank 0 has saved
+        elif self.it != self.last_eval_iter:  # (a run that just evaluated needs no second evaluation)
+            self.evaluate_and_save()
+
+    def log_step(self) -> None:
+        loss = self.dist.mean(self.last_loss)
+        if not math.isfinite(loss):
+            raise self._non_finite("training loss", loss)
+        now = self.timer.elapsed()
+        last_time, last_iter = self.last_log
+        tps = self.tokens_per_iter * (self.it - last_iter) / max(1e-9, now - last_time)
+        self.last_log = (now, self.it)
+        self.metrics.write(iter=self.it, loss=loss, lr=self.step.last_lr, tokens_per_s=round(tps, 1),
+                           time=round(now, 3))
+        self.progress.update(self.it, loss, tps, self.cfg.max_iters)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.step.forward, self.eval_sources, self.cfg.eval_iters, self.cfg.seed + 1,
+                        self.device, self.dtype, self.dist)
+
+    def evaluate_and_save(self) -> None:
+        self.last_eval_iter = self.it
+        losses = self.evaluate()
+        for name, value in losses.items():
+            if not math.isfinite(value):
+                raise self._non_finite(f"{name} loss", value)
+        val = losses.get("val")
+        record = dict(iter=self.it, train_loss=losses["train"], time=round(self.timer.elapsed(), 3),
+                      unix_time=time.time())
+        if val is not None:
+            self.best_val = val if self.best_val is None else min(self.best_val, val)
+            record.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)),
+                          val_bpc=bits_per_char(val, self.data.val_chars_per_token))
+        self.metrics.write(**record)
+        shown = f"val {val:.4f} (bpc {record['val_bpc']:.3f})" if val is not None else "no validation split"
+        self.progress.message(f"iter {self.it}: train {losses['train']:.4f}, {shown}, {self.timer.elapsed():.1f}s")
+        self.val_loss = val
+        self.save(val)
+        self.last_log = (self.timer.elapsed(), self.it)  # tokens/s counts training alone
+
+    def _non_finite(self, what: str, value: float) -> GptlabError:
+        """The one-line error for a NaN or inf loss: nothing is saved, and the last good checkpoint is named."""
+        ckpt = rundir.latest_checkpoint(self.plan.run_dir)
+        last = f"The last good checkpoint, {ckpt}, is intact." if ckpt else "No checkpoint was written yet."
+        return GptlabError(f"{what} is {value} at iteration {self.it}; stopped without saving. {last} "
+                           f"Try a lower --lr, or --dtype float32.")
+
+
+def train(values: dict | None = None, *, preset: str | None = None, out: str | Path | None = None,
+          resume: bool = False, overwrite: bool = False, mirror: str | Path | None = None,
+          quiet: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Train a model from flat config values (the command line's flags, with underscores) and return what happened.
+
+    Under torchrun every process calls this; each trains its share of the global batch and rank 0 writes.
+    stop_after: pause after this many iterations as Ctrl-C would (save, return); for tests and demos.
+    """
+    plan = plan_run(values, preset=preset, out=out, resume=resume, overwrite=overwrite)
+    dist = Distributed.from_env()
+    try:
+        result = Trainer(plan, dist, mirror=mirror, quiet=quiet).fit(stop_after)
+        dist.barrier()  # every process ends the run together (rank 0 was still drawing loss.png)
+        return result
+    finally:
+        dist.close()

@@ -1,0 +1,82 @@
+"""gptlab.training.budget: --max-time becomes an iteration count once, from a calibration that leaves no trace,
+so a time-budgeted run resumes exactly and replays exactly with its recorded iteration count."""
+
+import pytest
+import torch
+from helpers import latest_name, losses, run_config, tiny, untimed, write_corpus
+from safetensors.torch import load_file
+
+from gptlab import rundir
+from gptlab.training.budget import iteration_budget, measure
+from gptlab.training.trainer import train
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_corpus(tmp_path / "data")
+
+
+def final_weights(run_dir):
+    return load_file(str(rundir.latest_checkpoint(run_dir) / "model.safetensors"))
+
+
+def test_iteration_budget_arithmetic():
+    assert iteration_budget(10.0, 2.0, 0, 0.1, 10**6) == 80
+    assert iteration_budget(10.0, 2.0, 30, 0.1, 10**6) == 110  # counted from the current iteration
+    assert iteration_budget(10.0, 2.0, 0, 0.1, 50) == 50  # --max-iters caps it
+    assert iteration_budget(1.0, 5.0, 7, 0.1, 10**6) == 8  # no time left: one more step
+
+
+def test_measure_times_steps_and_a_share_of_evaluation():
+    calls = {"step": 0, "eval": 0}
+
+    def step():
+        calls["step"] += 1
+
+    def evaluate():
+        calls["eval"] += 1
+
+    assert measure(step, evaluate, 10, lambda: None) >= 0
+    assert calls == {"step": 8, "eval": 1}
+
+
+def test_calibration_leaves_no_trace(corpus, tmp_path):
+    """A budgeted run equals the run replayed with its recorded iteration count: losses, learning rates,
+    evaluations and weights, although calibration stepped the model and drew batches."""
+    values = tiny(corpus, max_time="1.5s", max_iters=10**6, eval_interval=40, log_interval=5, dropout=0.1,
+                  optimizer="muon", warmup_iters=20)
+    timed = train(values, out=tmp_path / "timed", quiet=True)
+    config = run_config(tmp_path / "timed")
+    n = config["train"]["max_iters"]
+    assert timed.stopped_by == "max_time" and timed.iters == n and 20 < n < 10**6
+    assert config["train"]["max_time"] is None
+    assert config["budget"]["max_time"] == "1.5s" and config["budget"]["iters"] == n
+    assert config["budget"]["seconds_per_iter"] > 0 and config["budget"]["cap"] == 10**6
+    replay = train({**values, "max_iters": n, "max_time": None}, out=tmp_path / "replay", quiet=True)
+    assert replay.stopped_by == "max_iters" and untimed(tmp_path / "timed") == untimed(tmp_path / "replay")
+    wa, wb = final_weights(tmp_path / "timed"), final_weights(tmp_path / "replay")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_budgeted_run_resumed_equals_its_replay(corpus, tmp_path):
+    """The default preset's case: interrupted at iteration 30 and resumed, the run follows its iterations."""
+    values = tiny(corpus, max_time="1s", max_iters=10**6, eval_interval=25, log_interval=5, warmup_iters=10)
+    paused = train(values, out=tmp_path / "run", quiet=True, stop_after=30)
+    assert paused.stopped_by == "interrupt" and latest_name(tmp_path / "run") == "step-000030"
+    n = run_config(tmp_path / "run")["train"]["max_iters"]
+    resumed = train({}, out=tmp_path / "run", resume=True, quiet=True)
+    assert resumed.iters == n and resumed.stopped_by == "max_time"
+    train({**values, "max_iters": n, "max_time": None}, out=tmp_path / "replay", quiet=True)
+    assert losses(tmp_path / "run") == losses(tmp_path / "replay")
+    assert untimed(tmp_path / "run") == untimed(tmp_path / "replay")
+
+
+def test_resume_with_a_new_time_budget_calibrates_again(corpus, tmp_path):
+    values = tiny(corpus, max_time="0.5s", max_iters=10**6, eval_interval=10**5, log_interval=50)
+    first = train(values, out=tmp_path / "run", quiet=True)
+    again = train({"max_time": "0.5s"}, out=tmp_path / "run", resume=True, quiet=True)  # the same budget: done
+    assert again.iters == first.iters
+    more = train({"max_time": "2s"}, out=tmp_path / "run", resume=True, quiet=True)
+    config = run_config(tmp_path / "run")
+    assert more.iters > first.iters and config["train"]["max_iters"] == more.iters
+    assert config["budget"]["max_time"] == "2s" and config["budget"]["measured_at_iter"] == first.iters

@@ -1,0 +1,113 @@
+"""gptlab.training.distributed: several processes under torchrun, with DDP over gloo on this CPU.
+
+Two processes with batch B each equal one process with batch 2B (losses, evaluations, weights); a resumed
+two-process run equals an uninterrupted one; a NaN and Ctrl-C stop both processes cleanly, without a hang.
+Every process talks over the loopback interface only.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_FLAGS, latest_name, losses, tiny, untimed, write_corpus
+from safetensors.torch import load_file
+
+from gptlab import rundir
+from gptlab.training.metrics import read_metrics
+from gptlab.training.trainer import train
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
+       "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(*args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *map(str, args)]
+
+
+def train_in_two(cwd: Path, values: dict | None, out: Path, **kwargs) -> dict:
+    """gptlab.train in two processes; the result rank 0 printed."""
+    job = json.dumps(dict(values=values, out=str(out), **kwargs))
+    proc = subprocess.run(torchrun(WORKER, job), capture_output=True, text=True, cwd=cwd, env=ENV, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(rundir.latest_checkpoint(run_dir) / "model.safetensors"))
+
+
+def assert_records_close(a: list[dict], b: list[dict], tol: float = 1e-5) -> None:
+    assert [sorted(r) for r in a] == [sorted(r) for r in b]
+    for ra, rb in zip(a, b):
+        for key, value in ra.items():
+            assert rb[key] == pytest.approx(value, rel=tol, abs=tol), (ra["iter"], key)
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    """2 processes x batch 2 x 2 micro-batches against 1 process x batch 4 x 2 micro-batches: the same windows,
+    the same averaged gradients, so the same losses, learning rates, evaluations and weights. (AdamW: Muon's
+    bfloat16 iterations turn the last-bit differences of a gradient averaged in another order into 1e-4s.)"""
+    base = tiny(write_corpus(tmp_path / "data"), max_iters=12, eval_interval=6, grad_accum=2, optimizer="adamw")
+    train({**base, "batch_size": 4}, out=tmp_path / "one", quiet=True)
+    result = train_in_two(tmp_path, {**base, "batch_size": 2}, tmp_path / "two")
+    assert result["iters"] == 12
+    assert_records_close(untimed(tmp_path / "one"), untimed(tmp_path / "two"))
+    wa, wb = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], rtol=1e-5, atol=1e-5)
+
+
+def test_a_resumed_two_process_run_equals_an_uninterrupted_one(tmp_path):
+    """Dropout draws from each process's own random numbers: resuming restores every process's state."""
+    values = tiny(write_corpus(tmp_path / "data"), max_iters=16, eval_interval=4, batch_size=2, dropout=0.1,
+                  optimizer="muon")
+    train_in_two(tmp_path, values, tmp_path / "whole")
+    paused = train_in_two(tmp_path, values, tmp_path / "paused", stop_after=10)
+    assert paused["stopped_by"] == "interrupt" and latest_name(tmp_path / "paused") == "step-000010"
+    state = rundir.load_trainer_state(rundir.latest_checkpoint(tmp_path / "paused"))
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])  # each process has its own
+    train_in_two(tmp_path, {"max_iters": 16}, tmp_path / "paused", resume=True)
+    assert untimed(tmp_path / "whole") == untimed(tmp_path / "paused")  # exactly
+    wa, wb = final_weights(tmp_path / "whole"), final_weights(tmp_path / "paused")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_nan_stops_both_processes_with_one_line(tmp_path):
+    corpus, out = write_corpus(tmp_path / "data"), tmp_path / "run"
+    cmd = torchrun("-m", "gptlab", "train", "--corpus", corpus, "--out", out, *TINY_FLAGS, "--lr", "1e6",
+                   "--grad-clip", "0", "--warmup-iters", "0", "--log-interval", "1", "--quiet")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=240)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gptlab: error:")]
+    assert len(errors) == 1 and "training loss is nan at iteration" in errors[0], proc.stderr[-3000:]
+    assert rundir.latest_checkpoint(out) is None
+
+
+def test_ctrl_c_stops_both_processes_at_one_step_and_saves(tmp_path):
+    """torchrun passes Ctrl-C on to every process; they agree on the step, rank 0 saves, and all leave."""
+    corpus, out = write_corpus(tmp_path / "data"), tmp_path / "run"
+    cmd = torchrun("-m", "gptlab", "train", "--corpus", corpus, "--out", out, *TINY_FLAGS, "--max-iters", "100000",
+                   "--eval-interval", "100000", "--log-interval", "1", "--max-time", "none")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=90)
+    assert "interrupted at iteration" in stderr and stderr.count("stopped; resume with") == 1, stderr[-3000:]
+    last_logged = read_metrics(metrics)[-1]["iter"]
+    assert latest_name(out) == f"step-{last_logged:06d}"  # saved exactly where both stopped
+    state = rundir.load_trainer_state(rundir.latest_checkpoint(out))
+    assert state["iter"] == last_logged and len(state["rng"]) == 2
+    result = train_in_two(tmp_path, {"max_iters": last_logged + 3}, out, resume=True)
+    assert result["iters"] == last_logged + 3
+    assert sorted(losses(out)) == list(range(1, last_logged + 4))
