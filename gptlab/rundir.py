@@ -9,7 +9,7 @@ this module; sampling, resuming and every other command read it through this mod
                                /trainer.pt          optimizer, iteration, data order, random-number states
                                /config.json         the run's configuration
                                /tokenizer.json      the run's tokenizer
-                               /SHA256SUMS          checksums of the weights and the trainer state
+                               /SHA256SUMS          their checksums (`sha256sum -c SHA256SUMS` checks them too)
     RUN/checkpoints/latest     the name of the newest complete checkpoint
 
 Writing: a checkpoint goes into a hidden temporary folder, is flushed to disk, renamed into place, and only
@@ -36,7 +36,7 @@ from safetensors.torch import load_model, save_model
 
 from gptlab.data.corpora import NAMED
 from gptlab.data.tokenizer import KINDS
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, is_main_process
 from gptlab.files import fsync_dir, sha256_file, write_atomic
 
 CONFIG, TOKENIZER, METRICS, PLOT = "config.json", "tokenizer.json", "metrics.jsonl", "loss.png"
@@ -44,11 +44,12 @@ CKPT_DIR, LATEST = "checkpoints", "latest"
 WEIGHTS, TRAINER, SUMS = "model.safetensors", "trainer.pt", "SHA256SUMS"
 FOR_SAMPLING = (WEIGHTS, CONFIG, TOKENIZER)  # what loading a run for generation reads
 FOR_RESUME = (WEIGHTS, TRAINER, CONFIG, TOKENIZER)
-CHECKSUMMED = (WEIGHTS, TRAINER)  # the binary payload; the JSON files are checked by parsing them
+CHECKSUMMED = (WEIGHTS, TRAINER, CONFIG, TOKENIZER)
 
 
 def warn(text: str) -> None:
-    print(f"gptlab: warning: {text}", file=sys.stderr, flush=True)
+    if is_main_process():
+        print(f"gptlab: warning: {text}", file=sys.stderr, flush=True)
 
 
 # --- a new run's folder ------------------------------------------------------------------------------------------
@@ -168,8 +169,10 @@ def _candidates(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     done = _by_step(p for p in root.glob("step-*") if (p / WEIGHTS).exists())
-    pointer = root / LATEST
-    named = root / pointer.read_text().strip() if pointer.is_file() else None
+    try:
+        named = root / (root / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):  # no pointer, or a damaged one: the folders speak for themselves
+        named = None
     if named is not None and named in done:
         return [named] + [p for p in reversed(done) if _step(p) < _step(named)]
     return list(reversed(done))
@@ -183,39 +186,39 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def damage(ckpt: Path, need: tuple[str, ...] = FOR_SAMPLING) -> str | None:
     """Why the checkpoint's files in `need` cannot be used (missing, cut short, corrupted), or None if they can.
-    The binary files are checked against SHA256SUMS (checkpoints written before gptlab recorded checksums get
-    structural checks instead), the JSON files by parsing them."""
+    Checked against SHA256SUMS; checkpoints written before gptlab recorded checksums get structural checks."""
     sums = None
-    if (ckpt / SUMS).is_file():
-        sums = {}
-        for line in (ckpt / SUMS).read_text().splitlines():
-            digest, _, name = line.partition("  ")
-            sums[name] = digest
+    if (ckpt / SUMS).exists():
+        try:
+            lines = (ckpt / SUMS).read_text(encoding="utf-8").splitlines()
+        except (OSError, ValueError) as e:
+            return f"{SUMS} cannot be read: {e}"
+        sums = {name: digest for digest, name in (line.split("  ", 1) for line in lines if "  " in line)}
     for name in need:
-        path = ckpt / name
-        if not path.is_file():
+        if not (ckpt / name).is_file():
             return f"{name} is missing"
-        if name.endswith(".json"):
-            try:
-                json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                return f"{name} cannot be read: {e}"
-        elif sums is not None and sums.get(name) != sha256_file(path):
+        if sums is not None and sums.get(name) != sha256_file(ckpt / name):
             return f"{name} does not match its checksum"
-    if sums is None:
-        return _structural_damage(ckpt, need)
-    return None
+    return _structural_damage(ckpt, need) if sums is None else None
 
 
 def _structural_damage(ckpt: Path, need: tuple[str, ...]) -> str | None:
+    """What can be checked without checksums: JSON that parses, a weights file whose header describes exactly
+    the bytes that follow, a trainer state whose zip entries match their CRCs."""
     from safetensors import safe_open
 
-    try:  # the header must describe exactly the bytes that follow
+    for name in need:
+        if name.endswith(".json"):
+            try:
+                json.loads((ckpt / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                return f"{name} cannot be read: {e}"
+    try:
         with safe_open(str(ckpt / WEIGHTS), "pt"):
             pass
     except Exception as e:
         return f"{WEIGHTS} cannot be read: {str(e).splitlines()[0]}"
-    if TRAINER in need:  # torch.save writes a zip archive with a CRC per entry
+    if TRAINER in need:
         try:
             with zipfile.ZipFile(ckpt / TRAINER) as z:
                 bad = z.testzip()
@@ -252,7 +255,21 @@ def open_checkpoint(path: str | Path, need: tuple[str, ...] = FOR_SAMPLING,
     raise GptlabError(f"no intact checkpoint in {path}: {found[0].name}: {skipped[0][1]}")
 
 
-find_checkpoint = open_checkpoint
+def resume_checkpoint(out: str | Path | None) -> Path:
+    """The checkpoint --resume continues from: the newest intact one of the run folder --out."""
+    if out is None:
+        raise GptlabError("--resume needs --out RUN_DIR, the run to continue")
+    if latest_checkpoint(out) is None:
+        raise GptlabError(f"--resume: {out} holds no checkpoint to resume")
+    return open_checkpoint(out, need=FOR_RESUME)
+
+
+def newest_intact(run_dir: str | Path) -> Path | None:
+    """The checkpoint a resume would use now, or None (nothing is reported)."""
+    try:
+        return open_checkpoint(run_dir, need=FOR_RESUME, notice=lambda text: None)
+    except GptlabError:
+        return None
 
 
 def read_config(ckpt: Path) -> dict:

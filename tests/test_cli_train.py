@@ -75,6 +75,9 @@ def test_bad_corpus_files(tmp_path, capsys, kind):
     (["--tokenizer", "bpe", "--vocab-size", "100"], ["too small"]),
     (["--optimizer", "lion"], ["--optimizer"]),
     (["--model", "lstm"], ["--model", "lstm"]),
+    (["--optimizer", "adamw", "--muon-lr", "0.1"], ["--muon-lr applies to --optimizer muon"]),
+    (["--rope-base", "500"], ["--rope-base applies to --pos rope"]),
+    (["--seq-len", "8"], ["--seq-len is for models without a longest context", "16 tokens"]),
     (["--max-iters", "0"], ["--max-iters"]),
     (["--block-size", "20000"], ["corpus too short"]),
 ])

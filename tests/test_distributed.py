@@ -80,15 +80,34 @@ def test_a_resumed_two_process_run_equals_an_uninterrupted_one(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_a_nan_stops_both_processes_with_one_line(tmp_path):
+def test_failures_stop_both_processes_with_one_line(tmp_path):
+    """A NaN at the same step in both, and a corpus that only rank 0 reads first: one `gptlab: error:` line,
+    no traceback, no process left waiting."""
+    corpus = write_corpus(tmp_path / "data")
+    binary = tmp_path / "photo.txt"
+    binary.write_bytes(b"PK\x03\x04" + bytes(range(256)))
+    for flags, message in [(["--corpus", corpus, "--lr", "1e6", "--grad-clip", "0", "--warmup-iters", "0"],
+                            "training loss is nan at iteration"),
+                           (["--corpus", binary], "is not a text file: NUL byte at offset 4")]:
+        out = tmp_path / f"run{len(flags)}"
+        cmd = torchrun("-m", "gptlab", "train", "--out", out, *TINY_FLAGS, "--log-interval", "1", "--quiet", *flags)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=240)
+        assert proc.returncode != 0
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("gptlab: error:")]
+        assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
+        assert "[rank1]" not in proc.stderr and "Traceback (most recent call last):\n  File \"/" not in proc.stderr
+        assert rundir.latest_checkpoint(out) is None
+
+
+def test_a_time_budget_gives_both_processes_one_iteration_count(tmp_path):
+    """Each process measures its own clock; they must still agree on the count, or their collectives part."""
     corpus, out = write_corpus(tmp_path / "data"), tmp_path / "run"
-    cmd = torchrun("-m", "gptlab", "train", "--corpus", corpus, "--out", out, *TINY_FLAGS, "--lr", "1e6",
-                   "--grad-clip", "0", "--warmup-iters", "0", "--log-interval", "1", "--quiet")
+    cmd = torchrun("-m", "gptlab", "train", "--corpus", corpus, "--out", out, *TINY_FLAGS, "--max-iters", "100000",
+                   "--max-time", "1.5s", "--eval-interval", "100", "--log-interval", "10")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=240)
-    assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("gptlab: error:")]
-    assert len(errors) == 1 and "training loss is nan at iteration" in errors[0], proc.stderr[-3000:]
-    assert rundir.latest_checkpoint(out) is None
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    budget = json.loads((out / "config.json").read_text())["budget"]
+    assert f"done: {budget['iters']} iterations" in proc.stderr and "(max_time)" in proc.stderr
 
 
 def test_ctrl_c_stops_both_processes_at_one_step_and_saves(tmp_path):
@@ -108,6 +127,6 @@ def test_ctrl_c_stops_both_processes_at_one_step_and_saves(tmp_path):
     assert latest_name(out) == f"step-{last_logged:06d}"  # saved exactly where both stopped
     state = rundir.load_trainer_state(rundir.latest_checkpoint(out))
     assert state["iter"] == last_logged and len(state["rng"]) == 2
-    result = train_in_two(tmp_path, {"max_iters": last_logged + 3}, out, resume=True)
-    assert result["iters"] == last_logged + 3
+    result = train({"max_iters": last_logged + 3}, out=out, resume=True, quiet=True)  # one process goes on
+    assert result.iters == last_logged + 3
     assert sorted(losses(out)) == list(range(1, last_logged + 4))

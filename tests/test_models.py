@@ -86,7 +86,7 @@ def test_a_new_family_on_the_command_line(bigram_family, tmp_path, capsys):
     assert capsys.readouterr().err == "gptlab: error: --n-head does not apply to --model bigram\n"
     assert main(["train", "--model", "bigram", "--corpus", str(corpus), "--seq-len", "0"]) == 1
     assert capsys.readouterr().err == "gptlab: error: --seq-len must be at least 1\n"
-    with pytest.raises(GptlabError, match="takes any length: set the window with --seq-len"):
+    with pytest.raises(GptlabError, match="takes any length: set the training window with --seq-len"):
         train(bigram_values(corpus, seq_len=None), out=tmp_path / "r3", quiet=True)
 
 

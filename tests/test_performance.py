@@ -72,7 +72,8 @@ def test_muon_training_beats_adamw_at_equal_steps(tmp_path):
     corpus = write_corpus(tmp_path)
     final = {}
     for opt in ("adamw", "muon"):
-        result = train(tiny(corpus, optimizer=opt, max_iters=60, n_embd=32, eval_iters=4, muon_lr=0.02),
+        muon = dict(muon_lr=0.02) if opt == "muon" else {}
+        result = train(tiny(corpus, optimizer=opt, max_iters=60, n_embd=32, eval_iters=4, **muon),
                        out=tmp_path / opt, quiet=True)
         final[opt] = result.val_loss
     assert final["muon"] < final["adamw"], final

@@ -59,7 +59,8 @@ def test_save_checkpoint_replaces_the_same_step(tmp_path):
 def test_checksums_are_recorded_in_sha256sum_format(two_checkpoints):
     ckpt = ckpt_io.latest_checkpoint(two_checkpoints)
     lines = (ckpt / "SHA256SUMS").read_text().splitlines()
-    assert lines == [f"{sha256_file(ckpt / name)}  {name}" for name in ("model.safetensors", "trainer.pt")]
+    names = ("model.safetensors", "trainer.pt", "config.json", "tokenizer.json")
+    assert lines == [f"{sha256_file(ckpt / name)}  {name}" for name in names]
     if shutil.which("sha256sum"):
         subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=ckpt, check=True)
 
@@ -79,9 +80,9 @@ def test_checkpoints_past_the_one_saved_are_pruned(tmp_path):
 
 def test_find_checkpoint_errors(tmp_path):
     with pytest.raises(GptlabError, match="no such run"):
-        ckpt_io.find_checkpoint(tmp_path / "nothing")
+        ckpt_io.open_checkpoint(tmp_path / "nothing")
     with pytest.raises(GptlabError, match="holds no checkpoint"):
-        ckpt_io.find_checkpoint(tmp_path)
+        ckpt_io.open_checkpoint(tmp_path)
 
 
 def test_checkpoints_are_ordered_by_step_number(tmp_path):
@@ -137,6 +138,23 @@ def test_checkpoints_without_checksums_are_checked_by_their_structure(two_checkp
     capsys.readouterr()
     assert load_run(two_checkpoints, device="cpu").path.name == "step-000003"
     assert "model.safetensors cannot be read" in capsys.readouterr().err
+
+
+def test_a_changed_tokenizer_or_unreadable_bookkeeping_is_damage_too(two_checkpoints, capsys):
+    """A vocabulary that still parses but changed on disk; a checksum file or a `latest` pointer of junk."""
+    newest = two_checkpoints / "checkpoints" / "step-000006"
+    tokenizer = newest / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"t"', '"q"'))
+    assert load_run(two_checkpoints, device="cpu").path.name == "step-000003"
+    assert "tokenizer.json does not match its checksum" in capsys.readouterr().err
+    shutil.copy(two_checkpoints / "checkpoints" / "step-000003" / "tokenizer.json", tokenizer)
+    assert load_run(two_checkpoints, device="cpu").path == newest
+    (newest / "SHA256SUMS").write_bytes(b"\xff\xfe\x00junk")
+    assert load_run(two_checkpoints, device="cpu").path.name == "step-000003"
+    assert "SHA256SUMS cannot be read" in capsys.readouterr().err
+    (two_checkpoints / "checkpoints" / "latest").write_bytes(b"\xff\xfe\x00junk")
+    assert ckpt_io.latest_checkpoint(two_checkpoints) == newest  # the folders speak for themselves
+    assert load_run(two_checkpoints, device="cpu").path.name == "step-000003"
 
 
 def test_no_intact_checkpoint_is_one_line(two_checkpoints):

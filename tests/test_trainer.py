@@ -386,6 +386,7 @@ def test_resume_with_a_broken_config_or_a_cut_metrics_line(corpus, tmp_path):
     result = train({"max_iters": 5}, out=out, resume=True, quiet=True)
     assert result.iters == 5 and [r["iter"] for r in read_metrics(out / "metrics.jsonl")][-1] == 5
     (ckpt_io.latest_checkpoint(out) / "config.json").write_text('{"x": 1}')
+    reseal(ckpt_io.latest_checkpoint(out))  # written so, not damaged on disk
     with pytest.raises(GptlabError, match="not a gptlab run configuration"):
         train({"max_iters": 6}, out=out, resume=True, quiet=True)
     with pytest.raises(GptlabError, match="leave out --preset"):
@@ -401,3 +402,14 @@ def test_resume_with_a_broken_config_or_a_cut_metrics_line(corpus, tmp_path):
 def test_more_invalid_values(corpus, tmp_path, values, message):
     with pytest.raises(GptlabError, match=message):
         train(tiny(corpus, **values), out=tmp_path / "run", quiet=True)
+
+
+def test_a_checkpoint_from_a_newer_gptlab_is_refused_in_one_line(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(corpus, max_iters=3), out=out, quiet=True)
+    path = ckpt_io.latest_checkpoint(out) / "trainer.pt"
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "format": 99}, path)
+    reseal(path.parent)
+    with pytest.raises(GptlabError, match="written by a newer gptlab; update gptlab to resume it"):
+        train({"max_iters": 5}, out=out, resume=True, quiet=True)

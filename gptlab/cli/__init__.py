@@ -7,12 +7,11 @@ GptlabError, printed as one line on stderr with exit status 1 (under torchrun, b
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from gptlab import __version__
 from gptlab.cli import listing, sample, train
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, is_main_process
 
 COMMANDS = {"train": train, "sample": sample, "list": listing}
 
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except GptlabError as e:
-        if os.environ.get("RANK", "0") == "0":  # several processes fail alike: one of them says why
+        if is_main_process():  # several processes fail alike: one of them says why
             print(f"gptlab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

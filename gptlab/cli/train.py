@@ -1,7 +1,7 @@
 """`gptlab train`: one flag per config value, each with its help line, its default and its choices.
 
 The defaults shown are those of the preset named on the command line (`gptlab train --preset P --help`),
-else of the `cpu` preset; a flag set on the command line overrides the preset.
+else of the preset this machine starts from; a flag set on the command line overrides the preset.
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 
 from gptlab.data.corpora import NAMED
+from gptlab.errors import is_main_process
 from gptlab.models import FAMILIES, model_fields
-from gptlab.training.config import DEFAULT_FAMILY, PRESET_HELP, PRESETS, train_fields
+from gptlab.training.config import DEFAULT_FAMILY, PRESET_HELP, PRESETS, default_preset, train_fields
 
 # Training values by section, each named by its first field (TrainConfig lists them in this order).
 SECTIONS = {"corpus": "data", "batch_size": "optimisation", "eval_interval": "evaluation, logging, checkpoints",
@@ -54,8 +56,15 @@ def _add_flag(group, name: str, field, default, note: str = "") -> None:
     group.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS, metavar=metavar, help=text)
 
 
+def _machine_preset() -> str:
+    """The preset a run starts from on this machine, guessed without torch (--help must not load it): an
+    NVIDIA driver or Apple silicon means a GPU."""
+    gpu = os.path.exists("/dev/nvidiactl") or (sys.platform == "darwin" and platform.machine() == "arm64")
+    return default_preset("cuda" if gpu else "cpu")
+
+
 def add_parser(sub, argv: list[str]) -> None:
-    preset = _peek(argv, "--preset") if _peek(argv, "--preset") in PRESETS else "cpu"
+    preset = _peek(argv, "--preset") if _peek(argv, "--preset") in PRESETS else _machine_preset()
     family = _peek(argv, "--model") if _peek(argv, "--model") in FAMILIES else DEFAULT_FAMILY
     p = sub.add_parser(
         "train", help="train a model on a corpus", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -98,7 +107,7 @@ def run(args) -> int:
     result = train(overrides, preset=args.preset, out=args.out, resume=args.resume, overwrite=args.overwrite,
                    mirror=args.mirror, quiet=args.quiet)
     if result.stopped_by == "interrupt":
-        if os.environ.get("RANK", "0") == "0":
+        if is_main_process():
             print(f"stopped; resume with: gptlab train --out {result.run_dir} --resume", file=sys.stderr)
         return 130
     return 0

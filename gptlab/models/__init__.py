@@ -52,6 +52,11 @@ def make_config(family: str, values: dict):
         raise GptlabError(f"invalid model config: {e}") from None
 
 
+def split_section(section: dict) -> tuple[str, dict]:
+    """A model section {"family": ..., values} as (family, values)."""
+    return section["family"], {k: v for k, v in section.items() if k != "family"}
+
+
 def config_to_dict(family: str, config) -> dict:
     """The model section of a run's config.json."""
     return {"family": family, **asdict(config)}
@@ -61,8 +66,7 @@ def config_from_dict(section: dict, default_family: str = "gpt") -> tuple[str, o
     """(family, config) from a model section; runs written before families were saved are GPTs."""
     if not isinstance(section, dict):
         raise GptlabError("the model section of the run's configuration is not a mapping")
-    values = dict(section)
-    family = values.pop("family", default_family)
+    family, values = split_section({"family": default_family, **section})
     return family, make_config(family, values)
 
 
@@ -72,4 +76,4 @@ def build_model(family: str, config):
 
 
 __all__ = ["FAMILIES", "Family", "build_model", "config_from_dict", "config_to_dict", "get_family",
-           "make_config", "model_fields"]
+           "make_config", "model_fields", "split_section"]

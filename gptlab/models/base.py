@@ -11,6 +11,7 @@ Training, evaluation, sampling and the views use a model only through this inter
 
 Intermediate tensors for the views (attention weights, say) pass through named capture points
 (`Capture` submodules); `with capture(model) as seen:` records them by name while the block runs.
+A model's buffers must be the same in every process: several processes do not synchronize them.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class LanguageModel(nn.Module):
         raise NotImplementedError
 
     def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters; non_embedding leaves out position tables (a family that has one subtracts it)."""
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, T: int | None = None) -> float:

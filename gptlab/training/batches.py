@@ -54,10 +54,10 @@ class RandomWindows:
                 window = window.to(self.device)
         return window[:, :-1], window[:, 1:]
 
-    def sibling(self, seed: int | None = None) -> RandomWindows:
+    def sibling(self) -> RandomWindows:
         """Another draw of windows from the same tokens (no second copy on the device), with its own generator."""
         other = copy.copy(self)
-        other.generator = torch.Generator().manual_seed(self.generator.initial_seed() if seed is None else seed)
+        other.generator = torch.Generator().manual_seed(self.generator.initial_seed())
         return other
 
     def state_dict(self) -> dict:

@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 
 from gptlab.errors import GptlabError
-from gptlab.models import FAMILIES, get_family, make_config, model_fields
+from gptlab.models import FAMILIES, get_family, make_config, model_fields, split_section
 from gptlab.models.configs import setting
 
 DEFAULT_FAMILY = "gpt"
@@ -25,11 +25,11 @@ class TrainConfig:
     # data
     corpus: str = setting("shakespeare", "a named corpus, or a file, folder or glob of your own .txt files")
     tokenizer: str = setting("char", "char, word, bpe, or a path to a tokenizer.json")
-    vocab_size: int | None = setting(None, "vocabulary size of the word and bpe tokenizers; none keeps every "
-                                                 "word, and gives bpe 1024")
+    vocab_size: int | None = setting(None, "vocabulary size of the word and bpe tokenizers (unset: word keeps "
+                                                 "every word, bpe has 1024)")
     val_fraction: float = setting(0.1, "the last part of the corpus, held out for validation")
-    seq_len: int | None = setting(None, "training window in tokens; none is the model's context (a GPT's "
-                                                 "--block-size)")
+    seq_len: int | None = setting(None, "training window in tokens, for models without a longest context "
+                                                 "(a GPT trains on windows of --block-size)")
     # optimisation
     batch_size: int = setting(32, "sequences per micro-batch, in each process")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
@@ -188,16 +188,20 @@ def check_values(cfg: TrainConfig, model: dict) -> None:
     if cfg.seq_len is not None and cfg.seq_len < 1:
         raise GptlabError("--seq-len must be at least 1")
     parse_duration(cfg.max_time)
-    values = {k: v for k, v in model.items() if k != "family"}
-    make_config(model["family"], {**values, "vocab_size": 1})  # the model's own checks, before any data is read
+    family, values = split_section(model)
+    make_config(family, {**values, "vocab_size": 1})  # the model's own checks, before any data is read
 
 
-def check_overrides(cfg: TrainConfig, overrides: dict) -> None:
-    """What the user set that the chosen setup would silently ignore (a preset's own values may not apply)."""
+def check_overrides(cfg: TrainConfig, model: dict, overrides: dict) -> None:
+    """What the user set that the chosen setup would ignore in silence (a preset's own values may not apply)."""
     if overrides.get("vocab_size") is not None and cfg.tokenizer not in ("word", "bpe"):
         fixed = "the char tokenizer's vocabulary is the corpus's characters" if cfg.tokenizer == "char" else \
             "a tokenizer file brings its own vocabulary"
         raise GptlabError(f"--vocab-size applies to the word and bpe tokenizers; {fixed}")
+    if "muon_lr" in overrides and cfg.optimizer != "muon":
+        raise GptlabError("--muon-lr applies to --optimizer muon")
+    if "rope_base" in overrides and model.get("pos") != "rope":
+        raise GptlabError("--rope-base applies to --pos rope")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")

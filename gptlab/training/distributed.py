@@ -8,6 +8,9 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK for each process. Each process dra
 global batch; DDP averages the gradients over processes in the backward pass, so every process takes the
 same step. Processes talk through gloo on CPUs and NCCL on GPUs; small control messages (stop now?) go
 through a gloo group, which needs no GPU synchronization. One process alone needs none of this.
+
+A model's buffers must be the same in every process (the GPT's are constant position tables): DDP is told
+not to broadcast them before each forward.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import os
 from contextlib import contextmanager
 
 import torch
+
+from gptlab.errors import GptlabError
 
 
 class Distributed:
@@ -124,10 +129,18 @@ class Distributed:
 
     @contextmanager
     def main_first(self):
-        """Rank 0 runs the block first (downloads, tokenizer training, token files), then the others, which
-        find its results in the cache."""
-        if not self.is_main:
-            self.barrier()
-        yield
-        if self.is_main:
-            self.barrier()
+        """The first process of each machine (local rank 0) runs the block first: downloads, tokenizer training,
+        token files. The others then run it and find the results in the cache. If a first process fails, every
+        process stops; the others raise quietly, since rank 0 says what went wrong."""
+        first = self.local_rank == 0
+        if first:
+            try:
+                yield
+            except BaseException:
+                self.any(True)
+                raise
+            self.any(False)
+        else:
+            if self.any(False):
+                raise GptlabError("another process failed while preparing the data")
+            yield

@@ -11,6 +11,7 @@ gradients are averaged over processes during the last micro-batch's backward onl
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 
 import torch
@@ -65,7 +66,7 @@ class Stepper:
             self.scaler.step(opt)
         self.scaler.update()
         with warnings.catch_warnings():  # LambdaLR warns when the scaler skipped the first optimizer step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             for scheduler in self.schedulers:
                 scheduler.step()
         for opt in self.optimizers:

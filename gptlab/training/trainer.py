@@ -10,10 +10,7 @@ every process runs it in step with the others and only rank 0 writes.
 
 from __future__ import annotations
 
-import copy
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +23,7 @@ from gptlab.data.tokenizer import load_tokenizer
 from gptlab.data.tokens import bits_per_char, check_length, get_tokenizer, prepare
 from gptlab.device import pick_device, setup
 from gptlab.errors import GptlabError
-from gptlab.models import build_model, config_to_dict, make_config
-from gptlab.training import budget
+from gptlab.models import build_model, config_to_dict, make_config, split_section
 from gptlab.training.batches import RandomWindows
 from gptlab.training.config import (
     TrainConfig,
@@ -45,6 +41,7 @@ from gptlab.training.evaluate import evaluate
 from gptlab.training.metrics import MetricsLog, ProgressLine, Timer, plot_losses
 from gptlab.training.optim import build_optimizers, load_state, schedulers
 from gptlab.training.step import Stepper
+from gptlab.training.stopping import StopFlag, iteration_budget, measure
 
 STATE_FORMAT = 2  # trainer.pt: torch optimizers, the random-number state of every process
 
@@ -83,7 +80,7 @@ def plan_run(values: dict | None = None, *, preset: str | None = None, out: str 
     if resume:
         return _plan_resume(overrides, preset, out)
     cfg, model = resolve(preset, overrides, pick_device(overrides.get("device", "auto")).type)
-    check_overrides(cfg, overrides)
+    check_overrides(cfg, model, overrides)
     run_dir = Path(out) if out is not None else rundir.default_run_dir(cfg)
     if check_folder:
         rundir.check_new(run_dir, overwrite)
@@ -92,14 +89,9 @@ def plan_run(values: dict | None = None, *, preset: str | None = None, out: str 
 
 
 def _plan_resume(overrides: dict, preset: str | None, out) -> Plan:
-    if out is None:
-        raise GptlabError("--resume needs --out RUN_DIR, the run to continue")
     if preset is not None:
         raise GptlabError("--resume continues with the run's own configuration; leave out --preset")
-    run_dir = Path(out)
-    if rundir.latest_checkpoint(run_dir) is None:
-        raise GptlabError(f"--resume: {run_dir} holds no checkpoint to resume")
-    ckpt = rundir.open_checkpoint(run_dir, need=rundir.FOR_RESUME)
+    ckpt = rundir.resume_checkpoint(out)
     saved = rundir.read_config(ckpt)
     try:
         values = saved_values(saved)
@@ -108,38 +100,25 @@ def _plan_resume(overrides: dict, preset: str | None, out) -> Plan:
     cfg, model = split_values(resume_values(values, overrides))
     check_values(cfg, model)
     record = saved.get("budget") if isinstance(saved.get("budget"), dict) else None
-    if record and overrides.get("max_time") == record.get("max_time"):
+    if record and "max_time" in overrides and parse_duration(overrides["max_time"]) == record.get("seconds"):
         cfg.max_time = None  # the same budget again: its iterations are already in max_iters
     cap = cfg.max_iters if "max_iters" in overrides or not record else record.get("cap", cfg.max_iters)
-    return Plan(cfg, model, run_dir, ckpt, record, cap)
-
-
-class StopFlag:
-    """Ctrl-C (or SIGTERM, as torchrun and cluster schedulers send it) sets a flag that the loop reads between
-    steps; a second Ctrl-C interrupts at once."""
-
-    def __init__(self):
-        self.set = False
-        self.previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.set and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.set = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+    return Plan(cfg, model, Path(out), ckpt, record, cap)
 
 
 def _rng_state(device: torch.device) -> dict:
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _to_cpu(obj):
+    """A copy of a (nested) state with every tensor copied to host memory: a snapshot that costs no GPU memory."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 class Trainer:
@@ -154,7 +133,7 @@ class Trainer:
         self.progress = ProgressLine(quiet=quiet or not dist.is_main)
         with dist.main_first():
             self.tokenizer, self.data, self.corpus_name = self._data(mirror)
-        self.model, self.seq_len = self._model()
+        self.model_config, self.model, self.seq_len = self._model()
         self.optimizers = build_optimizers(self.model, cfg)
         self.step = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
                             schedulers(self.optimizers, cfg, 0), cfg, self.device, self.dtype,
@@ -164,7 +143,8 @@ class Trainer:
         self.eval_sources = {"train": self.batches.sibling()}  # evaluate() reseeds them; the tokens are shared
         if len(self.data.val) > self.seq_len:
             self.eval_sources["val"] = RandomWindows(self.data.val, *args)
-        self.it, self.elapsed_before, self.best_val, self.budget = 0, 0.0, None, plan.budget
+        self.it, self.best_val, self.budget = 0, None, plan.budget
+        self.timer, self.metrics, self.last_log = Timer(), MetricsLog(None, enabled=False), (0.0, 0)
         self.val_loss, self.last_ckpt, self.last_eval_iter, self.last_loss = None, None, None, None
         if plan.resume_from is not None:
             rundir.load_weights(self.model, plan.resume_from)
@@ -180,17 +160,17 @@ class Trainer:
         return tokenizer, data, corpus.name  # training reads the token files: the text itself is let go
 
     def _model(self):
-        values = {k: v for k, v in self.plan.model.items() if k != "family"}
-        self.model_config = make_config(self.plan.model["family"], {**values, "vocab_size": self.tokenizer.vocab_size})
-        model = build_model(self.plan.model["family"], self.model_config).to(self.device)
-        context = model.max_context
-        seq_len = self.cfg.seq_len or context
-        if seq_len is None:
-            raise GptlabError(f"--model {self.plan.model['family']} takes any length: set the window with --seq-len")
-        if context is not None and seq_len > context:
-            raise GptlabError(f"--seq-len {seq_len} is longer than the model's context ({context} tokens)")
-        check_length(self.data, seq_len, self.cfg.val_fraction)
-        return model, seq_len
+        family, values = split_section(self.plan.model)
+        config = make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size})
+        model = build_model(family, config).to(self.device)
+        context, seq_len = model.max_context, self.cfg.seq_len
+        if context is None and seq_len is None:
+            raise GptlabError(f"--model {family} takes any length: set the training window with --seq-len")
+        if context is not None and seq_len not in (None, context):
+            raise GptlabError(f"--seq-len is for models without a longest context; --model {family} trains on "
+                              f"windows of its context, {context} tokens")
+        check_length(self.data, seq_len or context, self.cfg.val_fraction)
+        return config, model, seq_len or context
 
     # --- state: what a checkpoint holds, and what calibration puts back ---------------------------------------
 
@@ -201,6 +181,9 @@ class Trainer:
                     scaler=self.step.scaler.state_dict())
 
     def restore(self, state: dict, source: Path | None = None) -> None:
+        """Continue from a checkpoint's state (source: its folder) or from calibration's snapshot."""
+        if state.get("format", 1) > STATE_FORMAT:
+            raise GptlabError(f"checkpoint {source} was written by a newer gptlab; update gptlab to resume it")
         if len(state["optimizers"]) != len(self.optimizers):
             raise GptlabError(f"checkpoint {source} was written with another optimizer")
         for opt, saved in zip(self.optimizers, state["optimizers"]):
@@ -208,7 +191,8 @@ class Trainer:
                 load_state(opt, saved)
             except ValueError as e:
                 raise GptlabError(f"checkpoint {source} cannot be resumed: {e}") from None
-        self.it, self.elapsed_before, self.best_val = state["iter"], state["elapsed"], state["best_val_loss"]
+        self.it, self.best_val = state["iter"], state["best_val_loss"]
+        self.timer = Timer(state["elapsed"])
         self.step.schedulers = schedulers(self.optimizers, self.cfg, self.it)
         self.batches.load_state_dict(state["batches"])
         if state.get("scaler"):
@@ -216,14 +200,12 @@ class Trainer:
         self._restore_rng(state)
 
     def _restore_rng(self, state: dict) -> None:
-        if "rng" not in state:  # one process's state, as gptlab 0.1 saved it
+        if "rng" not in state:  # gptlab 0.1 saved one process's state
             state = dict(rng=[{"cpu": state["rng_cpu"], "cuda": state.get("rng_cuda")}])
         rng = state["rng"]
-        if isinstance(rng, dict):  # calibration's snapshot: this process's own
-            rng = [rng] * self.dist.world_size
         if len(rng) != self.dist.world_size:
-            self.progress.message(f"resuming {len(rng)} process(es)' run with {self.dist.world_size}: "
-                                  f"dropout's random numbers start afresh")
+            self.progress.message(f"continuing a run of {len(rng)} process(es) with {self.dist.world_size}: the "
+                                  f"global batch, the data order and dropout's random numbers change")
             torch.manual_seed(self.cfg.seed + self.dist.rank + self.it)
             return
         mine = rng[self.dist.rank]
@@ -251,14 +233,14 @@ class Trainer:
     # --- the run ------------------------------------------------------------------------------------------------
 
     def fit(self, stop_after: int | None = None) -> TrainResult:
-        self.timer = Timer(self.elapsed_before)
+        self.announce()
         if self.plan.max_time is not None:
             self.calibrate(self.plan.max_time)
         self.begin()
         try:
             with StopFlag() as stop:
                 stopped_by = self.loop(stop, stop_after)
-            self.finish(stopped_by)
+                self.finish(stopped_by)
         finally:
             self.progress.close()
         if stopped_by != "interrupt" and self.dist.is_main:
@@ -271,22 +253,34 @@ class Trainer:
                            self.last_ckpt, stopped_by)
 
     def calibrate(self, max_time: float) -> None:
-        """Turn the time budget into an iteration count (gptlab.training.budget), and record it."""
-        snapshot = copy.deepcopy(dict(self.state(), model=self.model.state_dict(), rng=_rng_state(self.device)))
+        """Turn the time budget into an iteration count (gptlab.training.stopping), and record it."""
+        snapshot = _to_cpu(dict(self.state(), rng=[_rng_state(self.device)] * self.dist.world_size,
+                                model=self.model.state_dict()))
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        per_iter = budget.measure(lambda: self.step(self.batches), self.evaluate, self.cfg.eval_interval, sync)
-        self.model.load_state_dict(snapshot.pop("model"))
-        self.restore(snapshot)
-        per_iter = self.dist.max(per_iter)
-        iters = budget.iteration_budget(max_time, self.timer.elapsed(), self.it, per_iter, self.plan.cap)
-        self.budget = dict(max_time=self.cfg.max_time, seconds_per_iter=round(per_iter, 6), iters=iters,
-                           cap=self.plan.cap, measured_at_iter=self.it)
+        per_iter = self.dist.max(measure(lambda: self.step(self.batches), self.evaluate, self.cfg.eval_interval, sync))
+        elapsed = self.dist.max(self.timer.elapsed())  # every process must arrive at the same count
+        iters = iteration_budget(max_time, elapsed, self.it, per_iter, self.plan.cap)
+        self.budget = dict(max_time=self.cfg.max_time, seconds=max_time, seconds_per_iter=round(per_iter, 6),
+                           iters=iters, cap=self.plan.cap, measured_at_iter=self.it)
         self.cfg.max_iters, self.cfg.max_time = iters, None  # from here on the run follows iterations
+        self.model.load_state_dict(snapshot.pop("model"))
+        self.restore(snapshot)  # the schedulers are rebuilt for the new max_iters
+        self.timer = Timer(elapsed)
         self.progress.message(f"time budget {self.budget['max_time']}: {per_iter:.4f} s per iteration, so "
                               f"{iters} iterations (to replay: --max-iters {iters} --max-time none)")
 
+    def announce(self) -> None:
+        cfg, world = self.cfg, self.dist.world_size
+        self.progress.message(
+            f"training {self.plan.model['family']} ({self.model.num_params() / 1e6:.2f}M parameters) on "
+            f"{self.corpus_name} with a {self.tokenizer.kind} tokenizer ({self.tokenizer.vocab_size} tokens), "
+            f"{self.device.type}, {str(self.dtype).replace('torch.', '')}; run folder {self.plan.run_dir}")
+        self.progress.message(
+            f"global batch: {world} process(es) x {cfg.batch_size} sequences x {cfg.grad_accum} micro-batch(es) "
+            f"x {self.seq_len} tokens = {self.tokens_per_iter:,} tokens per step")
+
     def begin(self) -> None:
-        """Write the run folder's files (an overwritten run's are cleared only now) and announce the run."""
+        """Write the run folder's files (an overwritten run's are cleared only now) and open the log."""
         resumed = self.plan.resume_from is not None
         run_dir = self.plan.run_dir
         if self.dist.is_main:
@@ -296,14 +290,6 @@ class Trainer:
         self.metrics = MetricsLog(run_dir / rundir.METRICS, resume_from=self.it if resumed else None,
                                   enabled=self.dist.is_main)
         self.progress.start(self.cfg.max_iters, self.it)
-        cfg, world = self.cfg, self.dist.world_size
-        self.progress.message(
-            f"training {self.plan.model['family']} ({self.model.num_params() / 1e6:.2f}M parameters) on "
-            f"{self.corpus_name} with a {self.tokenizer.kind} tokenizer ({self.tokenizer.vocab_size} tokens), "
-            f"{self.device.type}, {str(self.dtype).replace('torch.', '')}; run folder {run_dir}")
-        self.progress.message(
-            f"global batch: {world} process(es) x {cfg.batch_size} sequences x {cfg.grad_accum} micro-batch(es) "
-            f"x {self.seq_len} tokens = {self.tokens_per_iter:,} tokens per step")
 
     @property
     def tokens_per_iter(self) -> int:
@@ -374,7 +360,7 @@ class Trainer:
 
     def _non_finite(self, what: str, value: float) -> GptlabError:
         """The one-line error for a NaN or inf loss: nothing is saved, and the last good checkpoint is named."""
-        ckpt = rundir.latest_checkpoint(self.plan.run_dir)
+        ckpt = rundir.newest_intact(self.plan.run_dir)
         last = f"The last good checkpoint, {ckpt}, is intact." if ckpt else "No checkpoint was written yet."
         return GptlabError(f"{what} is {value} at iteration {self.it}; stopped without saving. {last} "
                            f"Try a lower --lr, or --dtype float32.")

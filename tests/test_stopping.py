@@ -1,5 +1,7 @@
-"""gptlab.training.budget: --max-time becomes an iteration count once, from a calibration that leaves no trace,
-so a time-budgeted run resumes exactly and replays exactly with its recorded iteration count."""
+"""gptlab.training.stopping: --max-time becomes an iteration count once, from a calibration that leaves no
+trace, so a time-budgeted run resumes exactly and replays exactly with its recorded iteration count."""
+
+import time
 
 import pytest
 import torch
@@ -7,7 +9,10 @@ from helpers import latest_name, losses, run_config, tiny, untimed, write_corpus
 from safetensors.torch import load_file
 
 from gptlab import rundir
-from gptlab.training.budget import iteration_budget, measure
+from gptlab.training.config import TrainConfig
+from gptlab.training.metrics import read_metrics
+from gptlab.training.optim import lr_factor
+from gptlab.training.stopping import iteration_budget, measure
 from gptlab.training.trainer import train
 
 
@@ -27,17 +32,21 @@ def test_iteration_budget_arithmetic():
     assert iteration_budget(1.0, 5.0, 7, 0.1, 10**6) == 8  # no time left: one more step
 
 
-def test_measure_times_steps_and_a_share_of_evaluation():
+def test_measure_times_steps_and_a_share_of_the_second_evaluation():
+    """Two warm-up steps and the first evaluation (which may compile) are not timed."""
     calls = {"step": 0, "eval": 0}
 
     def step():
         calls["step"] += 1
+        time.sleep(0.2 if calls["step"] <= 2 else 0.01)
 
     def evaluate():
         calls["eval"] += 1
+        time.sleep(1.0 if calls["eval"] == 1 else 0.05)
 
-    assert measure(step, evaluate, 10, lambda: None) >= 0
-    assert calls == {"step": 8, "eval": 1}
+    per_iter = measure(step, evaluate, 10, lambda: None)
+    assert calls == {"step": 8, "eval": 2}
+    assert 0.015 <= per_iter < 0.03, per_iter  # 0.01 per step + 0.05 / 10
 
 
 def test_calibration_leaves_no_trace(corpus, tmp_path):
@@ -72,7 +81,7 @@ def test_a_budgeted_run_resumed_equals_its_replay(corpus, tmp_path):
 
 
 def test_resume_with_a_new_time_budget_calibrates_again(corpus, tmp_path):
-    values = tiny(corpus, max_time="0.5s", max_iters=10**6, eval_interval=10**5, log_interval=50)
+    values = tiny(corpus, max_time="0.5s", max_iters=10**6, eval_interval=10**5, log_interval=1)
     first = train(values, out=tmp_path / "run", quiet=True)
     again = train({"max_time": "0.5s"}, out=tmp_path / "run", resume=True, quiet=True)  # the same budget: done
     assert again.iters == first.iters
@@ -80,3 +89,10 @@ def test_resume_with_a_new_time_budget_calibrates_again(corpus, tmp_path):
     config = run_config(tmp_path / "run")
     assert more.iters > first.iters and config["train"]["max_iters"] == more.iters
     assert config["budget"]["max_time"] == "2s" and config["budget"]["measured_at_iter"] == first.iters
+    # the first step after the new calibration already follows the new schedule (it is past warmup)
+    lr = {r["iter"]: r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r}
+    schedule = TrainConfig(**{**config["train"], "max_iters": more.iters})
+    assert lr[first.iters + 1] == pytest.approx(values["lr"] * lr_factor(first.iters, schedule))
+    assert lr[first.iters + 1] > 2 * values["min_lr"]  # not the end of the old schedule
+    same = train({"max_time": "2"}, out=tmp_path / "run", resume=True, quiet=True)  # 2 seconds, written otherwise
+    assert same.iters == more.iters

@@ -1,0 +1,72 @@
+"""When a run stops: after --max-iters steps, when its time budget is spent, or when it is interrupted.
+
+A time budget (--max-time 5m) becomes an iteration budget, once, at the start of the run. A few steps and
+an evaluation are timed on a snapshot of the run, which is then put back exactly as it was, so the
+measurement leaves no trace in the weights, the optimizer, the data order or the random numbers. The time
+left divided by the measured cost of an iteration (a step, plus its share of an evaluation) is the
+iteration count. It is recorded in the run's config.json (train.max_iters, with the measurement under
+"budget"), and from then on the run follows iterations alone: the learning-rate schedule ends where the
+budget does, a resumed run equals an uninterrupted one, and `--max-iters N --max-time none` replays the
+run exactly.
+
+Ctrl-C, or SIGTERM as torchrun and cluster schedulers send it, sets a flag that the loop reads between steps.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+WARM_STEPS = 2  # untimed: the first steps allocate memory (and compile, with --compile)
+TIMED_STEPS = 6
+
+
+def measure(step: Callable[[], object], evaluate: Callable[[], object], eval_interval: int,
+            sync: Callable[[], None]) -> float:
+    """Seconds per iteration: the mean of TIMED_STEPS steps after WARM_STEPS, plus 1/eval_interval of an
+    evaluation (the second one: the first may compile). The caller restores the run's state afterwards."""
+    for _ in range(WARM_STEPS):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(TIMED_STEPS):
+        step()
+    sync()
+    per_step = (time.perf_counter() - start) / TIMED_STEPS
+    evaluate()
+    sync()
+    start = time.perf_counter()
+    evaluate()
+    sync()
+    return per_step + (time.perf_counter() - start) / eval_interval
+
+
+def iteration_budget(max_time: float, elapsed: float, it: int, per_iter: float, cap: int) -> int:
+    """The iteration at which the time left runs out (at least one more step), and no later than cap."""
+    left = max(0.0, max_time - elapsed)
+    return min(cap, it + max(1, int(left / max(per_iter, 1e-9))))
+
+
+class StopFlag:
+    """Ctrl-C or SIGTERM sets `set`, which the loop reads between steps; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.set = False
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
