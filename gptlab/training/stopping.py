@@ -15,6 +15,7 @@ Ctrl-C, or SIGTERM as torchrun and cluster schedulers send it, sets a flag that 
 from __future__ import annotations
 
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -23,24 +24,27 @@ WARM_STEPS = 2  # untimed: the first steps allocate memory (and compile, with --
 TIMED_STEPS = 6
 
 
-def measure(step: Callable[[], object], evaluate: Callable[[], object], eval_interval: int,
-            sync: Callable[[], None]) -> float:
-    """Seconds per iteration: the mean of TIMED_STEPS steps after WARM_STEPS, plus 1/eval_interval of an
-    evaluation (the second one: the first may compile). The caller restores the run's state afterwards."""
+def measure(step: Callable[[], object], evaluate: Callable[[], object], eval_share: float,
+            sync: Callable[[], None], compiled: bool = False) -> float:
+    """Seconds per iteration: the median of TIMED_STEPS steps after WARM_STEPS (a slow step, say a page fault,
+    does not count), plus eval_share times one call of evaluate. A compiled model compiles again on its first
+    evaluation, which is left untimed. The caller restores the run's state afterwards."""
     for _ in range(WARM_STEPS):
         step()
     sync()
-    start = time.perf_counter()
+    times = []
     for _ in range(TIMED_STEPS):
+        start = time.perf_counter()
         step()
-    sync()
-    per_step = (time.perf_counter() - start) / TIMED_STEPS
-    evaluate()
-    sync()
+        sync()
+        times.append(time.perf_counter() - start)
+    if compiled:
+        evaluate()
+        sync()
     start = time.perf_counter()
     evaluate()
     sync()
-    return per_step + (time.perf_counter() - start) / eval_interval
+    return statistics.median(times) + (time.perf_counter() - start) * eval_share
 
 
 def iteration_budget(max_time: float, elapsed: float, it: int, per_iter: float, cap: int) -> int:

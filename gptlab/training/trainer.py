@@ -257,7 +257,10 @@ class Trainer:
         snapshot = _to_cpu(dict(self.state(), rng=[_rng_state(self.device)] * self.dist.world_size,
                                 model=self.model.state_dict()))
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        per_iter = self.dist.max(measure(lambda: self.step(self.batches), self.evaluate, self.cfg.eval_interval, sync))
+        batches = min(2, self.cfg.eval_iters)  # an evaluation of `batches`, scaled to eval_iters, per eval_interval
+        share = self.cfg.eval_iters / batches / self.cfg.eval_interval
+        per_iter = self.dist.max(measure(lambda: self.step(self.batches), lambda: self.evaluate(batches), share,
+                                         sync, compiled=self.cfg.compile))
         elapsed = self.dist.max(self.timer.elapsed())  # every process must arrive at the same count
         iters = iteration_budget(max_time, elapsed, self.it, per_iter, self.plan.cap)
         self.budget = dict(max_time=self.cfg.max_time, seconds=max_time, seconds_per_iter=round(per_iter, 6),
@@ -334,8 +337,8 @@ class Trainer:
                            time=round(now, 3))
         self.progress.update(self.it, loss, tps, self.cfg.max_iters)
 
-    def evaluate(self) -> dict[str, float]:
-        return evaluate(self.step.forward, self.eval_sources, self.cfg.eval_iters, self.cfg.seed + 1,
+    def evaluate(self, iters: int | None = None) -> dict[str, float]:
+        return evaluate(self.step.forward, self.eval_sources, iters or self.cfg.eval_iters, self.cfg.seed + 1,
                         self.device, self.dtype, self.dist)
 
     def evaluate_and_save(self) -> None:
