@@ -33,20 +33,20 @@ def test_iteration_budget_arithmetic():
 
 
 def test_measure_times_steps_and_a_share_of_an_evaluation():
-    """Two warm-up steps are not timed, nor a step slowed by something else; with compilation, nor the first
+    """Four warm-up steps are not timed, nor a step slowed by something else; with compilation, nor the first
     evaluation (which compiles again)."""
     calls = {"step": 0, "eval": 0}
 
     def step():
         calls["step"] += 1
-        time.sleep(0.2 if calls["step"] in (1, 2, 5) else 0.01)
+        time.sleep(0.2 if calls["step"] in (1, 2, 7) else 0.01)
 
     def evaluate():
         calls["eval"] += 1
         time.sleep(1.0 if calls["eval"] == 1 else 0.05)
 
     per_iter = measure(step, evaluate, 0.1, lambda: None, compiled=True)
-    assert calls == {"step": 8, "eval": 2}
+    assert calls == {"step": 10, "eval": 2}
     assert 0.015 <= per_iter < 0.03, per_iter  # 0.01 per step + 0.1 of 0.05
     assert measure(step, evaluate, 0.1, lambda: None) < 0.03 and calls["eval"] == 3  # eager: one evaluation
 

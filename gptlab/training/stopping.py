@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-WARM_STEPS = 2  # untimed: the first steps allocate memory (and compile, with --compile)
+WARM_STEPS = 4  # untimed: the first steps allocate memory (and compile, with --compile), and run slower
 TIMED_STEPS = 6
 
 
