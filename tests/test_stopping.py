@@ -45,10 +45,14 @@ def test_measure_times_steps_and_a_share_of_an_evaluation():
         calls["eval"] += 1
         time.sleep(1.0 if calls["eval"] == 1 else 0.05)
 
-    per_iter = measure(step, evaluate, 0.1, lambda: None, compiled=True)
-    assert calls == {"step": 10, "eval": 2}
-    assert 0.015 <= per_iter < 0.03, per_iter  # 0.01 per step + 0.1 of 0.05
-    assert measure(step, evaluate, 0.1, lambda: None) < 0.03 and calls["eval"] == 3  # eager: one evaluation
+    def save():
+        calls["save"] = calls.get("save", 0) + 1
+        time.sleep(0.1)
+
+    per_iter = measure(step, [(evaluate, 0.1), (save, 0.05)], lambda: None, compiled=True)
+    assert calls == {"step": 10, "eval": 2, "save": 2}
+    assert 0.02 <= per_iter < 0.035, per_iter  # 0.01 per step + 0.1 of 0.05 + 0.05 of 0.1
+    assert measure(step, [(evaluate, 0.1)], lambda: None) < 0.03 and calls["eval"] == 3  # eager: one evaluation
 
 
 def test_calibration_leaves_no_trace(corpus, tmp_path):

@@ -24,11 +24,12 @@ WARM_STEPS = 4  # untimed: the first steps allocate memory (and compile, with --
 TIMED_STEPS = 6
 
 
-def measure(step: Callable[[], object], evaluate: Callable[[], object], eval_share: float,
+def measure(step: Callable[[], object], extras: list[tuple[Callable[[], object], float]],
             sync: Callable[[], None], compiled: bool = False) -> float:
     """Seconds per iteration: the median of TIMED_STEPS steps after WARM_STEPS (a slow step, say a page fault,
-    does not count), plus eval_share times one call of evaluate. A compiled model compiles again on its first
-    evaluation, which is left untimed. The caller restores the run's state afterwards."""
+    does not count), plus, for each (call, share) of extras, share times the call's time: an evaluation and a
+    checkpoint come once every eval_interval steps. With a compiled model each extra is called once untimed
+    first (an evaluation compiles again). The caller restores the run's state afterwards."""
     for _ in range(WARM_STEPS):
         step()
     sync()
@@ -38,13 +39,16 @@ def measure(step: Callable[[], object], evaluate: Callable[[], object], eval_sha
         step()
         sync()
         times.append(time.perf_counter() - start)
-    if compiled:
-        evaluate()
+    per_iter = statistics.median(times)
+    for call, share in extras:
+        if compiled:
+            call()
+            sync()
+        start = time.perf_counter()
+        call()
         sync()
-    start = time.perf_counter()
-    evaluate()
-    sync()
-    return statistics.median(times) + (time.perf_counter() - start) * eval_share
+        per_iter += (time.perf_counter() - start) * share
+    return per_iter
 
 
 def iteration_budget(max_time: float, elapsed: float, it: int, per_iter: float, cap: int) -> int:

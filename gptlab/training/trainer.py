@@ -11,6 +11,7 @@ every process runs it in step with the others and only rank 0 writes.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,9 +259,9 @@ class Trainer:
                                 model=self.model.state_dict()))
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         batches = min(2, self.cfg.eval_iters)  # an evaluation of `batches`, scaled to eval_iters, per eval_interval
-        share = self.cfg.eval_iters / batches / self.cfg.eval_interval
-        per_iter = self.dist.max(measure(lambda: self.step(self.batches), lambda: self.evaluate(batches), share,
-                                         sync, compiled=self.cfg.compile))
+        extras = [(lambda: self.evaluate(batches), self.cfg.eval_iters / batches / self.cfg.eval_interval),
+                  (self._scratch_checkpoint, 1 / self.cfg.eval_interval)]
+        per_iter = self.dist.max(measure(lambda: self.step(self.batches), extras, sync, compiled=self.cfg.compile))
         elapsed = self.dist.max(self.timer.elapsed())  # every process must arrive at the same count
         iters = iteration_budget(max_time, elapsed, self.it, per_iter, self.plan.cap)
         self.budget = dict(max_time=self.cfg.max_time, seconds=max_time, seconds_per_iter=round(per_iter, 6),
@@ -271,6 +272,12 @@ class Trainer:
         self.timer = Timer(elapsed)
         self.progress.message(f"time budget {self.budget['max_time']}: {per_iter:.4f} s per iteration, so "
                               f"{iters} iterations (to replay: --max-iters {iters} --max-time none)")
+
+    def _scratch_checkpoint(self) -> None:
+        """A checkpoint written to a temporary folder and removed: what saving costs, for the time budget."""
+        if self.dist.is_main:
+            with tempfile.TemporaryDirectory(prefix="gptlab-calibration-") as scratch:
+                rundir.save_checkpoint(scratch, self.it, self.model, self.state(), self.config(), self.tokenizer)
 
     def announce(self) -> None:
         cfg, world = self.cfg, self.dist.world_size
