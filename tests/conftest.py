@@ -8,6 +8,9 @@ import pytest
 
 # Named corpora load from the checked-in mirror (<repo>/../shared/data) unless the caller chose another.
 os.environ.setdefault("GPTLAB_MIRROR", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+# Child processes (the CLI, torchrun's workers) import this checkout, whatever gptlab is installed.
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 _LOOPBACK = ("127.", "::1", "localhost")
 
