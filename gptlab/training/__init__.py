@@ -5,7 +5,7 @@
     batches.py      batch sources: random windows of the token files
     step.py         one optimizer step: autocast, gradient accumulation, loss scaling, clipping
     evaluate.py     mean validation loss over fixed batches, averaged over processes
-    budget.py       a time budget turned into an iteration count, from a short calibration
+    stopping.py     iterations, a time budget turned into iterations, Ctrl-C
     distributed.py  several processes under torchrun: DistributedDataParallel, rank-0 writes
     metrics.py      metrics.jsonl, the progress line; plot.py draws loss.png
     trainer.py      the loop that drives them; gptlab.train() calls it

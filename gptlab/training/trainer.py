@@ -42,7 +42,7 @@ from gptlab.training.evaluate import evaluate
 from gptlab.training.metrics import MetricsLog, ProgressLine, Timer, plot_losses
 from gptlab.training.optim import build_optimizers, load_state, schedulers
 from gptlab.training.step import Stepper
-from gptlab.training.stopping import StopFlag, iteration_budget, measure
+from gptlab.training.stopping import REFINE_STEPS, StopFlag, iteration_budget, measure
 
 STATE_FORMAT = 2  # trainer.pt: torch optimizers, the random-number state of every process
 
@@ -147,6 +147,7 @@ class Trainer:
         self.it, self.best_val, self.budget = 0, None, plan.budget
         self.timer, self.metrics, self.last_log = Timer(), MetricsLog(None, enabled=False), (0.0, 0)
         self.val_loss, self.last_ckpt, self.last_eval_iter, self.last_loss = None, None, None, None
+        self.eval_seconds = 0.0  # spent evaluating and saving, which the pace of the steps leaves out
         if plan.resume_from is not None:
             rundir.load_weights(self.model, plan.resume_from)
             self.restore(rundir.load_trainer_state(plan.resume_from), plan.resume_from)
@@ -261,17 +262,50 @@ class Trainer:
         batches = min(2, self.cfg.eval_iters)  # an evaluation of `batches`, scaled to eval_iters, per eval_interval
         extras = [(lambda: self.evaluate(batches), self.cfg.eval_iters / batches / self.cfg.eval_interval),
                   (self._scratch_checkpoint, 1 / self.cfg.eval_interval)]
-        per_iter = self.dist.max(measure(lambda: self.step(self.batches), extras, sync, compiled=self.cfg.compile))
-        elapsed = self.dist.max(self.timer.elapsed())  # every process must arrive at the same count
-        iters = iteration_budget(max_time, elapsed, self.it, per_iter, self.plan.cap)
-        self.budget = dict(max_time=self.cfg.max_time, seconds=max_time, seconds_per_iter=round(per_iter, 6),
-                           iters=iters, cap=self.plan.cap, measured_at_iter=self.it)
+        cost = measure(lambda: self.step(self.batches), extras, sync, compiled=self.cfg.compile)
+        step, overhead = self.dist.max(cost.step), self.dist.max(cost.overhead)  # every process: the same count
+        elapsed = self.dist.max(self.timer.elapsed())
+        iters = iteration_budget(max_time, elapsed, self.it, step + overhead, self.plan.cap)
+        settle = self.it + REFINE_STEPS <= self.cfg.warmup_iters < iters  # settled again at the end of warmup
+        self.budget = dict(max_time=self.cfg.max_time, seconds=max_time, seconds_per_iter=round(step + overhead, 6),
+                           overhead_per_iter=round(overhead, 6), iters=iters, cap=self.plan.cap,
+                           measured_at_iter=self.it, final=not settle)
         self.cfg.max_iters, self.cfg.max_time = iters, None  # from here on the run follows iterations
         self.model.load_state_dict(snapshot.pop("model"))
         self.restore(snapshot)  # the schedulers are rebuilt for the new max_iters
         self.timer = Timer(elapsed)
-        self.progress.message(f"time budget {self.budget['max_time']}: {per_iter:.4f} s per iteration, so "
-                              f"{iters} iterations (to replay: --max-iters {iters} --max-time none)")
+        later = f", to be settled at the end of warmup (iteration {self.cfg.warmup_iters})" if settle else \
+            f" (to replay: --max-iters {iters} --max-time none)"
+        self.progress.message(f"time budget {self.budget['max_time']}: {step + overhead:.4f} s per iteration, so "
+                              f"{'about ' if settle else ''}{iters} iterations{later}")
+
+    def settle_budget(self, since: tuple[float, int, float]) -> None:
+        """At the end of warmup, where the schedule does not yet depend on the count, set the count again from
+        the pace of the run's own steps since `since` (elapsed, iteration, seconds spent evaluating then)."""
+        start, start_it, eval_start = since
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the queued steps count too
+        elapsed = self.timer.elapsed()
+        step = (elapsed - start - (self.eval_seconds - eval_start)) / (self.it - start_it)
+        per_iter = self.dist.max(step) + self.budget["overhead_per_iter"]
+        elapsed = self.dist.max(elapsed)
+        iters = iteration_budget(self.budget["seconds"], elapsed, self.it, per_iter, self.budget["cap"])
+        self.budget.update(seconds_per_iter=round(per_iter, 6), iters=iters, final=True, settled_at_iter=self.it)
+        self.cfg.max_iters = iters
+        if self.dist.is_main:
+            rundir.write_run_files(self.plan.run_dir, self.config(), self.tokenizer)
+        self.progress.message(f"time budget {self.budget['max_time']}: {per_iter:.4f} s per iteration over "
+                              f"{self.it - start_it} steps, so {iters} iterations "
+                              f"(to replay: --max-iters {iters} --max-time none)")
+
+    def _settles_at(self) -> int | None:
+        """The iteration at which a budget not yet final settles its count (None: it is final)."""
+        if not self.budget or self.budget.get("final", True):
+            return None
+        if self.cfg.warmup_iters - self.it >= REFINE_STEPS and self.cfg.warmup_iters < self.cfg.max_iters:
+            return self.cfg.warmup_iters
+        self.budget["final"] = True  # (a run resumed too close to the end of warmup keeps its count)
+        return None
 
     def _scratch_checkpoint(self) -> None:
         """A checkpoint written to a temporary folder and removed: what saving costs, for the time budget."""
@@ -309,9 +343,12 @@ class Trainer:
         """Step, log, evaluate and save until the iterations run out or the run is stopped."""
         cfg = self.cfg
         self.last_log = (self.timer.elapsed(), self.it)
+        settle_at, since = self._settles_at(), (self.timer.elapsed(), self.it, self.eval_seconds)
         while self.it < cfg.max_iters:
             self.last_loss = self.step(self.batches)
             self.it += 1
+            if self.it == settle_at:
+                self.settle_budget(since)
             if self.it % cfg.log_interval == 0 or self.it == cfg.max_iters:
                 self.log_step()
             if self.it % cfg.eval_interval == 0 and self.it < cfg.max_iters:
@@ -349,7 +386,7 @@ class Trainer:
                         self.device, self.dtype, self.dist)
 
     def evaluate_and_save(self) -> None:
-        self.last_eval_iter = self.it
+        self.last_eval_iter, started = self.it, self.timer.elapsed()
         losses = self.evaluate()
         for name, value in losses.items():
             if not math.isfinite(value):
@@ -367,6 +404,7 @@ class Trainer:
         self.val_loss = val
         self.save(val)
         self.last_log = (self.timer.elapsed(), self.it)  # tokens/s counts training alone
+        self.eval_seconds += self.last_log[0] - started
 
     def _non_finite(self, what: str, value: float) -> GptlabError:
         """The one-line error for a NaN or inf loss: nothing is saved, and the last good checkpoint is named."""
