@@ -227,17 +227,18 @@ def _through_a_file(obj):
     return torch.load(buffer, weights_only=True)  # what a checkpoint holds, loaded as the trainer loads it
 
 
+def _seeded_model_and_optimizers(kind: str):
+    torch.manual_seed(0)
+    model = tiny_model(n_layer=1)
+    return model, build_optimizers(model, TrainConfig(optimizer=kind, weight_decay=0.1))
+
+
 @pytest.mark.parametrize("kind", ["adamw", "muon"])
 def test_optimizer_state_dict_round_trip_continues_identically(kind):
-    def make():
-        torch.manual_seed(0)
-        model = tiny_model(n_layer=1)
-        return model, build_optimizers(model, TrainConfig(optimizer=kind, weight_decay=0.1))
-
-    model_a, opts_a = make()
+    model_a, opts_a = _seeded_model_and_optimizers(kind)
     _steps(model_a, opts_a, 3, seed=1)
     loaded = _through_a_file([o.state_dict() for o in opts_a])
-    model_b, opts_b = make()
+    model_b, opts_b = _seeded_model_and_optimizers(kind)
     model_b.load_state_dict(model_a.state_dict())
     for opt, state in zip(opts_b, loaded):
         load_state(opt, state)
@@ -264,16 +265,11 @@ def _in_gptlab_01_layout(opt, momentum_sum: float = 1.0) -> dict:
 def test_state_in_gptlab_01_layout_resumes(kind):
     """Checkpoints of gptlab 0.1 held its own classes' layout (Muon's momentum as a sum, not an average):
     it is converted, and the run continues as if it had been torch's all along."""
-    def make():
-        torch.manual_seed(0)
-        model = tiny_model(n_layer=1)
-        return model, build_optimizers(model, TrainConfig(optimizer=kind, weight_decay=0.1))
-
-    model_a, opts_a = make()
+    model_a, opts_a = _seeded_model_and_optimizers(kind)
     _steps(model_a, opts_a, 3, seed=1)
     old = _through_a_file([_in_gptlab_01_layout(o, 1 - 0.95 if o.__class__.__name__ == "Muon" else 1.0)
                            for o in opts_a])
-    model_b, opts_b = make()
+    model_b, opts_b = _seeded_model_and_optimizers(kind)
     model_b.load_state_dict(model_a.state_dict())
     for opt, state in zip(opts_b, old):
         load_state(opt, state)
