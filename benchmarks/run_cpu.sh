@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Every CPU figure of benchmarks/README.md, written as JSON lines to benchmarks/results/cpu_*.json.
-# About 9 minutes on the 2-core project machine; run it on an otherwise idle machine.
+# Every CPU figure of benchmarks/README.md, written as JSON lines to benchmarks/results/DATE/cpu_*.json.
+# About 13 minutes on the 2-core project machine; run it on an otherwise idle machine.
+#   bash benchmarks/run_cpu.sh [OUT_DIR] [NANOGPT_CHECKOUT]
+# With a nanoGPT checkout (default ../../shared/reference/nanogpt, when it exists) its CPU recipe is timed
+# between gptlab's runs, so that the ratios come from one sitting.
 set -euo pipefail
 cd "$(dirname "$0")"
-out=results
+out=${1:-results/$(date +%F)}
+nanogpt=${2:-../../shared/reference/nanogpt}
+mirror=${GPTLAB_MIRROR:-../../shared/data}
 mkdir -p "$out"
 python matmul_peak.py > "$out/cpu_matmul_peak.json"
 for round in 1 2 3; do  # interleaved, so the machine's drift hits every variant alike
@@ -11,6 +16,12 @@ for round in 1 2 3; do  # interleaved, so the machine's drift hits every variant
     python train_speed.py --preset nanogpt-cpu --iters 200 --set dtype=$dtype
   done
 done > "$out/cpu_train_nanogpt.json"
+if [ -d "$nanogpt" ]; then
+  for round in 1 2; do
+    python nanogpt_reference.py --nanogpt "$nanogpt" --mirror "$mirror"
+    python train_speed.py --preset nanogpt-cpu --iters 200 --set dtype=bfloat16
+  done > "$out/cpu_nanogpt_reference.json"
+fi
 python train_speed.py --preset cpu --iters 60 > "$out/cpu_train_default.json"
 python generate_speed.py --preset nanogpt-cpu > "$out/cpu_generate_nanogpt.json"
 python generate_speed.py --preset cpu --skip-cli > "$out/cpu_generate_default.json"
