@@ -103,6 +103,14 @@ def test_a_budget_settles_after_a_resume_in_warmup(corpus, tmp_path):
     assert untimed(tmp_path / "run") == untimed(tmp_path / "replay")
 
 
+def test_max_iters_given_on_resume_is_not_settled_away(corpus, tmp_path):
+    values = tiny(corpus, max_time="2s", max_iters=10**6, eval_interval=10**5, log_interval=5, warmup_iters=40)
+    train(values, out=tmp_path / "run", quiet=True, stop_after=10)
+    resumed = train({"max_iters": 60}, out=tmp_path / "run", resume=True, quiet=True)
+    assert resumed.iters == 60 and resumed.stopped_by == "max_iters"
+    assert "settled_at_iter" not in run_config(tmp_path / "run")["budget"]
+
+
 def test_a_budgeted_run_resumed_equals_its_replay(corpus, tmp_path):
     """The default preset's case: interrupted at iteration 30 and resumed, the run follows its iterations."""
     values = tiny(corpus, max_time="1s", max_iters=10**6, eval_interval=25, log_interval=5, warmup_iters=10)

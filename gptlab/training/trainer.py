@@ -104,6 +104,8 @@ def _plan_resume(overrides: dict, preset: str | None, out) -> Plan:
     if record and "max_time" in overrides and parse_duration(overrides["max_time"]) == record.get("seconds"):
         cfg.max_time = None  # the same budget again: its iterations are already in max_iters
     cap = cfg.max_iters if "max_iters" in overrides or not record else record.get("cap", cfg.max_iters)
+    if record and "max_iters" in overrides:
+        record = {**record, "final": True}  # the count is the user's now: no settling at the end of warmup
     return Plan(cfg, model, Path(out), ckpt, record, cap)
 
 
@@ -289,7 +291,7 @@ class Trainer:
         step = (elapsed - start - (self.eval_seconds - eval_start)) / (self.it - start_it)
         per_iter = self.dist.max(step) + self.budget["overhead_per_iter"]
         elapsed = self.dist.max(elapsed)
-        iters = iteration_budget(self.budget["seconds"], elapsed, self.it, per_iter, self.budget["cap"])
+        iters = iteration_budget(self.budget["seconds"], elapsed, self.it, per_iter, self.plan.cap)
         self.budget.update(seconds_per_iter=round(per_iter, 6), iters=iters, final=True, settled_at_iter=self.it)
         self.cfg.max_iters = iters
         if self.dist.is_main:
