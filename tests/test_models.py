@@ -142,7 +142,7 @@ def test_capture_records_named_points_and_leaves_no_hooks():
 
 
 def test_unknown_family_is_one_line():
-    with pytest.raises(GptlabError, match="unknown --model 'lstm'; choose one of: gpt"):
-        models.get_family("lstm")
+    with pytest.raises(GptlabError, match="unknown --model 'mamba'; choose one of: gpt, rnn, lstm, gru"):
+        models.get_family("mamba")
     family, config = models.config_from_dict({"n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 5})
     assert family == "gpt" and config.n_layer == 1  # runs saved before families were named are GPTs

@@ -90,12 +90,23 @@ def add_parser(sub, argv: list[str]) -> None:
             group = p.add_argument_group(SECTIONS[name])
         note = f"; named: {', '.join(NAMED)}" if name == "corpus" else ""
         _add_flag(group, name, field, values.get(name, field.default), note)
-    for fam in FAMILIES:  # each family's fields; a field two families share is listed once, under the first
-        group = p.add_argument_group(f"model: --model {fam}")
-        for name, field in model_fields(fam).items():
-            if not any(name in model_fields(f) for f in list(FAMILIES)[:list(FAMILIES).index(fam)]):
-                shown = values.get(name, field.default) if fam == family else field.default
-                _add_flag(group, name, field, shown)
+    _add_model_flags(p, family, values)
+
+
+def _add_model_flags(p, family: str, values: dict) -> None:
+    """Each family's fields, the chosen family's first (with the preset's values where they apply); families
+    that share a config share a group, and a field two configs share is listed once, under the first."""
+    configs = {}  # config class -> the families that use it, the chosen one's first
+    for fam in sorted(FAMILIES, key=lambda f: FAMILIES[f].config is not FAMILIES[family].config):
+        configs.setdefault(FAMILIES[fam].config, []).append(fam)
+    listed = set()
+    for names in configs.values():
+        group = p.add_argument_group(f"model: --model {', '.join(names)}")
+        for name, field in model_fields(names[0]).items():
+            if name not in listed:
+                applies = FAMILIES[names[0]].preset_sizes
+                _add_flag(group, name, field, values.get(name, field.default) if applies else field.default)
+                listed.add(name)
 
 
 def run(args) -> int:

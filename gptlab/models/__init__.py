@@ -12,7 +12,7 @@ import importlib
 from dataclasses import asdict, dataclass, fields
 
 from gptlab.errors import GptlabError
-from gptlab.models.configs import GPTConfig
+from gptlab.models.configs import GPTConfig, RecurrentConfig
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,18 @@ class Family:
     config: type  # the config dataclass
     model: str  # "module:Class" of the model, imported on first use (it imports torch)
     description: str
+    context: str | None = None  # the config field that is the longest context; None: any length, trained on
+    # windows of --seq-len tokens
+    width: str | None = None  # the config field that sizes the model (gptlab compare matches parameter counts)
+    preset_sizes: bool = True  # a preset's model values (a GPT's) apply where this family has the same fields
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
-    Family("gpt", GPTConfig, "gptlab.models.gpt:GPT", "decoder-only transformer (GPT-2's layout)"),
+    Family("gpt", GPTConfig, "gptlab.models.gpt:GPT", "decoder-only transformer (GPT-2's layout)",
+           context="block_size", width="n_embd"),
+    *[Family(name, RecurrentConfig, f"gptlab.models.recurrent:{cls}", text, width="n_hidden", preset_sizes=False)
+      for name, cls, text in [("rnn", "RNN", "Elman's tanh recurrent net"), ("lstm", "LSTM", "long short-term memory"),
+                              ("gru", "GRU", "gated recurrent units")]],
 ]}
 
 

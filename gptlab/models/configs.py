@@ -54,3 +54,24 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError("rope needs an even head size (n_embd / n_head)")
+
+
+@dataclass
+class RecurrentConfig:
+    """The tanh RNN, the LSTM and the GRU share these values (gptlab.models.recurrent)."""
+
+    vocab_size: int = setting(65, "tokens in the vocabulary (set from the tokenizer)")
+    n_layer: int = setting(2, "recurrent layers, stacked")
+    n_embd: int = setting(64, "width of the token embedding (each layer's input is the one below)")
+    n_hidden: int = setting(256, "size of each layer's hidden state")
+    dropout: float = setting(0.0, "dropout probability while training: on the embedding, between layers, "
+                                  "before the head")
+    tie_weights: bool = setting(False, "the output head shares its matrix with the token embedding "
+                                       "(needs n_embd == n_hidden)")
+
+    def __post_init__(self):
+        check_positive(self, ("vocab_size", "n_layer", "n_embd", "n_hidden"))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.tie_weights and self.n_embd != self.n_hidden:
+            raise ValueError(f"tie_weights needs n_embd == n_hidden (they are {self.n_embd} and {self.n_hidden})")

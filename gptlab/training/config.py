@@ -28,8 +28,8 @@ class TrainConfig:
     vocab_size: int | None = setting(None, "vocabulary size of the word and bpe tokenizers (unset: word keeps "
                                                  "every word, bpe has 1024)")
     val_fraction: float = setting(0.1, "the last part of the corpus, held out for validation")
-    seq_len: int | None = setting(None, "training window in tokens, for models without a longest context "
-                                                 "(a GPT trains on windows of --block-size)")
+    seq_len: int | None = setting(None, "training window in tokens of a model without a longest context (rnn, "
+                                        "lstm, gru: how far back gradients flow); a GPT's is its --block-size")
     # optimisation
     batch_size: int = setting(32, "sequences per micro-batch, in each process")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
@@ -58,32 +58,34 @@ class TrainConfig:
     threads: int = setting(0, "CPU threads for torch (0 keeps torch's default)")
 
 
-# Values for TrainConfig and the model together; a preset names only what differs from the defaults. A preset's
-# model values that the chosen --model does not have are left out.
+# Values for TrainConfig and the GPT together; a preset names only what differs from the defaults. Another
+# --model takes the preset's training values, and its model values where it has the same fields, unless its
+# family opts out (the recurrent nets: a transformer's depth and width are not theirs). seq_len is the training
+# window of a model without a longest context (a GPT's is its block_size).
 PRESETS: dict[str, dict] = {
     # The default on a CPU: five minutes of Tiny Shakespeare (char) on 2 cores, val loss about 1.51.
     # Muon on the hidden matrices learns several times faster per step than AdamW at this size.
     "cpu": dict(
-        n_layer=4, n_head=4, n_embd=192, block_size=128, dropout=0.0, bias=False,
+        n_layer=4, n_head=4, n_embd=192, block_size=128, dropout=0.0, bias=False, seq_len=128,
         batch_size=32, max_iters=100_000, max_time="5m", optimizer="muon", muon_lr=0.02,
         lr=2e-3, min_lr=2e-4, warmup_iters=50, eval_interval=50, eval_iters=10,
     ),
     # nanoGPT's documented CPU recipe (config/train_shakespeare_char.py with its README's CPU flags).
     "nanogpt-cpu": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
+        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, seq_len=64,
         batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
         beta2=0.99, eval_interval=250, eval_iters=20, dtype="float32",
     ),
     # nanoGPT's well-known GPU model for Tiny Shakespeare (char); half its 5000 iterations, which overfit.
     "shakespeare-gpu": dict(
-        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False,
+        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False, seq_len=256,
         batch_size=64, max_iters=2500, lr=1e-3, min_lr=1e-4, warmup_iters=100,
         beta2=0.99, eval_interval=250, eval_iters=20, compile=True,
     ),
     # GPT-2 small (124M): for throughput and MFU measurements on a GPU.
     "gpt2-124m": dict(
         n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, bias=True, activation="gelu_tanh",
-        tokenizer="bpe", vocab_size=50304, batch_size=16, grad_accum=1, lr=6e-4, min_lr=6e-5,
+        tokenizer="bpe", vocab_size=50304, seq_len=1024, batch_size=16, grad_accum=1, lr=6e-4, min_lr=6e-5,
         warmup_iters=200, beta2=0.95, eval_interval=500, eval_iters=50,
     ),
 }
@@ -134,8 +136,10 @@ def resolve(preset: str | None, overrides: dict, device_type: str = "cpu") -> tu
     name = preset or default_preset(device_type)
     if name not in PRESETS:
         raise GptlabError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    family = overrides.get("model", DEFAULT_FAMILY)
-    applies = set(train_fields()) | set(model_fields(family))
+    family = get_family(overrides.get("model", DEFAULT_FAMILY))
+    applies = set(train_fields()) | (set(model_fields(family.name)) if family.preset_sizes else set())
+    if family.context:
+        applies.discard("seq_len")  # the model's context is its training window
     return split_values({**{k: v for k, v in PRESETS[name].items() if k in applies}, **overrides})
 
 
