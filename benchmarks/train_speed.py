@@ -1,6 +1,7 @@
 """Training throughput: tokens/s, achieved FLOP/s, and that as a fraction of the measured matmul peak.
 
     python benchmarks/train_speed.py --preset nanogpt-cpu [--set dtype=bfloat16 --set compile=true] [--iters 50]
+    python benchmarks/train_speed.py --preset cpu --set model=gru --set n_hidden=320    # a recurrent net
 
 It runs the training loop's own step (gptlab.training.step.Stepper) on random windows of Tiny
 Shakespeare (char) from the mirror, or of random tokens for presets with a large vocabulary, and prints
@@ -69,7 +70,8 @@ def main() -> None:
     model = build_model(family, mcfg).to(device)
     optimizers = build_optimizers(model, cfg)
     step = Stepper(model, model, optimizers, schedulers(optimizers, cfg, 0), cfg, device, dtype, compiled=cfg.compile)
-    batches = RandomWindows(tokens, mcfg.block_size, cfg.batch_size, device, cfg.seed)
+    window = model.max_context or cfg.seq_len  # a GPT's context, a recurrent net's --seq-len
+    batches = RandomWindows(tokens, window, cfg.batch_size, device, cfg.seed)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     t0 = time.perf_counter()
@@ -90,9 +92,9 @@ def main() -> None:
         memory = torch.cuda.max_memory_allocated()
     else:  # read before the matmul-peak measurement below adds its own matrices
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    tokens_per_iter = cfg.batch_size * cfg.grad_accum * mcfg.block_size
+    tokens_per_iter = cfg.batch_size * cfg.grad_accum * window
     tps = tokens_per_iter * args.iters / seconds
-    flops = model.flops_per_token(mcfg.block_size) * tps
+    flops = model.flops_per_token(window) * tps
     peak_fp32 = measure_peak(device, torch.float32)
     peak_bf16 = measure_peak(device, torch.bfloat16)
     result = {

@@ -1,0 +1,154 @@
+"""A comparison's report: the table (Markdown, CSV and the terminal), the loss plots, and the recall results.
+
+    OUT/report.md        how it was made, the table, the plots, the samples in full
+    OUT/results.csv      one row per family
+    OUT/comparison.png   validation loss against wall time and against tokens seen
+    OUT/recall.csv, OUT/recall.png     accuracy against distance (--task recall)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from gptlab.files import write_atomic
+
+CHANCE = 1 / 26  # the recall task's letters
+COLUMNS = ["model", "size", "parameters", "tokens seen", "tokens/s", "time (s)", "best val loss", "val bpc"]
+
+
+def _number(x: float | None, fmt: str) -> str:
+    return "" if x is None else format(x, fmt)
+
+
+def rows(entries) -> list[dict]:
+    """One row of plain values per family, in COLUMNS order."""
+    return [dict(zip(COLUMNS, [e.family, e.size, e.params, e.tokens, round(e.tokens_per_s), round(e.seconds, 1),
+                               _number(e.best_val_loss, ".4f"), _number(e.val_bpc, ".3f")])) for e in entries]
+
+
+def short(sample: str, chars: int = 60) -> str:
+    """The start of a sample on one line: newlines shown as ⏎, a Markdown table's pipes escaped."""
+    return sample[:chars].replace("\n", "⏎").replace("|", "\\|")
+
+
+def markdown_table(header: list[str], body: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def results_table(entries) -> str:
+    body = [[*(f"{v:,}" if isinstance(v, int) else v for v in r.values()), f"`{short(e.sample)}`"]
+            for r, e in zip(rows(entries), entries)]
+    return markdown_table(COLUMNS + ["sample (temperature 0.8)"], body)
+
+
+def recall_table(entries) -> str:
+    distances = sorted(entries[0].recall)
+    body = [[e.family] + [f"{e.recall[d]:.0%}" for d in distances] for e in entries]
+    return markdown_table(["model"] + [f"distance {d}" for d in distances], body)
+
+
+def write(out: Path, c, entries, command: str | None = None) -> None:
+    """Every file of the report (the runs are already in OUT/runs)."""
+    write_atomic(out / "results.csv", to_csv(COLUMNS + ["sample"], [[*r.values(), e.sample] for r, e in
+                                                                    zip(rows(entries), entries)]))
+    plot_curves(entries, out / "comparison.png")
+    if c.task == "recall":
+        distances = sorted(entries[0].recall)
+        write_atomic(out / "recall.csv", to_csv(["model"] + [str(d) for d in distances],
+                                                [[e.family] + [round(e.recall[d], 4) for d in distances]
+                                                 for e in entries]))
+        plot_recall(entries, out / "recall.png")
+    write_atomic(out / "report.md", markdown(c, entries, command))
+
+
+def to_csv(header: list[str], body: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(body)
+    return buffer.getvalue()
+
+
+def markdown(c, entries, command: str | None) -> str:
+    budget = f"{c.max_time} of wall time" if c.max_time else f"{c.tokens} tokens"
+    parts = [f"# Comparison: {', '.join(e.family for e in entries)}\n\n",
+             f"Each model sized to about {c.params} parameters and trained for {budget} on "
+             f"{'the recall task' if c.task == 'recall' else c.corpus} ({c.tokenizer} tokens), windows of "
+             f"{c.seq_len} tokens, the same batches and seed.",
+             f" Made with:\n\n    {command}\n\n" if command else "\n\n",
+             results_table(entries), "\n![validation loss against time and tokens](comparison.png)\n"]
+    if c.task == "recall":
+        parts += ["\n## Recall: accuracy against distance\n\n",
+                  f"The share of copied letters predicted right (chance: {CHANCE:.0%}).\n\n", recall_table(entries),
+                  "\n![accuracy against distance](recall.png)\n"]
+    parts.append("\n## Samples\n")
+    for e in entries:
+        parts += [f"\n### {e.family}\n\n", "```\n", e.sample.rstrip("\n"), "\n```\n"]
+    return "".join(parts)
+
+
+def print_table(entries, console=None) -> None:
+    """The results (and recall accuracies) as tables on the terminal; the samples are in report.md."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table("model", "size", "params", "tokens", "tokens/s", "time", "best val", "bpc")
+    for e in entries:
+        table.add_row(e.family, e.size, f"{e.params / 1e6:.2f}M", f"{e.tokens / 1e6:.2f}M", f"{e.tokens_per_s:,.0f}",
+                      f"{e.seconds:.0f}s", _number(e.best_val_loss, ".4f"), _number(e.val_bpc, ".3f"))
+    console.print(table)
+    if entries and entries[0].recall:
+        distances = sorted(entries[0].recall)
+        accuracy = Table("model", *(f"d={d}" for d in distances), title="recall accuracy")
+        for e in entries:
+            accuracy.add_row(e.family, *(f"{e.recall[d]:.0%}" for d in distances))
+        console.print(accuracy)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(entries, path: Path) -> None:
+    """Validation loss against wall time (left) and against tokens seen (right), one line per family."""
+    plt = _pyplot()
+    fig, (by_time, by_tokens) = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
+    for e in entries:
+        if e.curve:
+            seconds, tokens, loss = zip(*e.curve)
+            label = f"{e.family} ({e.params / 1e6:.2f}M)"
+            by_time.plot(seconds, loss, "o-", markersize=3, label=label)
+            by_tokens.plot([t / 1e6 for t in tokens], loss, "o-", markersize=3, label=label)
+    by_time.set(xlabel="wall time (s)", ylabel="validation loss (nats per token)")
+    by_tokens.set(xlabel="tokens seen (millions)")
+    for ax in (by_time, by_tokens):
+        ax.grid(alpha=0.3)
+    by_time.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_recall(entries, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for e in entries:
+        distances = sorted(e.recall)
+        ax.plot(distances, [100 * e.recall[d] for d in distances], "o-", label=f"{e.family} ({e.params / 1e6:.2f}M)")
+    ax.axhline(100 * CHANCE, color="grey", linestyle=":", label="chance")
+    ax.set(xlabel="distance back to the letter to recall (tokens)", ylabel="accuracy (%)", ylim=(0, 102))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
