@@ -3,6 +3,7 @@ recall task measured exactly (an oracle that copies scores 100%, one that looks 
 chance)."""
 
 import csv
+import os
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from helpers import write_corpus
 
 from gptlab import models
 from gptlab.cli import main
-from gptlab.compare import RECALL_CHARS, Comparison, compare, recall, report
+from gptlab.compare import RECALL_CHARS, UNBOUNDED_ITERS, Comparison, compare, plan, recall, report
 from gptlab.compare.sizing import match_width, parse_count
+from gptlab.data.corpora import load_corpus
 from gptlab.data.tokenizer import CharTokenizer
 from gptlab.errors import GptlabError
 from gptlab.models.configs import GPTConfig
@@ -101,7 +103,7 @@ QUICK = dict(batch_size=8, eval_interval=4, eval_iters=2, log_interval=2, warmup
              dtype="float32", seed=3)
 
 
-def test_compare_trains_each_family_alike_and_writes_the_report(tmp_path):
+def test_compare_trains_each_family_alike_and_writes_the_report(tmp_path, capsys):
     corpus = write_corpus(tmp_path)
     out = tmp_path / "report"
     argv = ["compare", "--models", "gpt,lstm", "--params", "20k", "--tokens", "3k", "--corpus", str(corpus),
@@ -121,6 +123,7 @@ def test_compare_trains_each_family_alike_and_writes_the_report(tmp_path):
     assert run.config["train"]["seq_len"] == 16 and run.config["model"]["family"] == "lstm"
     assert load_run(out / "runs" / "gpt", device="cpu").config["model"]["block_size"] == 16
     assert main(argv) == 1  # a second time: refused, the report kept
+    assert "already holds a comparison; pass --overwrite" in capsys.readouterr().err
     assert main(argv + ["--overwrite"]) == 0
 
 
@@ -129,7 +132,11 @@ def test_compare_recall_reports_accuracy_against_distance(tmp_path):
                    task="recall", distances=[2, 4, 8], train=QUICK, sample_tokens=20)
     entries = compare(c, quiet=True, say=lambda text: None)
     assert [sorted(e.recall) for e in entries] == [[2, 4, 8]] * 2
-    assert all(0.0 <= a <= 1.0 for e in entries for a in e.recall.values())
+    for e in entries:  # the accuracies are those of the saved run, on the task's own text
+        run = load_run(c.out / "runs" / e.family, device="cpu")
+        assert run.config["train"]["corpus"] == str(c.out / "recall.txt") and run.tokenizer.vocab_size == 28
+        assert e.recall == {d: recall.accuracy(run.model, run.tokenizer, d) for d in (2, 4, 8)}
+        assert e.params == sum(p.numel() for p in run.model.parameters()) and abs(e.params - 20_000) <= 2_000
     report.write(c.out, c, entries)
     with open(c.out / "recall.csv", newline="") as f:
         assert list(csv.reader(f))[0] == ["model", "2", "4", "8"]
@@ -144,6 +151,14 @@ def test_compare_recall_reports_accuracy_against_distance(tmp_path):
     (["--task", "recall", "--distances", "2,40", "--seq-len", "64"], "raise --seq-len to at least 80"),
     (["--task", "recall", "--distances", "2,x"], "--distances takes whole numbers"),
     (["--max-time", "soon"], "cannot read duration 'soon'"),
+    (["--tokens", "0"], "the count must be positive"),
+    (["--seq-len", "0"], "--seq-len must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["--sample-tokens", "0"], "--sample-tokens must be at least 1"),
+    (["--params", "10"], "cannot be sized to within 10% of 10 parameters"),
+    (["--task", "recall", "--corpus", "andersen"], "--corpus and --tokenizer apply to --task text"),
+    (["--distances", "2,4"], "--distances applies to --task recall"),
 ])
 def test_compare_refuses_bad_flags_in_one_line(tmp_path, capsys, argv, message):
     assert main(["compare", "--out", str(tmp_path / "r")] + argv) == 1
@@ -157,3 +172,37 @@ def test_compare_leaves_a_folder_of_other_files_alone(tmp_path, capsys):
     assert main(["compare", "--out", str(tmp_path), "--tokens", "1k"]) == 1
     assert "is a folder with other files in it" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert main(["compare", "--out", str(tmp_path / "notes.txt"), "--tokens", "1k"]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_an_unfinished_comparison_is_replaced_only_with_overwrite(tmp_path, capsys):
+    out = tmp_path / "r"
+    (out / "runs" / "gpt").mkdir(parents=True)  # what a compare stopped by Ctrl-C or an error leaves
+    (out / "recall.csv").write_text("an earlier report's file")
+    argv = ["compare", "--models", "lstm", "--params", "20k", "--tokens", "1k", "--corpus",
+            str(write_corpus(tmp_path)), "--seq-len", "16", "--batch-size", "8", "--device", "cpu", "--out",
+            str(out), "--sample-tokens", "5", "--quiet"]
+    assert main(argv) == 1
+    assert "already holds the runs of an unfinished comparison; pass --overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
+    assert (out / "runs" / "gpt").is_dir() and (out / "runs" / "lstm" / "config.json").exists()
+    assert not (out / "recall.csv").exists()  # no file left describing other runs
+    assert oct((out / "report.md").stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_the_plan_shares_dropout_and_lets_the_time_decide_the_steps(tmp_path):
+    corpus = load_corpus(str(write_corpus(tmp_path)))
+    c = Comparison(["gpt", "lstm"], tmp_path / "r", params="20k", seq_len=16, preset="nanogpt-cpu", dropout=0.1,
+                   train=dict(device="cpu"))
+    for family in c.families:
+        values, size, params = plan(c, family, corpus, "corpus.txt")
+        assert values["dropout"] == 0.1 and values["max_time"] == "2m"
+        assert values["max_iters"] == UNBOUNDED_ITERS  # not the preset's 2000 steps
+        assert size.startswith(models.get_family(family).width) and abs(params - 20_000) <= 2_000

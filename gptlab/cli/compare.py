@@ -9,6 +9,7 @@ from pathlib import Path
 from gptlab.errors import GptlabError
 
 FAMILIES_DEFAULT = "gpt,lstm,gru,rnn"
+RECALL_DISTANCES = "2,4,8,16,24,32"
 TASK_HELP = "text: the corpus; recall: a synthetic long-range task (copy a string: accuracy against distance)"
 
 
@@ -25,15 +26,17 @@ def add_parser(sub, argv: list[str]) -> None:
     budget.add_argument("--max-time", default=None, help="wall time per family, e.g. 90s, 2m (default: 2m)")
     budget.add_argument("--tokens", default=None, help="tokens per family instead, e.g. 5M")
     c.add_argument("--task", default="text", choices=("text", "recall"), help=TASK_HELP + " (default: text)")
-    c.add_argument("--distances", default="2,4,8,16,24,32",
+    c.add_argument("--distances", default=None,
                    help="recall: the distances to measure; training mixes all up to the longest (default: "
-                        "2,4,8,16,24,32)")
-    c.add_argument("--corpus", default="shakespeare", help="text: a named corpus or your files (default: shakespeare)")
-    c.add_argument("--tokenizer", default="char", help="char, word, bpe or a tokenizer.json (default: char)")
+                        f"{RECALL_DISTANCES})")
+    c.add_argument("--corpus", default=None, help="text: a named corpus or your files (default: shakespeare)")
+    c.add_argument("--tokenizer", default=None, help="text: char, word, bpe or a tokenizer.json (default: char)")
     c.add_argument("--seq-len", type=int, default=None,
                    help="every family's training window, a GPT's block size (default: 128; recall: twice the "
                         "longest distance)")
-    c.add_argument("--preset", default=None, help="training values to start from (default: this machine's)")
+    c.add_argument("--preset", default=None, help="training values, and the GPT's depth and heads; widths are "
+                                                  "matched, dropout is --dropout (default: this machine's)")
+    c.add_argument("--dropout", type=float, default=0.0, help="every family's dropout (default: 0)")
     c.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
     c.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     c.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
@@ -54,28 +57,39 @@ def _distances(text: str) -> list[int]:
         raise GptlabError(f"--distances takes whole numbers separated by commas, not {text!r}") from None
 
 
+def _task_flags(args) -> tuple[list[int], str, str]:
+    """The distances, corpus and tokenizer; a flag that the task does not use is refused, not ignored."""
+    if args.task == "recall":
+        if args.corpus is not None or args.tokenizer is not None:
+            raise GptlabError("--corpus and --tokenizer apply to --task text; recall makes its own text, "
+                              "one letter per token")
+        return _distances(args.distances or RECALL_DISTANCES), "recall", "char"
+    if args.distances is not None:
+        raise GptlabError("--distances applies to --task recall")
+    return [], args.corpus or "shakespeare", args.tokenizer or "char"
+
+
 def comparison(args):
     from gptlab.compare import Comparison
 
-    distances = _distances(args.distances)
-    seq_len = args.seq_len or (2 * max(distances, default=1) if args.task == "recall" else 128)
-    out = Path(args.out or ("reports/recall" if args.task == "recall" else f"reports/compare-{Path(args.corpus).stem}"))
+    distances, corpus, tokenizer = _task_flags(args)
+    seq_len = args.seq_len
+    if seq_len is None:
+        seq_len = 2 * max(distances, default=1) if args.task == "recall" else 128
+    out = Path(args.out or ("reports/recall" if args.task == "recall" else f"reports/compare-{Path(corpus).stem}"))
     train = {k: v for k, v in dict(batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                                    seed=args.seed).items() if v is not None}
-    tokenizer = "char" if args.task == "recall" else args.tokenizer  # the task's letters, one token each
     return Comparison(families=[f.strip() for f in args.models.split(",") if f.strip()], out=out,
                       params=args.params, max_time=None if args.tokens else (args.max_time or "2m"),
-                      tokens=args.tokens, corpus=args.corpus, tokenizer=tokenizer, seq_len=seq_len,
-                      task=args.task, distances=distances, preset=args.preset, train=train,
-                      sample_tokens=args.sample_tokens)
+                      tokens=args.tokens, corpus=corpus, tokenizer=tokenizer, seq_len=seq_len,
+                      task=args.task, distances=distances, preset=args.preset,
+                      dropout=args.dropout, train=train, sample_tokens=args.sample_tokens)
 
 
 def run(args) -> int:
     from gptlab.compare import compare, report
 
     c = comparison(args)
-    if args.sample_tokens < 1:
-        raise GptlabError("--sample-tokens must be at least 1")
     entries = compare(c, overwrite=args.overwrite, mirror=args.mirror, quiet=args.quiet,
                       say=lambda text: print(text, file=sys.stderr))
     report.write(c.out, c, entries, command="gptlab " + shlex.join(sys.argv[1:]))

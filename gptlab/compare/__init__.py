@@ -17,20 +17,25 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptlab.compare import recall
+from gptlab.compare import recall, report
 from gptlab.compare.sizing import match_width, parse_count
-from gptlab.data.corpora import load_corpus
+from gptlab.data.corpora import Corpus, load_corpus
 from gptlab.data.tokens import get_tokenizer
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
-from gptlab.models import get_family, split_section
+from gptlab.files import write_atomic
+from gptlab.models import get_family, model_fields, split_section
 from gptlab.run import load_run
-from gptlab.training.config import parse_duration, resolve
+from gptlab.training.config import check_values, parse_duration, resolve
 from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import train
 
 TASKS = ("text", "recall")
-RECALL_CHARS = 1_000_000  # the synthetic corpus: far more lines than any run here sees
+# The recall task's text: more random lines than a model of a few million parameters could memorise. A run of
+# two minutes on 2 cores reads it about three times; what it learns must be the rule, not the lines.
+RECALL_CHARS = 1_000_000
+UNBOUNDED_ITERS = 10**9  # with a time budget, the time decides how many steps (a preset's max_iters would cap it)
+OWN_FILES = {"runs", "recall.txt", *report.FILES}  # what a comparison writes into its folder
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Comparison:
     task: str = "text"
     distances: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 24, 32])  # for --task recall
     preset: str | None = None  # training values (batch size, optimizer, learning rates, evaluation)
+    dropout: float = 0.0  # every family's (a preset's model values, dropout among them, size only its own family)
     train: dict = field(default_factory=dict)  # further training values: batch_size, device, dtype, seed, ...
     sample_tokens: int = 200
 
@@ -70,8 +76,8 @@ class Entry:
     recall: dict[int, float] = field(default_factory=dict)  # distance -> accuracy
 
 
-def check(c: Comparison) -> None:
-    """Everything that can be refused before any training starts."""
+def check(c: Comparison, overwrite: bool = False) -> None:
+    """Everything that can be refused before any data is read."""
     if not c.families:
         raise GptlabError("--models needs at least one model family")
     if len(set(c.families)) != len(c.families):
@@ -88,54 +94,68 @@ def check(c: Comparison) -> None:
         raise GptlabError(f"unknown --task {c.task!r}; choose one of: {', '.join(TASKS)}")
     if c.task == "recall":
         recall.check_distances(c.distances, c.seq_len)
-    check_out(c.out)
+    if not 0 <= c.dropout < 1:
+        raise GptlabError("--dropout must be in [0, 1)")
+    if c.sample_tokens < 1:
+        raise GptlabError("--sample-tokens must be at least 1")
+    check_out(c.out, overwrite)
 
 
-def check_out(out: Path) -> None:
-    """A report goes into a new or empty folder, or replaces an earlier report (the caller removes nothing else)."""
+def check_out(out: Path, overwrite: bool) -> None:
+    """A comparison goes into a new or empty folder, or (with overwrite) replaces an earlier one's files; a folder
+    with anything else in it is left alone."""
     if out.exists() and not out.is_dir():
         raise GptlabError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not (out / "report.md").exists():
+    present = {p.name for p in out.iterdir()} if out.exists() else set()
+    if present - OWN_FILES:
         raise GptlabError(f"--out {out} is a folder with other files in it; choose a new or empty folder")
+    if present and not overwrite:
+        held = "a comparison" if "report.md" in present else "the runs of an unfinished comparison"
+        raise GptlabError(f"{out} already holds {held}; pass --overwrite to replace it, or choose another --out")
 
 
 def compare(c: Comparison, *, overwrite: bool = False, mirror: str | Path | None = None,
             quiet: bool = False, say=print) -> list[Entry]:
     """Train each family as the comparison says and return the results (report.write puts them in files)."""
-    check(c)
-    if (c.out / "report.md").exists() and not overwrite:
-        raise GptlabError(f"{c.out} already holds a comparison; pass --overwrite to run it again, or another --out")
-    c.out.mkdir(parents=True, exist_ok=True)
-    corpus = c.corpus
+    check(c, overwrite)
     if c.task == "recall":
-        corpus = str(c.out / "recall.txt")
-        Path(corpus).write_text(recall.make_text(max(c.distances), RECALL_CHARS, c.train.get("seed", 0)))
-    text = load_corpus(corpus, mirror=mirror)
-    vocab_size = get_tokenizer(text, c.tokenizer, c.train.get("vocab_size"), c.train.get("val_fraction", 0.1))\
-        .vocab_size
-    plans = [run_values(c, family, corpus, vocab_size) for family in c.families]  # every size, before any run
+        text = recall.make_text(max(c.distances), RECALL_CHARS, c.train.get("seed", 0))
+        corpus, spec = Corpus("recall", text), str(c.out / "recall.txt")
+    else:
+        corpus, spec = load_corpus(c.corpus, mirror=mirror), c.corpus
+    plans = [plan(c, family, corpus, spec) for family in c.families]  # every size, before anything is written
+    c.out.mkdir(parents=True, exist_ok=True)
+    report.clear(c.out)  # an earlier report would describe other runs
+    if c.task == "recall":
+        write_atomic(spec, corpus.text)
     entries = []
     for family, (values, size, params) in zip(c.families, plans):
         say(f"{family}: {size}, {params:,} parameters")
-        entries.append(run_family(c, family, values, (size, params), mirror, quiet))
+        entries.append(run_family(c, family, values, size, mirror, quiet))
     return entries
 
 
-def run_values(c: Comparison, family: str, corpus: str, vocab_size: int) -> tuple[dict, str, int]:
+def plan(c: Comparison, family: str, corpus: Corpus, spec: str) -> tuple[dict, str, int]:
     """The training values of one family's run (the shared ones, its window, its budget and its matched width),
-    the width as text, and the parameters it gives."""
+    its width as text, and the parameters that gives."""
     fam = get_family(family)
-    values = {**c.train, "corpus": corpus, "tokenizer": c.tokenizer, "model": family,
-              fam.context or "seq_len": c.seq_len, "max_time": c.max_time}
+    values = {**c.train, "corpus": spec, "tokenizer": c.tokenizer, "model": family, fam.context or "seq_len": c.seq_len}
+    if "dropout" in model_fields(family):
+        values["dropout"] = c.dropout
+    if c.max_time is not None:
+        values.update(max_time=c.max_time, max_iters=UNBOUNDED_ITERS)
     cfg, model = resolve(c.preset, values, pick_device(c.train.get("device", "auto")).type)
+    check_values(cfg, model)
     if c.tokens is not None:  # the same tokens for each: the same number of steps of the same global batch
-        values["max_iters"] = math.ceil(parse_count(c.tokens) / (cfg.batch_size * cfg.grad_accum * c.seq_len))
+        values.update(max_time=None, max_iters=math.ceil(parse_count(c.tokens) / (cfg.batch_size * cfg.grad_accum
+                                                                                    * c.seq_len)))
+    vocab_size = get_tokenizer(corpus, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction).vocab_size
     width, params = match_width(family, parse_count(c.params), {**split_section(model)[1], "vocab_size": vocab_size})
     values[fam.width] = width
     return values, f"{fam.width} {width}", params
 
 
-def run_family(c: Comparison, family: str, values: dict, sized: tuple[str, int], mirror, quiet: bool) -> Entry:
+def run_family(c: Comparison, family: str, values: dict, size: str, mirror, quiet: bool) -> Entry:
     """Train one family, then read its numbers, a sample and (for the recall task) its accuracies."""
     result = train(values, preset=c.preset, out=c.out / "runs" / family, overwrite=True, mirror=mirror, quiet=quiet)
     if result.stopped_by == "interrupt":  # Ctrl-C stops the comparison, not just this family's run
@@ -148,6 +168,8 @@ def run_family(c: Comparison, family: str, values: dict, sized: tuple[str, int],
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     sample = run.generate("", max_new_tokens=c.sample_tokens, temperature=0.8, seed=c.train.get("seed", 0))
     scores = {d: recall.accuracy(run.model, run.tokenizer, d) for d in c.distances} if c.task == "recall" else {}
-    return Entry(family, *sized, result.iters, result.iters * per_iter, result.elapsed,
-                 statistics.median(speeds) if speeds else 0.0, best and best["val_loss"], best and best["val_bpc"],
-                 sample, [(r["time"], r["iter"] * per_iter, r["val_loss"]) for r in evals], scores)
+    return Entry(family=family, size=size, params=sum(p.numel() for p in run.model.parameters()),
+                 iters=result.iters, tokens=result.iters * per_iter, seconds=result.elapsed,
+                 tokens_per_s=statistics.median(speeds) if speeds else 0.0,
+                 best_val_loss=best and best["val_loss"], val_bpc=best and best["val_bpc"], sample=sample,
+                 curve=[(r["time"], r["iter"] * per_iter, r["val_loss"]) for r in evals], recall=scores)

@@ -15,6 +15,7 @@ from pathlib import Path
 from gptlab.files import write_atomic
 
 CHANCE = 1 / 26  # the recall task's letters
+FILES = ("report.md", "results.csv", "comparison.png", "recall.csv", "recall.png")
 COLUMNS = ["model", "size", "parameters", "tokens seen", "tokens/s", "time (s)", "best val loss", "val bpc"]
 
 
@@ -49,6 +50,12 @@ def recall_table(entries) -> str:
     distances = sorted(entries[0].recall)
     body = [[e.family] + [f"{e.recall[d]:.0%}" for d in distances] for e in entries]
     return markdown_table(["model"] + [f"distance {d}" for d in distances], body)
+
+
+def clear(out: Path) -> None:
+    """Remove an earlier report's files (not its runs), so that no file is left describing other runs."""
+    for name in FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def write(out: Path, c, entries, command: str | None = None) -> None:

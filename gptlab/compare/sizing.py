@@ -25,7 +25,7 @@ def parse_count(text: str | int) -> int:
     if not m:
         raise GptlabError(f"cannot read the count {text!r}; write it like 800k, 1M or 1500000")
     scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}[m.group(2).lower()]
-    count = int(float(m.group(1)) * scale)
+    count = round(float(m.group(1)) * scale)
     if count < 1:
         raise GptlabError(f"the count must be positive, not {text!r}")
     return count
@@ -49,31 +49,26 @@ def match_width(family: str, target: int, values: dict) -> tuple[int, int]:
     if field is None:
         raise GptlabError(f"--model {family} names no width to size it by, so it cannot match a parameter budget")
 
-    def valid_at_or_above(width: int) -> tuple[int, int] | None:
-        for w in range(width, min(width + 64, MAX_WIDTH + 1)):  # the next width the config takes
-            n = count_params(family, {**values, field: w})
-            if n is not None:
-                return w, n
-        return None
+    def sized(widths) -> tuple[int, int] | None:
+        """The first of these widths that the config takes, with its parameters."""
+        return next(((w, n) for w in widths if (n := count_params(family, {**values, field: w})) is not None), None)
 
-    lo, hi = 1, MAX_WIDTH  # the smallest width whose model reaches the target: parameters grow with the width
+    # Binary search for the smallest valid width whose model reaches the target (parameters grow with the
+    # width). Invariant: every valid width below lo stays under the target; some width in [lo, hi] reaches it,
+    # or hi is MAX_WIDTH. The config may refuse some widths (heads must divide it): the next valid one decides.
+    lo, hi = 1, MAX_WIDTH
     while lo < hi:
         mid = (lo + hi) // 2
-        found = valid_at_or_above(mid)
+        found = sized(range(mid, min(mid + 64, MAX_WIDTH + 1)))
         if found is None or found[1] >= target:
             hi = mid
         else:
             lo = found[0] + 1
-    above = valid_at_or_above(lo)
-    below = next((found for w in range(lo - 1, 0, -1) if (found := _valid(family, values, field, w))), None)
+    above = sized(range(lo, min(lo + 64, MAX_WIDTH + 1)))
+    below = sized(range(lo - 1, 0, -1))  # the largest valid width under it
     best = min([c for c in (above, below) if c is not None], key=lambda c: abs(c[1] - target), default=None)
     if best is None or abs(best[1] - target) > TOLERANCE * target:
         nearest = f"; the nearest is {best[1]:,} at {field} {best[0]}" if best else ""
         raise GptlabError(f"--model {family} cannot be sized to within {TOLERANCE:.0%} of {target:,} parameters "
                           f"by its {field}{nearest}")
     return best
-
-
-def _valid(family: str, values: dict, field: str, width: int) -> tuple[int, int] | None:
-    n = count_params(family, {**values, field: width})
-    return (width, n) if n is not None else None

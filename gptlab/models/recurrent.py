@@ -8,7 +8,8 @@ Each position sees the past only through the hidden state h_(t-1): a fixed-size 
 at a time. So training steps through the sequence in order (no parallelism over time), and generation costs
 the same for every token, however long the text: the state is carried forward, with no window to slide.
 
-Training runs torch's fused nn.RNN / nn.LSTM / nn.GRU (cuDNN on a GPU, oneDNN on a CPU). The cells below are
+Training runs torch's nn.RNN / nn.LSTM / nn.GRU: cuDNN's fused kernels on a GPU; on a CPU, oneDNN's fused
+LSTM, while the RNN and GRU run ATen's loop over time steps (one matrix product per step). The cells below are
 the same equations written out as the papers give them, one time step each; `unroll` runs a torch module's
 own weights through them, and tests/test_recurrent.py proves the two equal. Shapes: B batch, T time,
 E embedding width (n_embd), H hidden size (n_hidden); torch stacks a layer's gate matrices in one tensor.
