@@ -58,8 +58,12 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(text) for text in texts]
 
-    def save(self, path: str | Path) -> None:
+    def to_str(self) -> str:
+        """The tokenizer file's text (JSON)."""
         raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        write_atomic(path, self.to_str())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
@@ -82,9 +86,9 @@ class _PieceTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         return "".join([self.vocab[i] for i in ids])
 
-    def save(self, path: str | Path) -> None:
+    def to_str(self) -> str:
         data = {"gptlab": {"kind": self.kind, "version": FORMAT_VERSION}, "vocab": self.vocab}
-        write_atomic(path, json.dumps(data, ensure_ascii=False, indent=0))
+        return json.dumps(data, ensure_ascii=False, indent=0)
 
 
 class CharTokenizer(_PieceTokenizer):
@@ -221,8 +225,8 @@ class BPETokenizer(Tokenizer):
         # Keep special tokens, so that text containing "<|endoftext|>" round-trips.
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
-    def save(self, path: str | Path) -> None:
-        write_atomic(path, self.hf.to_str(pretty=True))
+    def to_str(self) -> str:
+        return self.hf.to_str(pretty=True)
 
 
 _CLASSES: dict[str, type[_PieceTokenizer]] = {"char": CharTokenizer, "word": WordTokenizer}
@@ -254,21 +258,45 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GptlabError(f"cannot read tokenizer file {path}: {e}") from None
+    return tokenizer_from_data(data, path)
+
+
+def tokenizer_from_data(data, path: str | Path) -> Tokenizer:
+    """A tokenizer from a tokenizer file's parsed JSON (path: where it came from, for messages)."""
     if not isinstance(data, dict) or not ("gptlab" in data or "model" in data):
         raise GptlabError(f"{path} is not a tokenizer file (it has neither a 'gptlab' nor a 'model' entry)")
     if "model" in data:
-        return BPETokenizer.from_file(path)
+        from tokenizers import Tokenizer
+
+        try:
+            return BPETokenizer(Tokenizer.from_str(json.dumps(data)))
+        except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+            raise GptlabError(f"cannot read tokenizer file {path}: {e}") from None
     try:
-        kind, version, vocab = data["gptlab"]["kind"], data["gptlab"]["version"], data["vocab"]
+        kind, version = data["gptlab"]["kind"], data["gptlab"]["version"]
     except (KeyError, TypeError):
         raise GptlabError(f"{path} is not a gptlab tokenizer file (no kind, version or vocab)") from None
-    if not isinstance(kind, str) or kind not in _CLASSES:
+    if not isinstance(kind, str) or kind not in _CLASSES and kind not in WRAPPERS:
         raise GptlabError(f"{path} has unknown tokenizer kind {kind!r}")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise GptlabError(f"{path} has format version {version!r}; this gptlab reads up to {FORMAT_VERSION}")
+    if kind in WRAPPERS:
+        return _wrapper(kind).from_data(data, path)
+    vocab = data.get("vocab")
     if not isinstance(vocab, list) or not all(isinstance(piece, str) for piece in vocab):
         raise GptlabError(f"{path} is not a gptlab tokenizer file (vocab must be a list of strings)")
     return _CLASSES[kind](vocab)
+
+
+# Tokenizers that wrap another one, by kind: "module:Class", imported when a file of that kind is read.
+WRAPPERS = {"chat": "gptlab.chat.template:ChatTokenizer"}
+
+
+def _wrapper(kind: str):
+    import importlib
+
+    module, _, name = WRAPPERS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _existing(path: str | Path) -> Path:

@@ -8,6 +8,7 @@ Training, evaluation, sampling and the views use a model only through this inter
     state = model.new_state(batch_size)              # a KV cache, a hidden state, ...
     logits = model.step(idx, state)                  # (B, vocab) for the last of idx (B, T), fed after state
     model.max_context                                # the longest context it takes, None if unbounded
+    wte, head = model.vocab_layers()                 # the layers sized by the vocabulary (grow_vocab uses them)
 
 Intermediate tensors for the views (attention weights, say) pass through named capture points
 (`Capture` submodules); `with capture(model) as seen:` records them by name while the block runs.
@@ -95,6 +96,33 @@ class LanguageModel(nn.Module):
     def new_state(self, batch_size: int):
         """An empty generation state for batch_size sequences."""
         raise NotImplementedError
+
+    def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
+        """The token embedding and the output head: the layers whose size is the vocabulary."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def grow_vocab(self, vocab_size: int) -> None:
+        """Append rows for new tokens (the chat template's) to the embedding and the head. The trained rows keep
+        their ids and values; new embedding rows are drawn like the trained ones (their mean, plus noise of
+        their spread), new head rows and biases start at zero: the new tokens start neither likely nor unlikely."""
+        wte, head = self.vocab_layers()
+        old, tied = wte.num_embeddings, head.weight is wte.weight
+        if vocab_size <= old:
+            raise ValueError(f"the vocabulary has {old} tokens already; cannot grow it to {vocab_size}")
+        rows = wte.weight.mean(0) + torch.randn(vocab_size - old, wte.embedding_dim, device=wte.weight.device,
+                                               dtype=wte.weight.dtype) * wte.weight.std()
+        wte.weight = nn.Parameter(torch.cat([wte.weight, rows]))
+        wte.num_embeddings = vocab_size
+        if tied:
+            head.weight = wte.weight
+        else:
+            zeros = head.weight.new_zeros(vocab_size - old, head.in_features)
+            head.weight = nn.Parameter(torch.cat([head.weight, zeros]))
+            if head.bias is not None:
+                head.bias = nn.Parameter(torch.cat([head.bias, head.bias.new_zeros(vocab_size - old)]))
+        head.out_features = vocab_size
+        self.config.vocab_size = vocab_size
 
     def step(self, idx: torch.Tensor, state) -> torch.Tensor:
         """Feed idx (B, T) after what state holds (updating it); the logits (B, vocab) of the last position."""

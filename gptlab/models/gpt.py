@@ -220,6 +220,9 @@ class GPT(LanguageModel):
         T = T or c.block_size
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
 
+    def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
+        return self.transformer.wte, self.lm_head
+
     def param_groups(self) -> ParamGroups:
         """Muon takes the blocks' matrices; an untied output head is decayed but left to AdamW."""
         return split_params(self, heads=(self.lm_head.weight,))

@@ -145,6 +145,9 @@ class RecurrentLM(LanguageModel):
         """Muon (or weight decay) takes the recurrent layers' matrices; an untied head is decayed, not Muon's."""
         return split_params(self, heads=(self.lm_head.weight,))
 
+    def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
+        return self.wte, self.lm_head
+
     def new_state(self, batch_size: int) -> dict:
         return {"h": None}  # None: the zero state torch starts from
 

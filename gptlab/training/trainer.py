@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -68,6 +68,7 @@ class Plan:
     resume_from: Path | None = None  # the checkpoint a resumed run continues from
     budget: dict | None = None  # how an earlier part of the run turned its time budget into iterations
     cap: int = 0  # the most iterations a time budget may give
+    sections: dict = field(default_factory=dict)  # further sections of config.json (a finetune's, say)
 
     @property
     def max_time(self) -> float | None:
@@ -106,7 +107,8 @@ def _plan_resume(overrides: dict, preset: str | None, out) -> Plan:
     cap = cfg.max_iters if "max_iters" in overrides or not record else record.get("cap", cfg.max_iters)
     if record and "max_iters" in overrides:
         record = {**record, "final": True}  # the count is the user's now: no settling at the end of warmup
-    return Plan(cfg, model, Path(out), ckpt, record, cap)
+    sections = {k: v for k, v in saved.items() if k not in ("train", "model", "budget")}
+    return Plan(cfg, model, Path(out), ckpt, record, cap, sections)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -141,17 +143,13 @@ class Trainer:
         self.step = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
                             schedulers(self.optimizers, cfg, 0), cfg, self.device, self.dtype,
                             notice=self.progress.message, compiled=cfg.compile)
-        args = (self.seq_len, cfg.batch_size, self.device, cfg.seed, dist.rank, dist.world_size)
-        self.batches = RandomWindows(self.data.train, *args)
-        self.eval_sources = {"train": self.batches.sibling()}  # evaluate() reseeds them; the tokens are shared
-        if len(self.data.val) > self.seq_len:
-            self.eval_sources["val"] = RandomWindows(self.data.val, *args)
+        self.batches, self.eval_sources = self._sources()
         self.it, self.best_val, self.budget = 0, None, plan.budget
         self.timer, self.metrics, self.last_log = Timer(), MetricsLog(None, enabled=False), (0.0, 0)
         self.val_loss, self.last_ckpt, self.last_eval_iter, self.last_loss = None, None, None, None
         self.eval_seconds = 0.0  # spent evaluating and saving, which the pace of the steps leaves out
         if plan.resume_from is not None:
-            rundir.load_weights(self.model, plan.resume_from)
+            self.load_weights(plan.resume_from)
             self.restore(rundir.load_trainer_state(plan.resume_from), plan.resume_from)
 
     def _data(self, mirror):
@@ -162,6 +160,23 @@ class Trainer:
             tokenizer = get_tokenizer(corpus, self.cfg.tokenizer, self.cfg.vocab_size, self.cfg.val_fraction)
         data = prepare(corpus, tokenizer, self.cfg.val_fraction)
         return tokenizer, data, corpus.name  # training reads the token files: the text itself is let go
+
+    def _sources(self):
+        """The training batches, and the sources evaluation reads ("train", and "val" if it holds a window)."""
+        cfg, dist = self.cfg, self.dist
+        args = (self.seq_len, cfg.batch_size, self.device, cfg.seed, dist.rank, dist.world_size)
+        batches = RandomWindows(self.data.train, *args)
+        sources = {"train": batches.sibling()}  # evaluate() reseeds them; the tokens are shared
+        if len(self.data.val) > self.seq_len:
+            sources["val"] = RandomWindows(self.data.val, *args)
+        return batches, sources
+
+    def load_weights(self, ckpt: Path) -> None:
+        rundir.load_weights(self.model, ckpt)
+
+    def weights(self) -> torch.nn.Module:
+        """The model as a checkpoint stores it."""
+        return self.model
 
     def _model(self):
         family, values = split_section(self.plan.model)
@@ -224,12 +239,14 @@ class Trainer:
         if self.dist.is_main:
             state = dict(self.state(), rng=rng, val_loss=val_loss, world_size=self.dist.world_size,
                          format=STATE_FORMAT)
-            path = rundir.save_checkpoint(self.plan.run_dir, self.it, self.model, state, self.config(), self.tokenizer)
+            path = rundir.save_checkpoint(self.plan.run_dir, self.it, self.weights(), state, self.config(),
+                                          self.tokenizer)
         self.last_ckpt = path
         return path
 
     def config(self) -> dict:
         config = to_dict(self.cfg, config_to_dict(self.plan.model["family"], self.model_config))
+        config.update(self.plan.sections)
         if self.budget:
             config["budget"] = self.budget
         return config
@@ -313,7 +330,7 @@ class Trainer:
         """A checkpoint written to a temporary folder and removed: what saving costs, for the time budget."""
         if self.dist.is_main:
             with tempfile.TemporaryDirectory(prefix="gptlab-calibration-") as scratch:
-                rundir.save_checkpoint(scratch, self.it, self.model, self.state(), self.config(), self.tokenizer)
+                rundir.save_checkpoint(scratch, self.it, self.weights(), self.state(), self.config(), self.tokenizer)
 
     def announce(self) -> None:
         cfg, world = self.cfg, self.dist.world_size
@@ -425,6 +442,8 @@ def train(values: dict | None = None, *, preset: str | None = None, out: str | P
     stop_after: pause after this many iterations as Ctrl-C would (save, return); for tests and demos.
     """
     plan = plan_run(values, preset=preset, out=out, resume=resume, overwrite=overwrite)
+    if "finetune" in plan.sections:
+        raise GptlabError(f"{out} is a finetuned run; continue it with gptlab finetune --out {out} --resume")
     dist = Distributed.from_env()
     try:
         result = Trainer(plan, dist, mirror=mirror, quiet=quiet).fit(stop_after)

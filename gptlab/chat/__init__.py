@@ -1,0 +1,1 @@
+"""Chat: the template, conversations, finetuning (LoRA), evaluation."""

@@ -1,0 +1,89 @@
+"""Conversations for finetuning and evaluation: JSONL files, or a built-in synthetic set.
+
+A file has one JSON object per line, in any of the common shapes:
+
+    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}     a conversation
+    {"prompt": "...", "completion": "..."}                                          an instruction pair
+    {"instruction": "...", "input": "...", "output": "..."}                         (self-instruct, Alpaca)
+    {"question": "...", "answer": "..."}                                            (GSM8K)
+
+Each becomes a list of messages. A line that is not JSON, or not one of these shapes, stops the reading with
+its line number: nothing is skipped or changed in silence. `builtin:words` names the synthetic set of
+gptlab.chat.tasks instead of a file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gptlab.chat.template import ROLES
+from gptlab.errors import GptlabError
+
+BUILTIN = "builtin:"
+
+
+def load_conversations(spec: str | Path, split: str = "train") -> list[list[dict]]:
+    """The conversations of a JSONL file, or of a built-in set's split ("train" or "test")."""
+    spec = str(spec)
+    if spec.startswith(BUILTIN):
+        from gptlab.chat import tasks
+
+        return tasks.load(spec[len(BUILTIN):], split)
+    return read_jsonl(spec)
+
+
+def read_jsonl(path: str | Path) -> list[list[dict]]:
+    path = Path(path)
+    if not path.is_file():
+        raise GptlabError(f"data file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise GptlabError(f"{path} is not UTF-8 text (is it a binary file?)") from None
+    conversations = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GptlabError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+        try:
+            conversations.append(to_messages(record))
+        except GptlabError as e:
+            raise GptlabError(f"{path}:{number}: {e}") from None
+    if not conversations:
+        raise GptlabError(f"{path} holds no conversations")
+    return conversations
+
+
+def to_messages(record) -> list[dict]:
+    """One record in any of the accepted shapes as a checked list of messages."""
+    if not isinstance(record, dict):
+        raise GptlabError("expected a JSON object")
+    if "messages" in record:
+        return check_messages(record["messages"])
+    for prompt, reply in (("prompt", "completion"), ("instruction", "output"), ("question", "answer")):
+        if prompt in record and reply in record:
+            user = record[prompt]
+            if prompt == "instruction" and record.get("input"):
+                user = f"{user}\n\n{record['input']}"
+            return check_messages([{"role": "user", "content": user}, {"role": "assistant", "content": record[reply]}])
+    raise GptlabError("expected 'messages', or 'prompt' and 'completion' (or instruction/output, question/answer)")
+
+
+def check_messages(messages) -> list[dict]:
+    """Roles known, contents strings, a system message only first, and at least one assistant reply."""
+    if not isinstance(messages, list) or not messages:
+        raise GptlabError("'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise GptlabError(f"message {i + 1} needs a role ({', '.join(ROLES)}) and a string content")
+        if m["role"] == "system" and i > 0:
+            raise GptlabError(f"message {i + 1}: a system message may only come first")
+        out.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "assistant" for m in out):
+        raise GptlabError("a conversation needs at least one assistant message")
+    return out

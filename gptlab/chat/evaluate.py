@@ -1,0 +1,87 @@
+"""`gptlab eval`: how often a run answers held-out prompts exactly right, and its loss on the right answers.
+
+For each test conversation the last assistant message is the reference; everything before it is the prompt.
+
+    exact match   the greedy reply (temperature 0 unless asked) equals the reference, spaces at the ends aside
+    answer loss   mean cross-entropy of the reference's tokens (and the token that ends it) after the prompt
+
+Few-shot (--few-shot K) puts K solved examples from a separate pool in front of each prompt, as earlier turns:
+the same examples for every run compared, drawn from a seed. A run with the chat tokens is asked in the chat
+format, a pretrained run in the plain Q:/A: format (reply.py).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gptlab.chat.reply import fit, format_for, reply
+from gptlab.errors import GptlabError
+
+
+@dataclass
+class Score:
+    run: str
+    format: str  # chat or plain
+    shots: int
+    examples: int
+    exact_match: float  # share of replies equal to the reference
+    answer_loss: float  # mean nats per reference token
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_last(conversation: list[dict]) -> tuple[list[dict], str]:
+    """(the prompt's messages, the reference answer): the conversation up to its last assistant message."""
+    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+    return conversation[:last], conversation[last]["content"]
+
+
+def with_shots(prompt: list[dict], pool: list[list[dict]], shots: int, rng: random.Random) -> list[dict]:
+    """K solved examples (each a question and its answer) as turns before the prompt, after any system message."""
+    if not shots:
+        return prompt
+    examples = [m for c in rng.sample(pool, shots) for m in c if m["role"] != "system"]
+    system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
+    return system + examples + prompt[len(system):]
+
+
+@torch.no_grad()
+def answer_loss(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
+    """Mean cross-entropy (nats) of the answer's tokens after the prompt, in the model's window."""
+    ids = prompt_ids + answer_ids
+    if model.max_context:
+        ids = ids[-(model.max_context + 1):]
+    idx = torch.tensor([ids], device=next(model.parameters()).device)
+    logits, _ = model(idx[:, :-1])
+    n = min(len(answer_ids), idx.size(1) - 1)
+    return F.cross_entropy(logits[0, -n:].float(), idx[0, -n:]).item()
+
+
+def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]] | None = None, shots: int = 0,
+                 max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, show=None) -> Score:
+    """Score one loaded run on the test conversations; show(prompt, reference, reply, right) sees each."""
+    import time
+
+    if shots and (not pool or len(pool) < shots):
+        raise GptlabError(f"--few-shot {shots} needs a pool of at least {shots} solved examples")
+    fmt, rng, started = format_for(run.tokenizer), random.Random(seed), time.perf_counter()
+    right, losses = 0, []
+    for i, conversation in enumerate(tests):
+        prompt, reference = split_last(conversation)
+        messages = with_shots(prompt, pool or [], shots, rng)
+        ids = fit(messages, fmt, run.model.max_context, room=max_new_tokens)
+        answer = reply(run.model, fmt, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                       seed=seed + i).strip()
+        ok = answer == reference.strip()
+        right += ok
+        losses.append(answer_loss(run.model, ids, fmt.answer(reference)))
+        if show:
+            show(prompt, reference, answer, ok)
+    return Score(name, fmt.name, shots, len(tests), right / len(tests), sum(losses) / len(losses),
+                 round(time.perf_counter() - started, 2))

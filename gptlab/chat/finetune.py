@@ -1,0 +1,274 @@
+"""Supervised finetuning: a pretrained run learns to answer, with the loss on the assistant's tokens only.
+
+    base  = the pretrained run: its weights, its tokenizer, its model config
+    tok   = base tokenizer + the chat tokens (template.py); the model grows rows for them, the others keep theirs
+    rows  = conversations rendered (ids, loss mask) and packed whole into rows of context + 1 tokens
+    train = the engine's own loop (checkpoints, exact resume, time budget, progress, torchrun), on batches
+            (x, y, mask) of random rows: loss = mean cross-entropy over the positions where mask is 1
+    LoRA  = optionally, only low-rank adapters (and the token embedding) train; checkpoints hold merged weights,
+            so every other command loads a finetuned run as an ordinary run
+
+A row holds several conversations one after another (attention may look back into the one before, which
+ends with <|end|>; the mask keeps its tokens from counting twice). A conversation longer than a row is cut
+to the row, and the number cut is reported.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptlab import rundir
+from gptlab.chat import lora
+from gptlab.chat.config import DEFAULTS, Finetune
+from gptlab.chat.data import load_conversations
+from gptlab.chat.template import END, ChatTokenizer, render, with_chat_tokens
+from gptlab.data.tokenizer import load_tokenizer
+from gptlab.errors import GptlabError
+from gptlab.models import build_model, config_from_dict, split_section
+from gptlab.training.config import TrainConfig, check_values, train_fields
+from gptlab.training.distributed import Distributed
+from gptlab.training.trainer import Plan, Trainer, TrainResult
+
+# --- data: conversations as packed rows -----------------------------------------------------------------------------
+
+@dataclass
+class Rows:
+    ids: np.ndarray  # (N, L + 1) token ids
+    mask: np.ndarray  # (N, L + 1) 1 where the token is learned
+    chars: int  # characters of the learned text (for bits per character)
+    split: int  # conversations longer than a row, split across rows
+
+    @property
+    def chars_per_token(self) -> float:
+        return self.chars / max(1, int(self.mask.sum()))
+
+
+def pieces(ids: list[int], mask: list[int], length: int):
+    """A conversation longer than a row as row-long pieces, each starting with the last token of the one
+    before (it is the input for the piece's first target): every token is a target exactly once."""
+    for start in range(0, max(1, len(ids) - 1), length):
+        yield ids[start:start + length + 1], mask[start:start + length + 1]
+
+
+def pack(conversations: list[list[dict]], tokenizer: ChatTokenizer, length: int) -> Rows:
+    """Rendered conversations laid end to end into rows of length + 1 tokens, a conversation that fits in a row
+    never split between two; the rest of a row is <|end|> tokens that do not count."""
+    end = tokenizer.chat_ids[END]
+    rows, row_ids, row_mask, split = [], [], [], 0
+    for messages in conversations:
+        try:
+            ids, mask = render(tokenizer, messages)
+        except GptlabError as e:  # a character the base run's tokenizer never saw
+            raise GptlabError(f"{e} (in the conversation that starts {messages[0]['content'][:40]!r})") from None
+        if len(ids) > length + 1:
+            rows += list(pieces(ids, mask, length))
+            split += 1
+            continue
+        if len(row_ids) + len(ids) > length + 1:
+            rows.append((row_ids, row_mask))
+            row_ids, row_mask = [], []
+        row_ids, row_mask = row_ids + ids, row_mask + mask
+    if row_ids:
+        rows.append((row_ids, row_mask))
+    ids = np.full((len(rows), length + 1), end, dtype=np.int64)
+    mask = np.zeros((len(rows), length + 1), dtype=np.int64)
+    for i, (r_ids, r_mask) in enumerate(rows):
+        ids[i, :len(r_ids)], mask[i, :len(r_mask)] = r_ids, r_mask
+    chars = sum(len(m["content"]) for c in conversations for m in c if m["role"] == "assistant")
+    return Rows(ids, mask, chars, split)
+
+
+class RandomRows:
+    """Batches (x, y, mask) of random rows: x, y (B, L) ids, y shifted by one, mask (B, L) on y. Like
+    RandomWindows, every process draws the global batch from one seeded generator and keeps its share."""
+
+    def __init__(self, rows: Rows, batch_size: int, device: torch.device, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        self.ids, self.mask = torch.from_numpy(rows.ids), torch.from_numpy(rows.mask)
+        self.batch_size, self.device, self.rank, self.world_size = batch_size, device, rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pick = torch.randint(len(self.ids), (self.world_size * self.batch_size,), generator=self.generator)
+        pick = pick[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        ids, mask = self.ids[pick].to(self.device), self.mask[pick].to(self.device)
+        return ids[:, :-1], ids[:, 1:], mask[:, 1:]
+
+    def sibling(self) -> RandomRows:
+        other = RandomRows.__new__(RandomRows)
+        other.__dict__.update(self.__dict__)
+        other.generator = torch.Generator().manual_seed(self.generator.initial_seed())
+        return other
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def split_conversations(ft: Finetune, val_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, val) conversations: val_data if given, else the last val_fraction of the shuffled data."""
+    conversations = load_conversations(ft.data, "train")
+    random.Random(seed).shuffle(conversations)
+    if ft.val_data:
+        return conversations, load_conversations(ft.val_data, "train")
+    n_val = int(len(conversations) * val_fraction)
+    return conversations[:len(conversations) - n_val], conversations[len(conversations) - n_val:]
+
+
+@dataclass
+class ChatData:
+    train: Rows
+    val: Rows | None
+
+    @property
+    def val_chars_per_token(self) -> float:
+        return self.val.chars_per_token if self.val else 1.0
+
+
+# --- the plan and the trainer ---------------------------------------------------------------------------------------
+
+def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Path | None = None,
+                  resume: bool = False, overwrite: bool = False) -> tuple[Plan, Finetune]:
+    """The run's plan and its finetune section, checked before anything is written. A resumed run takes both
+    from its checkpoint (only the values a resumed run may change can be given)."""
+    from gptlab.training.trainer import plan_run
+
+    values = dict(values or {})
+    if resume:
+        plan = plan_run(values, out=out, resume=True)
+        if "finetune" not in plan.sections:
+            raise GptlabError(f"{out} is not a finetuned run; continue it with gptlab train --resume")
+        return plan, Finetune(**plan.sections["finetune"])
+    base = rundir.open_checkpoint(ft.base, need=rundir.FOR_SAMPLING)
+    saved = rundir.read_config(base)
+    if "finetune" in saved and ft.lora_rank:
+        raise GptlabError("LoRA starts from a pretrained run's plain weights; this base is itself finetuned "
+                          "(fine, but without --lora-rank)")
+    unknown = sorted(set(values) - set(train_fields()))
+    if unknown:
+        raise GptlabError(f"finetune takes training values only, not {', '.join(unknown)} (the model is the base's)")
+    family, config = config_from_dict(saved["model"], default_family=(saved.get("train") or {}).get("arch", "gpt"))
+    base_train = saved.get("train") or {}
+    cfg = TrainConfig(**{**DEFAULTS, "seq_len": base_train.get("seq_len"), **values,
+                         "corpus": ft.data, "tokenizer": "chat"})
+    model = {"family": family, **{k: v for k, v in asdict(config).items() if k != "vocab_size"}}
+    check_values(cfg, model)
+    check_finetune(ft, family, config)
+    run_dir = Path(out) if out is not None else Path("runs") / f"{Path(ft.base).name}-chat"
+    rundir.check_new(run_dir, overwrite)
+    return Plan(cfg, model, run_dir, cap=cfg.max_iters, sections={"finetune": asdict(ft)}), ft
+
+
+def check_finetune(ft: Finetune, family: str, config) -> None:
+    """The LoRA settings (on the base model's shapes alone: torch's meta device) and every data line."""
+    if ft.lora_rank < 0:
+        raise GptlabError("--lora-rank must be 0 (off) or at least 1")
+    if ft.lora_rank:
+        if not ft.lora_alpha > 0:
+            raise GptlabError("--lora-alpha must be positive")
+        with torch.device("meta"):
+            lora.resolve_targets(build_model(family, config), ft.lora_targets.split(","))
+    load_conversations(ft.data, "train")  # a bad line is reported now, before anything is written
+    if ft.val_data:
+        load_conversations(ft.val_data, "train")
+
+
+class FinetuneTrainer(Trainer):
+    """The engine's trainer, with conversations for data and a pretrained run (plus chat tokens, and perhaps
+    LoRA adapters) for the model."""
+
+    def __init__(self, plan: Plan, ft: Finetune, dist: Distributed, quiet: bool = False):
+        self.ft = ft
+        super().__init__(plan, dist, quiet=quiet)
+
+    def _data(self, mirror):
+        resumed = self.plan.resume_from
+        base = rundir.open_checkpoint(self.ft.base, need=rundir.FOR_SAMPLING) if resumed is None else resumed
+        tokenizer = with_chat_tokens(load_tokenizer(base / rundir.TOKENIZER))
+        train, val = split_conversations(self.ft, self.cfg.val_fraction, self.cfg.seed)
+        length = self._window()
+        data = ChatData(pack(train, tokenizer, length), pack(val, tokenizer, length) if val else None)
+        if not train or not data.train.mask[:, 1:].any():
+            raise GptlabError(f"{self.ft.data} has no assistant text to learn from")
+        split = data.train.split + (data.val.split if data.val else 0)
+        self.progress.message(f"{len(train)} conversations in {len(data.train.ids)} rows of {length} tokens "
+                              f"({int(data.train.mask.sum()):,} learned tokens), {len(val)} held out"
+                              + (f"; {split} longer than a row, split across rows" if split else ""))
+        return tokenizer, data, self.ft.data
+
+    def _window(self) -> int:
+        from gptlab.models import get_family
+
+        family, values = split_section(self.plan.model)
+        context = get_family(family).context
+        return values[context] if context else self.cfg.seq_len
+
+    def _model(self):
+        family, values = split_section(self.plan.model)
+        resumed = self.plan.resume_from
+        source = resumed or rundir.open_checkpoint(self.ft.base, need=rundir.FOR_SAMPLING)
+        _, config = config_from_dict(rundir.read_config(source)["model"])
+        model = build_model(family, config)
+        rundir.load_weights(model, source)
+        if config.vocab_size < self.tokenizer.vocab_size:
+            model.grow_vocab(self.tokenizer.vocab_size)  # the chat tokens
+        if self.ft.lora_rank:
+            targets = lora.resolve_targets(model, self.ft.lora_targets.split(","))
+            lora.add_lora(model, self.ft.lora_rank, self.ft.lora_alpha, targets)
+            trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            self.progress.message(f"LoRA rank {self.ft.lora_rank} on {len(targets)} matrices: {trained:,} of "
+                                  f"{sum(p.numel() for p in model.parameters()):,} parameters train")
+        return model.config, model.to(self.device), self._window()
+
+    def _sources(self):
+        cfg, dist = self.cfg, self.dist
+        args = (cfg.batch_size, self.device, cfg.seed, dist.rank, dist.world_size)
+        batches = RandomRows(self.data.train, *args)
+        sources = {"train": batches.sibling()}
+        if self.data.val is not None:
+            sources["val"] = RandomRows(self.data.val, *args)
+        return batches, sources
+
+    def load_weights(self, ckpt: Path) -> None:
+        pass  # _model loaded them (and restore loads LoRA's unmerged weights)
+
+    def state(self) -> dict:
+        state = super().state()
+        if self.ft.lora_rank:
+            state["lora"] = lora.adapter_state(self.model)
+        return state
+
+    def restore(self, state: dict, source: Path | None = None) -> None:
+        if self.ft.lora_rank:
+            lora.load_adapter_state(self.model, state["lora"])
+        super().restore(state, source)
+
+    def weights(self) -> torch.nn.Module:
+        """With LoRA, a plain model holding the merged weights: what every other command loads."""
+        if not self.ft.lora_rank:
+            return self.model
+        family = self.plan.model["family"]
+        plain = build_model(family, self.model_config)
+        plain.load_state_dict(lora.merged_state_dict(self.model))
+        return plain
+
+
+def finetune(ft: Finetune | None, values: dict | None = None, *, out: str | Path | None = None,
+             resume: bool = False, overwrite: bool = False, quiet: bool = False,
+             stop_after: int | None = None) -> TrainResult:
+    """Finetune ft.base on ft.data into `out` (or continue that run with resume=True); see the module docstring."""
+    plan, ft = plan_finetune(ft, values, out, resume, overwrite)
+    dist = Distributed.from_env()
+    try:
+        result = FinetuneTrainer(plan, ft, dist, quiet=quiet).fit(stop_after)
+        dist.barrier()
+        return result
+    finally:
+        dist.close()

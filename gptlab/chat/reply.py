@@ -1,0 +1,106 @@
+"""Asking a model for a reply: the prompt a conversation becomes, and generation until the reply ends.
+
+Two formats, chosen by the run's tokenizer:
+
+    chat  (a finetuned run, with the chat tokens)   <|user|>Q<|end|><|assistant|>   ... until <|end|>
+    plain (a pretrained run, without them)          Q: Q\\nA:                         ... until a newline
+
+The plain format lets a pretrained model be asked the same questions (zero-shot, or after a few solved
+examples: few-shot prompting), so that a finetuned run can be compared with the run it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from gptlab.chat.template import END, ChatTokenizer, render
+from gptlab.generate import StreamDecoder, generate
+
+
+class ChatFormat:
+    name = "chat"
+    stop_text = None
+
+    def __init__(self, tokenizer: ChatTokenizer):
+        self.tokenizer, self.end = tokenizer, tokenizer.chat_ids[END]
+        self.stop_tokens = set(tokenizer.chat_ids.values())  # <|end|>, or a model that starts another message
+
+    def prompt(self, messages: list[dict]) -> list[int]:
+        """messages end with the user's: the ids that ask for the assistant's reply."""
+        return render(self.tokenizer, messages, reply=True)[0]
+
+    def answer(self, text: str) -> list[int]:
+        """The ids of a reply as the model should write it, its end included."""
+        return self.tokenizer.encode(text) + [self.end]
+
+
+class PlainFormat:
+    name = "plain"
+    stop_tokens, stop_text = frozenset(), "\n"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def prompt(self, messages: list[dict]) -> list[int]:
+        text = ""
+        for m in messages:
+            if m["role"] == "system":
+                text += m["content"] + "\n\n"
+            elif m["role"] == "user":
+                text += f"Q: {m['content']}\nA:"
+            else:
+                text += f" {m['content']}\n\n"
+        return self.tokenizer.encode_prompt(text)
+
+    def answer(self, text: str) -> list[int]:
+        return self.tokenizer.encode(f" {text}\n")
+
+
+def format_for(tokenizer):
+    return ChatFormat(tokenizer) if isinstance(tokenizer, ChatTokenizer) else PlainFormat(tokenizer)
+
+
+def fit(messages: list[dict], fmt, context: int | None, room: int) -> list[int]:
+    """The prompt's ids, with the oldest turns after the system message dropped (a user turn and its reply
+    together) until room for the reply is left inside the context (at most half of it). A last turn that is
+    still too long stays whole: generation keeps the newest tokens of a prompt longer than the context."""
+    messages = list(messages)
+    ids = fmt.prompt(messages)
+    limit = None if context is None else context - min(room, context // 2)
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    while limit is not None and len(ids) > limit and len(messages) - first > 1:
+        del messages[first:first + 2]
+        ids = fmt.prompt(messages)
+    return ids
+
+
+def stream_reply(model, fmt, prompt: list[int], max_new_tokens: int = 200, temperature: float = 0.8,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> Iterator[str]:
+    """The reply's text, piece by piece as it is generated, up to where the format says it ends (not included)."""
+    decoder, raw, shown = StreamDecoder(fmt.tokenizer, context=prompt), "", 0
+    for token in generate(model, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        if int(token[0]) in fmt.stop_tokens:
+            break
+        raw += decoder.push(int(token[0]))
+        text, done = visible(raw, fmt)
+        if len(text) > shown:
+            yield text[shown:]
+            shown = len(text)
+        if done:
+            return
+    text, _ = visible(raw + decoder.flush(), fmt)
+    if len(text) > shown:
+        yield text[shown:]
+
+
+def visible(raw: str, fmt) -> tuple[str, bool]:
+    """The reply as shown, and whether it has ended: cut at the format's stop text; the plain format's space
+    after "A:" left out."""
+    done = bool(fmt.stop_text) and fmt.stop_text in raw
+    if done:
+        raw = raw[:raw.index(fmt.stop_text)]
+    return (raw.removeprefix(" ") if fmt.name == "plain" else raw), done
+
+
+def reply(model, fmt, prompt: list[int], **kwargs) -> str:
+    return "".join(stream_reply(model, fmt, prompt, **kwargs))

@@ -1,0 +1,77 @@
+"""`gptlab eval RUN [RUN ...] --data FILE.jsonl`: exact match and answer loss on held-out prompts, side by side."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from gptlab.errors import GptlabError
+
+
+def add_parser(sub, argv: list[str]) -> None:
+    p = sub.add_parser("eval", help="score runs on held-out prompts (exact match, answer loss)",
+                       description="Ask each run every held-out prompt of --data and compare its reply with the "
+                                   "reference (the last assistant message): exact match, and the mean loss of the "
+                                   "reference's tokens. Several runs (a base and its finetuned child) share a table.")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--data", required=True, help="held-out conversations as JSONL, or builtin:words (its test split)")
+    p.add_argument("--few-shot", type=int, default=0, help="solved examples put before each prompt (default: 0)")
+    p.add_argument("--pool", default=None, help="where few-shot examples come from (default for builtin:words: its "
+                                                "training split)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N prompts")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="the longest reply (default: 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="picks the few-shot examples; seeds sampling (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--show", action="store_true", help="print every prompt, reference and reply")
+    p.add_argument("--json", action="store_true", help="the scores as JSON on stdout instead of a table")
+
+
+def _check(args) -> None:
+    from gptlab.generate import check_sampling
+
+    check_sampling(args.temperature, None, None)
+    if args.few_shot < 0:
+        raise GptlabError("--few-shot must be 0 or more")
+    if args.limit is not None and args.limit < 1:
+        raise GptlabError("--limit must be at least 1")
+    if args.max_new_tokens < 1:
+        raise GptlabError("--max-new-tokens must be at least 1")
+    if args.few_shot and args.pool is None and not args.data.startswith("builtin:"):
+        raise GptlabError("--few-shot needs --pool, a file of solved examples kept apart from --data")
+
+
+def run(args) -> int:
+    from gptlab.chat.data import load_conversations
+    from gptlab.chat.evaluate import evaluate_run
+    from gptlab.run import load_run
+
+    _check(args)
+    tests = load_conversations(args.data, "test")[:args.limit]
+    pool = load_conversations(args.pool or args.data, "train") if args.few_shot else None
+    loaded = [(path, load_run(path, device=args.device)) for path in args.runs]  # every run, before any scoring
+    show = _show if args.show else None
+    scores = [evaluate_run(run, path, tests, pool, args.few_shot, args.max_new_tokens, args.temperature,
+                           args.seed, show) for path, run in loaded]
+    if args.json:
+        print(json.dumps([s.as_dict() for s in scores], indent=1))
+    else:
+        _table(scores, args.data)
+    return 0
+
+
+def _show(prompt, reference, answer, right) -> None:
+    print(f"{'ok ' if right else 'NO '} {prompt[-1]['content']!r} -> {answer!r} (reference {reference!r})",
+          file=sys.stderr)
+
+
+def _table(scores, data: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "format", "shots", "examples", "exact match", "answer loss", "time",
+                  title=f"held-out prompts of {data}")
+    for s in scores:
+        table.add_row(s.run, s.format, str(s.shots), str(s.examples), f"{s.exact_match:.1%}", f"{s.answer_loss:.3f}",
+                      f"{s.seconds:.0f}s")
+    Console().print(table)

@@ -1,0 +1,310 @@
+"""gptlab.chat: the template and its tokens, conversations from JSONL, packing with the loss mask, finetuning
+(full and LoRA: overfitting, exact resume, merged weights that load as an ordinary run), and evaluation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny, untimed, write_corpus
+
+import gptlab
+from gptlab.chat import tasks
+from gptlab.chat.config import Finetune
+from gptlab.chat.data import load_conversations, read_jsonl
+from gptlab.chat.evaluate import evaluate_run, split_last, with_shots
+from gptlab.chat.finetune import FinetuneTrainer, RandomRows, pack, plan_finetune
+from gptlab.chat.finetune import finetune as run_finetune
+from gptlab.chat.reply import PlainFormat, fit, format_for, reply
+from gptlab.chat.template import END, SPECIALS, USER, ChatTokenizer, parse, render, with_chat_tokens
+from gptlab.cli import main
+from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer
+from gptlab.errors import GptlabError
+from gptlab.models import build_model, make_config
+from gptlab.training.distributed import Distributed
+
+TEXT = "Reverse the word: stone enots. Sort the letters: abc. hello hi there, how are you? well. Be brief. Q: A:\n" * 20
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi there"}, {"role": "user", "content": "how are you?"},
+                {"role": "assistant", "content": "well."}]
+
+
+def tokenizers():
+    return {"char": CharTokenizer.train(TEXT), "word": WordTokenizer.train(TEXT),
+            "bpe": BPETokenizer.train(TEXT, vocab_size=300)}
+
+
+# --- the template ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_chat_tokens_follow_the_vocabulary_and_ordinary_text_never_makes_them(kind, tmp_path):
+    base = tokenizers()[kind]
+    tok = ChatTokenizer(base)
+    assert tok.vocab_size == base.vocab_size + 4
+    assert [tok.chat_ids[s] for s in SPECIALS] == list(range(base.vocab_size, base.vocab_size + 4))
+    typed = "<|user|>hello<|end|>" if kind != "char" else "".join(c for c in "<|user|>hello<|end|>" if c in TEXT)
+    if kind == "char":
+        with pytest.raises(GptlabError, match="not in the tokenizer's vocabulary"):
+            tok.encode_prompt("<|end|>")  # its characters are not in this corpus: refused, not a chat token
+    ids = tok.encode(typed)
+    assert ids == base.encode(typed) and not set(ids) & set(tok.chat_ids.values())
+    tok.save(tmp_path / "tokenizer.json")
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
+    assert isinstance(loaded, ChatTokenizer) and loaded.vocab_size == tok.vocab_size
+    ids, _ = render(tok, CONVERSATION)
+    assert loaded.decode(ids) == tok.decode(ids)
+    assert with_chat_tokens(loaded) is loaded
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_rendering_round_trips_and_the_mask_is_exactly_the_assistants_tokens(kind):
+    tok = ChatTokenizer(tokenizers()[kind])
+    ids, mask = render(tok, CONVERSATION)
+    assert len(ids) == len(mask)
+    assert parse(tok.decode(ids)) == CONVERSATION
+    learned = [i for i, m in zip(ids, mask) if m]
+    end = tok.chat_ids[END]
+    assert learned == tok.encode("hi there") + [end] + tok.encode("well.") + [end]
+    text = tok.decode(ids)
+    assert text.startswith("<|system|>Be brief.<|end|><|user|>hello<|end|><|assistant|>hi there<|end|>")
+    prompt, _ = render(tok, CONVERSATION[:4], reply=True)
+    assert tok.decode(prompt).endswith("<|user|>how are you?<|end|><|assistant|>")
+
+
+# --- conversations from files ---------------------------------------------------------------------------------------
+
+def test_every_common_shape_reads_as_messages(tmp_path):
+    lines = [{"messages": CONVERSATION}, {"prompt": "p", "completion": "c"},
+             {"instruction": "do", "input": "this", "output": "done"}, {"question": "q", "answer": "a"}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    got = read_jsonl(path)
+    assert got[0] == CONVERSATION
+    assert got[1] == [{"role": "user", "content": "p"}, {"role": "assistant", "content": "c"}]
+    assert got[2][0]["content"] == "do\n\nthis" and got[3][1]["content"] == "a"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "d.jsonl:2: not valid JSON"),
+    ('{"messages": [{"role": "robot", "content": "x"}]}', "d.jsonl:2: message 1 needs a role"),
+    ('{"messages": [{"role": "user", "content": "x"}]}', "d.jsonl:2: a conversation needs at least one assistant"),
+    ('{"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "s"}]}',
+     "d.jsonl:2: message 2: a system message may only come first"),
+    ('{"text": "x"}', "d.jsonl:2: expected 'messages', or 'prompt' and 'completion'"),
+    ('[1, 2]', "d.jsonl:2: expected a JSON object"),
+])
+def test_a_bad_line_is_reported_with_its_number(tmp_path, line, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n" + line + "\n")
+    with pytest.raises(GptlabError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        read_jsonl(path)
+
+
+def test_empty_binary_and_missing_files_are_refused(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00\x01")
+    for name, message in (("empty.jsonl", "holds no conversations"), ("bin.jsonl", "not UTF-8"),
+                          ("none.jsonl", "data file not found")):
+        with pytest.raises(GptlabError, match=message):
+            read_jsonl(tmp_path / name)
+
+
+def test_the_builtin_set_is_seeded_and_its_test_words_are_never_trained_on():
+    train, test = load_conversations("builtin:words", "train"), load_conversations("builtin:words", "test")
+    assert len(train) == tasks.SPLITS["train"] and len(test) == tasks.SPLITS["test"]
+    word = lambda c: c[0]["content"].split(": ")[1]  # noqa: E731
+    assert not {word(c) for c in train} & {word(c) for c in test}
+    assert train == tasks.words_set("train") and test[0] != test[1]
+    assert {c[1]["content"] for c in test[:2]} == {word(test[0])[::-1], "".join(sorted(word(test[1])))}
+    with pytest.raises(GptlabError, match="unknown built-in set"):
+        load_conversations("builtin:numbers")
+
+
+# --- the model grows rows for the chat tokens -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("family, values", [("gpt", dict(n_layer=1, n_head=2, n_embd=16, block_size=16)),
+                                            ("lstm", dict(n_layer=1, n_embd=8, n_hidden=16))])
+def test_growing_the_vocabulary_keeps_the_trained_rows_and_logits(family, values):
+    torch.manual_seed(0)
+    model = build_model(family, make_config(family, {**values, "vocab_size": 11})).eval()
+    idx = torch.randint(11, (2, 7))
+    before, _ = model(idx)
+    wte_before = model.vocab_layers()[0].weight.detach().clone()
+    model.grow_vocab(15)
+    wte, head = model.vocab_layers()
+    after, _ = model(idx)
+    assert wte.weight.shape == (15, wte.embedding_dim) and head.out_features == 15 and model.config.vocab_size == 15
+    assert torch.equal(wte.weight[:11], wte_before)
+    torch.testing.assert_close(after[..., :11], before)  # every old token's logit as before
+    assert (head.weight is wte.weight) == (family == "gpt")
+
+
+# --- packing and the batches ----------------------------------------------------------------------------------------
+
+def test_packing_keeps_each_learned_token_once_with_its_mask():
+    tok = ChatTokenizer(tokenizers()["char"])
+    conversations = [CONVERSATION, CONVERSATION[1:3], CONVERSATION[3:]] * 3
+    rows = pack(conversations, tok, length=40)
+    rendered = [render(tok, c) for c in conversations]
+    want = sum(sum(m) for _, m in rendered)
+    assert rows.ids.shape[1] == 41 and int(rows.mask.sum()) == want
+    assert rows.split == 3  # the whole conversation (50+ tokens) does not fit a row of 41
+    batches = RandomRows(rows, batch_size=4, device=torch.device("cpu"), seed=0)
+    x, y, mask = batches.next()
+    assert torch.equal(x[:, 1:], y[:, :-1]) and mask.shape == y.shape
+    learned = set(tok.encode("hi there well.")) | {tok.chat_ids[END]}
+    assert set(y[mask.bool()].tolist()) <= learned  # only the assistant's tokens count
+    assert not (set(y[~mask.bool()].tolist()) - set(range(tok.vocab_size)))
+
+
+# --- finetuning -----------------------------------------------------------------------------------------------------
+
+PAIRS = [("hello", "hi there"), ("how are you?", "well."), ("Sort the letters: abc", "abc"),
+         ("Reverse the word: stone", "enots")]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("base")
+    corpus = write_corpus(folder, text=TEXT)
+    gptlab.train(tiny(corpus, n_layer=2, n_embd=32, block_size=48, max_iters=30), out=folder / "run", quiet=True)
+    data = folder / "pairs.jsonl"
+    # Each pair ten times: rows then hold them in many orders, so the answers must be learned from the questions.
+    data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in PAIRS * 10))
+    return folder / "run", data
+
+
+QUICK = dict(max_iters=150, batch_size=8, lr=1e-2, min_lr=1e-3, warmup_iters=5, eval_interval=40, eval_iters=2,
+             log_interval=10, device="cpu", dtype="float32", val_fraction=0.0)
+
+
+def test_finetuning_overfits_a_tiny_set_and_answers_it(base, tmp_path):
+    run_dir, data = base
+    run_finetune(Finetune(base=str(run_dir), data=str(data)), QUICK, out=tmp_path / "chat", quiet=True)
+    run = gptlab.load_run(tmp_path / "chat", device="cpu")  # an ordinary run
+    assert isinstance(run.tokenizer, ChatTokenizer) and run.config["finetune"]["data"] == str(data)
+    fmt = format_for(run.tokenizer)
+    for prompt, answer in PAIRS:
+        ids = fit([{"role": "user", "content": prompt}], fmt, run.model.max_context, room=20)
+        assert reply(run.model, fmt, ids, max_new_tokens=20, temperature=0) == answer
+    score = evaluate_run(run, "chat", [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+                                       for p, a in PAIRS])
+    assert score.exact_match == 1.0 and score.format == "chat" and score.answer_loss < 0.5
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_a_finetune_resumes_exactly(base, tmp_path, lora_rank):
+    run_dir, data = base
+    ft = Finetune(base=str(run_dir), data=str(data), lora_rank=lora_rank)
+    values = {**QUICK, "max_iters": 40, "eval_interval": 10, "val_fraction": 0.25}
+    whole = run_finetune(ft, values, out=tmp_path / "a", quiet=True)
+    run_finetune(ft, values, out=tmp_path / "b", quiet=True, stop_after=20)
+    resumed = run_finetune(None, {}, out=tmp_path / "b", resume=True, quiet=True)
+    assert untimed(tmp_path / "a") == untimed(tmp_path / "b") and resumed.val_loss == whole.val_loss
+    a, b = (gptlab.load_run(tmp_path / x, device="cpu").model.state_dict() for x in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_trains_adapters_and_saves_merged_weights_with_the_same_logits(base, tmp_path):
+    run_dir, data = base
+    ft = Finetune(base=str(run_dir), data=str(data), lora_rank=4, lora_alpha=8)
+    plan, ft = plan_finetune(ft, {**QUICK, "max_iters": 30}, tmp_path / "lora")
+    trainer = FinetuneTrainer(plan, ft, Distributed.from_env(), quiet=True)
+    trainer.fit()
+    frozen = gptlab.load_run(run_dir, device="cpu").model.state_dict()
+    wrapped = trainer.model.eval()
+    block = wrapped.transformer.h[0].attn.c_attn
+    assert torch.equal(block.base.weight, frozen["transformer.h.0.attn.c_attn.weight"])  # the base never moved
+    assert block.lora_B.abs().sum() > 0  # the adapters did
+    merged = gptlab.load_run(tmp_path / "lora", device="cpu").model  # a plain model: every command loads it
+    assert not any("lora" in k for k in merged.state_dict())
+    idx = torch.randint(merged.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(idx)[0], wrapped(idx)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_resuming_the_wrong_kind_of_run_is_refused(base, tmp_path):
+    run_dir, data = base
+    with pytest.raises(GptlabError, match="is not a finetuned run; continue it with gptlab train --resume"):
+        run_finetune(None, {}, out=run_dir, resume=True)
+    run_finetune(Finetune(base=str(run_dir), data=str(data)), {**QUICK, "max_iters": 2}, out=tmp_path / "c",
+                 quiet=True)
+    with pytest.raises(GptlabError, match="is a finetuned run; continue it with gptlab finetune"):
+        gptlab.train({"max_iters": 4}, out=tmp_path / "c", resume=True)
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------------
+
+def test_few_shot_examples_come_before_the_prompt_after_the_system_message():
+    pool = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(5)]
+    prompt, reference = split_last(CONVERSATION)
+    assert reference == "well." and prompt == CONVERSATION[:4]
+    import random
+
+    shots = with_shots(prompt, pool, 2, random.Random(0))
+    assert shots[0] == CONVERSATION[0] and shots[-3:] == CONVERSATION[1:4] and len(shots) == 8
+    assert [m["role"] for m in shots[1:5]] == ["user", "assistant"] * 2
+
+
+def test_a_pretrained_run_is_asked_in_the_plain_format(base):
+    run = gptlab.load_run(base[0], device="cpu")
+    fmt = format_for(run.tokenizer)
+    assert isinstance(fmt, PlainFormat)
+    ids = fmt.prompt([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi there"},
+                      {"role": "user", "content": "how are you?"}])
+    assert run.tokenizer.decode(ids) == "Q: hello\nA: hi there\n\nQ: how are you?\nA:"
+    assert "\n" not in reply(run.model, fmt, ids, max_new_tokens=30, temperature=1.0, seed=0)
+
+
+def test_eval_scores_runs_side_by_side(base, tmp_path, capsys):
+    run_dir, data = base
+    run_finetune(Finetune(base=str(run_dir), data=str(data)), QUICK, out=tmp_path / "chat", quiet=True)
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(data.read_text())
+    argv = ["eval", str(run_dir), str(tmp_path / "chat"), "--data", str(data), "--device", "cpu", "--json",
+            "--max-new-tokens", "12"]
+    assert main(argv) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert [s["format"] for s in scores] == ["plain", "chat"] and scores[1]["exact_match"] == 1.0
+    assert scores[0]["answer_loss"] > scores[1]["answer_loss"]
+    assert main(argv + ["--few-shot", "2", "--pool", str(pool)]) == 0
+    assert all(s["shots"] == 2 for s in json.loads(capsys.readouterr().out))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["finetune", "RUN"], "give the pretrained run and the conversations"),
+    (["finetune", "RUN", "--data", "DATA", "--lora-rank", "-1"], "--lora-rank must be 0 (off) or at least 1"),
+    (["finetune", "RUN", "--data", "DATA", "--lora-targets", "q_proj", "--lora-rank", "2"],
+     "LoRA target 'q_proj' matches no linear layer"),
+    (["finetune", "--resume"], "--resume needs --out"),
+    (["eval", "RUN", "--data", "DATA", "--few-shot", "2"], "--few-shot needs --pool"),
+    (["eval", "RUN", "--data", "DATA", "--temperature", "-1"], "temperature must be"),
+])
+def test_bad_flags_are_refused_in_one_line(base, tmp_path, capsys, argv, message):
+    run_dir, data = base
+    argv = [str(run_dir) if a == "RUN" else str(data) if a == "DATA" else a for a in argv]
+    assert main(argv + (["--out", str(tmp_path / "x")] if argv[0] == "finetune" and "--out" not in argv
+                        and "--resume" not in argv else [])) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_bad_jsonl_line_stops_finetune_before_anything_is_written(base, tmp_path, capsys):
+    run_dir, _ = base
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    assert main(["finetune", str(run_dir), "--data", str(bad), "--out", str(tmp_path / "x")]) == 1
+    assert "bad.jsonl:2: expected 'messages'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_rows_hold_whole_conversations():
+    tok = ChatTokenizer(tokenizers()["char"])
+    rows = pack([CONVERSATION[1:3]] * 5, tok, length=40)
+    one = len(render(tok, CONVERSATION[1:3])[0])
+    assert rows.split == 0 and len(rows.ids) == 5 // (41 // one) + bool(5 % (41 // one))
+    first = rows.ids[0].tolist()
+    assert first[:one] == render(tok, CONVERSATION[1:3])[0] and first[0] == tok.chat_ids[USER]
+    assert np.all(rows.ids[0, (41 // one) * one:] == tok.chat_ids[END])  # the rest: padding that never counts
+    assert not rows.mask[0, (41 // one) * one:].any()
