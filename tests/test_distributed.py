@@ -7,6 +7,7 @@ Every process talks over the loopback interface only.
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_FLAGS, latest_name, losses, tiny, untimed, write_corpus
+from helpers import TINY_FLAGS, WORDS, latest_name, losses, tiny, untimed, write_corpus
 from safetensors.torch import load_file
 
 from gptlab import rundir
+from gptlab.chat.config import Finetune
+from gptlab.chat.finetune import finetune
 from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import train
 
@@ -58,6 +61,28 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     train({**base, "batch_size": 4}, out=tmp_path / "one", quiet=True)
     result = train_in_two(tmp_path, {**base, "batch_size": 2}, tmp_path / "two")
     assert result["iters"] == 12
+    assert_records_close(untimed(tmp_path / "one"), untimed(tmp_path / "two"))
+    wa, wb = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], rtol=1e-5, atol=1e-5)
+
+
+def test_a_finetune_in_two_processes_equals_one_with_the_same_global_batch(tmp_path):
+    """Conversations of different lengths: each process's micro-batches count different numbers of assistant
+    tokens, and the step still follows the mean over every counted token of the global batch."""
+    corpus = write_corpus(tmp_path / "data")
+    train(tiny(corpus, block_size=32, max_iters=4), out=tmp_path / "base", quiet=True)
+    rng = random.Random(0)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": " ".join(rng.sample(WORDS, rng.randint(1, 3))),
+                                        "completion": " ".join(rng.sample(WORDS, rng.randint(1, 4)))}) + "\n"
+                            for _ in range(60)))
+    ft = dict(base=str(tmp_path / "base"), data=str(data))
+    values = dict(max_iters=8, eval_interval=4, eval_iters=2, grad_accum=2, log_interval=1, warmup_iters=2,
+                  device="cpu", dtype="float32", val_fraction=0.2)
+    finetune(Finetune(**ft), {**values, "batch_size": 4}, out=tmp_path / "one", quiet=True)
+    result = train_in_two(tmp_path, {**values, "batch_size": 2}, tmp_path / "two", finetune=ft)
+    assert result["iters"] == 8
     assert_records_close(untimed(tmp_path / "one"), untimed(tmp_path / "two"))
     wa, wb = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     for key in wa:

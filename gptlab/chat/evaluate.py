@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from gptlab.chat.reply import fit, format_for, reply
+from gptlab.chat.reply import format_for, reply, trim
 from gptlab.errors import GptlabError
 
 
@@ -27,6 +27,7 @@ class Score:
     run: str
     format: str  # chat or plain
     shots: int
+    shots_kept: float  # solved examples that fit in the context with the prompt, on average
     examples: int
     exact_match: float  # share of replies equal to the reference
     answer_loss: float  # mean nats per reference token
@@ -71,17 +72,20 @@ def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]]
     if shots and (not pool or len(pool) < shots):
         raise GptlabError(f"--few-shot {shots} needs a pool of at least {shots} solved examples")
     fmt, rng, started = format_for(run.tokenizer), random.Random(seed), time.perf_counter()
-    right, losses = 0, []
+    right, losses, kept = 0, [], 0
     for i, conversation in enumerate(tests):
         prompt, reference = split_last(conversation)
-        messages = with_shots(prompt, pool or [], shots, rng)
-        ids = fit(messages, fmt, run.model.max_context, room=max_new_tokens)
+        # Room for the reference's tokens only: the solved examples are dropped only if the answer would not fit.
+        expected = fmt.answer(reference)
+        messages = trim(with_shots(prompt, pool or [], shots, rng), fmt, run.model.max_context, len(expected))
+        kept += (len(messages) - len(prompt)) // 2
+        ids = fmt.prompt(messages)
         answer = reply(run.model, fmt, ids, max_new_tokens=max_new_tokens, temperature=temperature,
                        seed=seed + i).strip()
         ok = answer == reference.strip()
         right += ok
-        losses.append(answer_loss(run.model, ids, fmt.answer(reference)))
+        losses.append(answer_loss(run.model, ids, expected))
         if show:
             show(prompt, reference, answer, ok)
-    return Score(name, fmt.name, shots, len(tests), right / len(tests), sum(losses) / len(losses),
-                 round(time.perf_counter() - started, 2))
+    return Score(name, fmt.name, shots, kept / len(tests), len(tests), right / len(tests),
+                 sum(losses) / len(losses), round(time.perf_counter() - started, 2))

@@ -24,7 +24,7 @@ import torch
 
 from gptlab import rundir
 from gptlab.chat import lora
-from gptlab.chat.config import DEFAULTS, Finetune
+from gptlab.chat.config import DEFAULTS, LORA_DEFAULTS, Finetune
 from gptlab.chat.data import load_conversations
 from gptlab.chat.template import END, ChatTokenizer, render, with_chat_tokens
 from gptlab.data.tokenizer import load_tokenizer
@@ -147,16 +147,14 @@ def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Pa
             raise GptlabError(f"{out} is not a finetuned run; continue it with gptlab train --resume")
         return plan, Finetune(**plan.sections["finetune"])
     base = rundir.open_checkpoint(ft.base, need=rundir.FOR_SAMPLING)
-    saved = rundir.read_config(base)
-    if "finetune" in saved and ft.lora_rank:
-        raise GptlabError("LoRA starts from a pretrained run's plain weights; this base is itself finetuned "
-                          "(fine, but without --lora-rank)")
+    saved = rundir.read_config(base)  # a finetuned base is fine too: it has the chat tokens already
     unknown = sorted(set(values) - set(train_fields()))
     if unknown:
         raise GptlabError(f"finetune takes training values only, not {', '.join(unknown)} (the model is the base's)")
     family, config = config_from_dict(saved["model"], default_family=(saved.get("train") or {}).get("arch", "gpt"))
     base_train = saved.get("train") or {}
-    cfg = TrainConfig(**{**DEFAULTS, "seq_len": base_train.get("seq_len"), **values,
+    defaults = {**DEFAULTS, **(LORA_DEFAULTS if ft.lora_rank else {})}
+    cfg = TrainConfig(**{**defaults, "seq_len": base_train.get("seq_len"), **values,
                          "corpus": ft.data, "tokenizer": "chat"})
     model = {"family": family, **{k: v for k, v in asdict(config).items() if k != "vocab_size"}}
     check_values(cfg, model)
@@ -211,7 +209,7 @@ class FinetuneTrainer(Trainer):
         return values[context] if context else self.cfg.seq_len
 
     def _model(self):
-        family, values = split_section(self.plan.model)
+        family = self.plan.model["family"]
         resumed = self.plan.resume_from
         source = resumed or rundir.open_checkpoint(self.ft.base, need=rundir.FOR_SAMPLING)
         _, config = config_from_dict(rundir.read_config(source)["model"])

@@ -61,17 +61,20 @@ def format_for(tokenizer):
 
 
 def fit(messages: list[dict], fmt, context: int | None, room: int) -> list[int]:
-    """The prompt's ids, with the oldest turns after the system message dropped (a user turn and its reply
+    """The prompt's ids, its oldest turns dropped to leave room for the reply (see trim)."""
+    return fmt.prompt(trim(messages, fmt, context, room))
+
+
+def trim(messages: list[dict], fmt, context: int | None, room: int) -> list[dict]:
+    """The messages with the oldest turns after the system message dropped (a user turn and its reply
     together) until room for the reply is left inside the context (at most half of it). A last turn that is
     still too long stays whole: generation keeps the newest tokens of a prompt longer than the context."""
     messages = list(messages)
-    ids = fmt.prompt(messages)
     limit = None if context is None else context - min(room, context // 2)
     first = 1 if messages and messages[0]["role"] == "system" else 0
-    while limit is not None and len(ids) > limit and len(messages) - first > 1:
+    while limit is not None and len(messages) - first > 1 and len(fmt.prompt(messages)) > limit:
         del messages[first:first + 2]
-        ids = fmt.prompt(messages)
-    return ids
+    return messages
 
 
 def stream_reply(model, fmt, prompt: list[int], max_new_tokens: int = 200, temperature: float = 0.8,

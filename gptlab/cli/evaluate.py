@@ -69,9 +69,10 @@ def _table(scores, data: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("run", "format", "shots", "examples", "exact match", "answer loss", "time",
+    table = Table("run", "format", "shots (kept)", "examples", "exact match", "answer loss", "time",
                   title=f"held-out prompts of {data}")
     for s in scores:
-        table.add_row(s.run, s.format, str(s.shots), str(s.examples), f"{s.exact_match:.1%}", f"{s.answer_loss:.3f}",
+        shots = f"{s.shots} ({s.shots_kept:.1f})" if s.shots else "0"
+        table.add_row(s.run, s.format, shots, str(s.examples), f"{s.exact_match:.1%}", f"{s.answer_loss:.3f}",
                       f"{s.seconds:.0f}s")
     Console().print(table)

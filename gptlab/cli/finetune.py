@@ -32,7 +32,8 @@ def add_parser(sub, argv: list[str]) -> None:
     run.add_argument("--resume", action="store_true", help="continue the finetune in --out")
     run.add_argument("--overwrite", action="store_true", help="start over in a folder that holds a run")
     run.add_argument("--quiet", action="store_true", help="no progress output")
-    adapters = p.add_argument_group("LoRA: train low-rank adapters instead of every weight")
+    adapters = p.add_argument_group("LoRA: train low-rank adapters instead of every weight",
+                                    "With LoRA the defaults of --lr and --min-lr are 5e-3 and 5e-4.")
     adapters.add_argument("--lora-rank", type=int, default=0, help="the adapters' rank; 0 trains every weight "
                                                                    "(default: 0)")
     adapters.add_argument("--lora-alpha", type=float, default=16.0, help="the adapters' scale is alpha / rank "

@@ -1,5 +1,5 @@
 """`gptlab list`: what there is to choose from: corpora (and whether each is at hand), tokenizers, presets,
-model families."""
+model families, built-in conversations."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def run(args) -> int:
         _table("tokenizers (--tokenizer)", list(TOKENIZERS.items())),
         _table("presets (--preset)", list(PRESET_HELP.items())),
         _table("model families (--model)", [(f.name, f.description) for f in FAMILIES.values()]),
+        _table("conversations (finetune and eval --data; or a JSONL file of your own)",
+               [("builtin:words", "reverse a made-up word, or sort its letters: 20,000 to train, 400 held out")]),
     ]
     print("\n".join(sections), end="")
     return 0

@@ -111,6 +111,9 @@ class Distributed:
     def max(self, number: float) -> float:
         return self._reduce(number, "MAX")
 
+    def sum(self, number: float) -> float:
+        return self._reduce(number, "SUM")
+
     def gather(self, obj) -> list:
         """obj of every process, in rank order, on every process."""
         if not self.active:

@@ -10,16 +10,21 @@ from gptlab.device import autocast
 @torch.no_grad()
 def evaluate(model, sources: dict, iters: int, seed: int, device, dtype, dist) -> dict[str, float]:
     """{split: mean loss} over `iters` batches of each source, drawn from a fixed seed. Under several processes
-    each evaluates its share of every batch and the means are averaged."""
+    each evaluates its share of every batch and the means are averaged. With a loss mask (chat finetuning) the
+    loss is the mean over every counted target, however they fall into batches and processes."""
     model.eval()
     out = {}
     for split, batches in sources.items():
         batches.generator.manual_seed(seed)
-        total = torch.zeros((), device=device)
+        total, counted = torch.zeros((), device=device), 0.0
         for _ in range(iters):
+            batch = batches.next()
             with autocast(device, dtype):
-                _, loss = model(*batches.next())
+                _, loss = model(*batch)
+            if len(batch) > 2:  # a loss mask: weigh each batch's mean by the targets it counts
+                counted += float(batch[2].sum())
+                loss = loss * batch[2].sum()
             total += loss.float()
-        out[split] = dist.mean(total / iters)
+        out[split] = dist.mean(total / iters) if not counted else dist.sum(float(total)) / max(dist.sum(counted), 1.0)
     model.train()
     return out

@@ -1,6 +1,7 @@
 """One optimizer step: the micro-batches of gradient accumulation under autocast, loss scaling, clipping.
 
     for each of grad_accum micro-batches:       loss = model(*batch) / grad_accum;  backward
+                                                (with a loss mask: weighted by the micro-batch's counted targets)
     unscale (fp16), clip the gradient norm, optimizer steps, schedule one step on, gradients to None
 
 One code path for every setting: the GradScaler is disabled unless the format is float16 (it then scales
@@ -22,7 +23,7 @@ from gptlab.errors import GptlabError
 
 class Stepper:
     def __init__(self, model: torch.nn.Module, forward: torch.nn.Module, optimizers: list, schedulers: list,
-                 cfg, device: torch.device, dtype: torch.dtype, notice=print, compiled: bool = False):
+                 cfg, device: torch.device, dtype: torch.dtype, notice=print, compiled: bool = False, dist=None):
         """model: the plain model (its parameters are clipped); forward: what runs the batch (the model under
         DDP and/or torch.compile). A compiled forward that fails on its first step is dropped for `eager`."""
         self.model, self.forward, self.eager = model, forward, forward
@@ -32,9 +33,10 @@ class Stepper:
         self.optimizers, self.schedulers = optimizers, schedulers
         self.cfg, self.device, self.dtype, self.notice = cfg, device, dtype, notice
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.dist = dist  # several processes: the count of masked targets is summed over them
 
     def __call__(self, batches) -> torch.Tensor:
-        """One optimizer step; returns the last micro-batch's loss (this process's, detached)."""
+        """One optimizer step; returns its loss as this process sees it (detached; see _step)."""
         if not self.untried:
             return self._step(batches)
         try:
@@ -52,11 +54,16 @@ class Stepper:
 
     def _step(self, batches) -> torch.Tensor:
         accum = self.cfg.grad_accum
-        for micro in range(accum):
-            batch = batches.next()
+        micro_batches = [batches.next() for _ in range(accum)]
+        shares = self._shares(micro_batches)
+        step_loss = 0.0
+        for micro, batch in enumerate(micro_batches):
             with self._sync(micro == accum - 1), autocast(self.device, self.dtype):
                 _, loss = self.forward(*batch)
-            self.scaler.scale(loss / accum).backward()
+            if shares is not None:
+                loss = loss * shares[micro]
+                step_loss = step_loss + loss.detach()
+            self.scaler.scale(loss if shares is not None else loss / accum).backward()
         self.last_lr = self.optimizers[-1].param_groups[0]["lr"]  # the rate of this step (logged)
         for opt in self.optimizers:
             self.scaler.unscale_(opt)
@@ -71,7 +78,21 @@ class Stepper:
                 scheduler.step()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        # Without a mask, the last micro-batch's loss; with one, this process's part of the step's loss, whose
+        # mean over processes is the mean over every counted target of the global batch.
+        return loss.detach() if shares is None else step_loss
+
+    def _shares(self, micro_batches: list) -> list[float] | None:
+        """With a loss mask, each micro-batch's mean loss is over its own counted targets, and they differ in
+        number: weight each by its share of the global batch's count (times the processes, whose gradients DDP
+        averages), so that the step follows the mean over every counted target, as one big batch would.
+        None: no mask, every micro-batch counts 1 / grad_accum."""
+        if len(micro_batches[0]) < 3:
+            return None
+        counts = [float(batch[2].sum()) for batch in micro_batches]
+        world = self.dist.world_size if self.dist else 1
+        total = self.dist.sum(sum(counts)) if self.dist else sum(counts)
+        return [count * world / max(total, 1.0) for count in counts]
 
     def _sync(self, last: bool):
         """DDP's gradient all-reduce runs in the last micro-batch's backward; the others skip it."""

@@ -142,7 +142,7 @@ class Trainer:
         self.optimizers = build_optimizers(self.model, cfg)
         self.step = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
                             schedulers(self.optimizers, cfg, 0), cfg, self.device, self.dtype,
-                            notice=self.progress.message, compiled=cfg.compile)
+                            notice=self.progress.message, compiled=cfg.compile, dist=dist)
         self.batches, self.eval_sources = self._sources()
         self.it, self.best_val, self.budget = 0, None, plan.budget
         self.timer, self.metrics, self.last_log = Timer(), MetricsLog(None, enabled=False), (0.0, 0)
