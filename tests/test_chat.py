@@ -2,6 +2,8 @@
 (full and LoRA: overfitting, exact resume, merged weights that load as an ordinary run), and evaluation."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +14,8 @@ import gptlab
 from gptlab.chat import tasks
 from gptlab.chat.config import Finetune
 from gptlab.chat.data import load_conversations, read_jsonl
-from gptlab.chat.evaluate import evaluate_run, split_last, with_shots
-from gptlab.chat.finetune import FinetuneTrainer, RandomRows, pack, plan_finetune
+from gptlab.chat.evaluate import evaluate_run, final_number, matches, split_last, with_shots
+from gptlab.chat.finetune import FinetuneTrainer, pack, plan_finetune
 from gptlab.chat.finetune import finetune as run_finetune
 from gptlab.chat.reply import PlainFormat, fit, format_for, reply
 from gptlab.chat.template import END, SPECIALS, USER, ChatTokenizer, parse, render, with_chat_tokens
@@ -21,8 +23,11 @@ from gptlab.cli import main
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer
 from gptlab.errors import GptlabError
 from gptlab.models import build_model, make_config
+from gptlab.training.batches import RandomRows
+from gptlab.training.config import UNBOUNDED_ITERS
 from gptlab.training.distributed import Distributed
 
+MIRROR = Path(os.environ.get("GPTLAB_MIRROR", "../shared/data"))
 TEXT = "Reverse the word: stone enots. Sort the letters: abc. hello hi there, how are you? well. Be brief. Q: A:\n" * 20
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"},
                 {"role": "assistant", "content": "hi there"}, {"role": "user", "content": "how are you?"},
@@ -149,7 +154,7 @@ def test_packing_keeps_each_learned_token_once_with_its_mask():
     want = sum(sum(m) for _, m in rendered)
     assert rows.ids.shape[1] == 41 and int(rows.mask.sum()) == want
     assert rows.split == 3  # the whole conversation (50+ tokens) does not fit a row of 41
-    batches = RandomRows(rows, batch_size=4, device=torch.device("cpu"), seed=0)
+    batches = RandomRows(rows.ids, rows.mask, batch_size=4, device=torch.device("cpu"), seed=0)
     x, y, mask = batches.next()
     assert torch.equal(x[:, 1:], y[:, :-1]) and mask.shape == y.shape
     learned = set(tok.encode("hi there well.")) | {tok.chat_ids[END]}
@@ -331,3 +336,36 @@ def test_a_recurrent_run_finetunes_with_lora_on_its_head(tmp_path):
     fmt = format_for(run.tokenizer)
     assert isinstance(reply(run.model, fmt, fmt.prompt([{"role": "user", "content": "hello"}]), max_new_tokens=10,
                             temperature=0), str)
+
+
+def test_a_finetunes_defaults_and_time_budget(base, tmp_path):
+    run_dir, data = base
+    plan, _ = plan_finetune(Finetune(base=str(run_dir), data=str(data)), {}, tmp_path / "a")
+    assert (plan.cfg.optimizer, plan.cfg.lr, plan.cfg.max_iters, plan.cfg.tokenizer) == ("adamw", 1e-3, 1000, "chat")
+    plan, _ = plan_finetune(Finetune(base=str(run_dir), data=str(data), lora_rank=4), {"max_time": "1m"},
+                            tmp_path / "b")
+    assert (plan.cfg.lr, plan.cfg.min_lr) == (5e-3, 5e-4)  # LoRA's own rate
+    assert plan.cfg.max_iters == UNBOUNDED_ITERS  # the time decides, not the default 1000 steps
+    plan, _ = plan_finetune(Finetune(base=str(run_dir), data=str(data)), {"max_time": "1m", "max_iters": 7},
+                            tmp_path / "c")
+    assert plan.cfg.max_iters == 7
+    with pytest.raises(GptlabError, match="finetune takes training values only, not n_layer"):
+        plan_finetune(Finetune(base=str(run_dir), data=str(data)), {"n_layer": 2}, tmp_path / "d")
+
+
+def test_numbers_match_by_the_final_number_as_gsm8k_writes_it():
+    reference = "She sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 1,018"
+    assert final_number(reference) == "1018"
+    assert matches("so the answer is 1018.", reference, "number") and not matches("1019", reference, "number")
+    assert not matches("no number", "none here either", "number")
+    assert matches(" enots ", "enots") and not matches("enots!", "enots")
+
+
+@pytest.mark.skipif(not (MIRROR / "gsm8k").is_dir(), reason="needs the offline mirror (GPTLAB_MIRROR)")
+def test_the_mirrors_conversation_sets_read_as_conversations():
+    chitchat = read_jsonl(MIRROR / "chitchat" / "chitchat_2k.jsonl")
+    assert len(chitchat) == 2000 and chitchat[0][0]["role"] == "user"
+    seeds = read_jsonl(MIRROR / "self_instruct_seed" / "seed_tasks_flat.jsonl")
+    assert len(seeds) == 175 and [m["role"] for m in seeds[0]] == ["user", "assistant"]
+    gsm8k = read_jsonl(MIRROR / "gsm8k" / "test.jsonl")
+    assert len(gsm8k) == 1319 and final_number(gsm8k[0][1]["content"]) == "18"

@@ -12,13 +12,14 @@ from helpers import write_corpus
 
 from gptlab import models
 from gptlab.cli import main
-from gptlab.compare import RECALL_CHARS, UNBOUNDED_ITERS, Comparison, compare, plan, recall, report
+from gptlab.compare import RECALL_CHARS, Comparison, compare, plan, recall, report
 from gptlab.compare.sizing import match_width, parse_count
 from gptlab.data.corpora import load_corpus
 from gptlab.data.tokenizer import CharTokenizer
 from gptlab.errors import GptlabError
 from gptlab.models.configs import GPTConfig
 from gptlab.run import load_run
+from gptlab.training.config import UNBOUNDED_ITERS
 
 
 def test_counts_read_like_people_write_them():

@@ -24,7 +24,7 @@ BUILTIN = "builtin:"
 
 
 def load_conversations(spec: str | Path, split: str = "train") -> list[list[dict]]:
-    """The conversations of a JSONL file, or of a built-in set's split ("train" or "test")."""
+    """The conversations of a built-in set's split ("train" or "test"), or all of a JSONL file's."""
     spec = str(spec)
     if spec.startswith(BUILTIN):
         from gptlab.chat import tasks

@@ -2,7 +2,8 @@
 
 For each test conversation the last assistant message is the reference; everything before it is the prompt.
 
-    exact match   the greedy reply (temperature 0 unless asked) equals the reference, spaces at the ends aside
+    exact match   the greedy reply (temperature 0 unless asked) equals the reference, spaces at the ends aside;
+                  or, with match="number", their final numbers are equal (GSM8K's answers end "#### 18")
     answer loss   mean cross-entropy of the reference's tokens (and the token that ends it) after the prompt
 
 Few-shot (--few-shot K) puts K solved examples from a separate pool in front of each prompt, as earlier turns:
@@ -13,6 +14,7 @@ format, a pretrained run in the plain Q:/A: format (reply.py).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import asdict, dataclass
 
 import torch
@@ -35,6 +37,22 @@ class Score:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+MATCHES = ("exact", "number")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> str | None:
+    """The last number in a text (after GSM8K's "####" if there is one), without thousands separators."""
+    numbers = _NUMBER.findall(text.split("####")[-1])
+    return numbers[-1].replace(",", "").rstrip(".") if numbers else None
+
+
+def matches(answer: str, reference: str, match: str = "exact") -> bool:
+    if match == "number":
+        return final_number(reference) is not None and final_number(answer) == final_number(reference)
+    return answer.strip() == reference.strip()
 
 
 def split_last(conversation: list[dict]) -> tuple[list[dict], str]:
@@ -65,7 +83,8 @@ def answer_loss(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
 
 
 def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]] | None = None, shots: int = 0,
-                 max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, show=None) -> Score:
+                 max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, show=None,
+                 match: str = "exact") -> Score:
     """Score one loaded run on the test conversations; show(prompt, reference, reply, right) sees each."""
     import time
 
@@ -82,7 +101,7 @@ def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]]
         ids = fmt.prompt(messages)
         answer = reply(run.model, fmt, ids, max_new_tokens=max_new_tokens, temperature=temperature,
                        seed=seed + i).strip()
-        ok = answer == reference.strip()
+        ok = matches(answer, reference, match)
         right += ok
         losses.append(answer_loss(run.model, ids, expected))
         if show:

@@ -30,7 +30,8 @@ from gptlab.chat.template import END, ChatTokenizer, render, with_chat_tokens
 from gptlab.data.tokenizer import load_tokenizer
 from gptlab.errors import GptlabError
 from gptlab.models import build_model, config_from_dict, split_section
-from gptlab.training.config import TrainConfig, check_values, train_fields
+from gptlab.training.batches import RandomRows
+from gptlab.training.config import UNBOUNDED_ITERS, TrainConfig, check_values, train_fields
 from gptlab.training.distributed import Distributed
 from gptlab.training.trainer import Plan, Trainer, TrainResult
 
@@ -83,35 +84,6 @@ def pack(conversations: list[list[dict]], tokenizer: ChatTokenizer, length: int)
     return Rows(ids, mask, chars, split)
 
 
-class RandomRows:
-    """Batches (x, y, mask) of random rows: x, y (B, L) ids, y shifted by one, mask (B, L) on y. Like
-    RandomWindows, every process draws the global batch from one seeded generator and keeps its share."""
-
-    def __init__(self, rows: Rows, batch_size: int, device: torch.device, seed: int, rank: int = 0,
-                 world_size: int = 1):
-        self.ids, self.mask = torch.from_numpy(rows.ids), torch.from_numpy(rows.mask)
-        self.batch_size, self.device, self.rank, self.world_size = batch_size, device, rank, world_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pick = torch.randint(len(self.ids), (self.world_size * self.batch_size,), generator=self.generator)
-        pick = pick[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        ids, mask = self.ids[pick].to(self.device), self.mask[pick].to(self.device)
-        return ids[:, :-1], ids[:, 1:], mask[:, 1:]
-
-    def sibling(self) -> RandomRows:
-        other = RandomRows.__new__(RandomRows)
-        other.__dict__.update(self.__dict__)
-        other.generator = torch.Generator().manual_seed(self.generator.initial_seed())
-        return other
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-
 def split_conversations(ft: Finetune, val_fraction: float, seed: int) -> tuple[list, list]:
     """(train, val) conversations: val_data if given, else the last val_fraction of the shuffled data."""
     conversations = load_conversations(ft.data, "train")
@@ -154,6 +126,9 @@ def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Pa
     family, config = config_from_dict(saved["model"], default_family=(saved.get("train") or {}).get("arch", "gpt"))
     base_train = saved.get("train") or {}
     defaults = {**DEFAULTS, **(LORA_DEFAULTS if ft.lora_rank else {})}
+    if values.get("max_time") not in (None, "none") and "max_iters" not in values:
+        defaults["max_iters"] = UNBOUNDED_ITERS  # the time decides how many steps
+
     cfg = TrainConfig(**{**defaults, "seq_len": base_train.get("seq_len"), **values,
                          "corpus": ft.data, "tokenizer": "chat"})
     model = {"family": family, **{k: v for k, v in asdict(config).items() if k != "vocab_size"}}
@@ -228,10 +203,10 @@ class FinetuneTrainer(Trainer):
     def _sources(self):
         cfg, dist = self.cfg, self.dist
         args = (cfg.batch_size, self.device, cfg.seed, dist.rank, dist.world_size)
-        batches = RandomRows(self.data.train, *args)
+        batches = RandomRows(self.data.train.ids, self.data.train.mask, *args)
         sources = {"train": batches.sibling()}
         if self.data.val is not None:
-            sources["val"] = RandomRows(self.data.val, *args)
+            sources["val"] = RandomRows(self.data.val.ids, self.data.val.mask, *args)
         return batches, sources
 
     def load_weights(self, ckpt: Path) -> None:

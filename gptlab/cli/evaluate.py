@@ -19,6 +19,8 @@ def add_parser(sub, argv: list[str]) -> None:
     p.add_argument("--pool", default=None, help="where few-shot examples come from (default for builtin:words: its "
                                                 "training split)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N prompts")
+    p.add_argument("--match", default="exact", choices=("exact", "number"),
+                   help="exact: the whole reply; number: its final number (GSM8K: after ####) (default: exact)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="the longest reply (default: 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="picks the few-shot examples; seeds sampling (default: 0)")
@@ -52,11 +54,11 @@ def run(args) -> int:
     loaded = [(path, load_run(path, device=args.device)) for path in args.runs]  # every run, before any scoring
     show = _show if args.show else None
     scores = [evaluate_run(run, path, tests, pool, args.few_shot, args.max_new_tokens, args.temperature,
-                           args.seed, show) for path, run in loaded]
+                           args.seed, show, args.match) for path, run in loaded]
     if args.json:
         print(json.dumps([s.as_dict() for s in scores], indent=1))
     else:
-        _table(scores, args.data)
+        _table(scores, args.data, args.match)
     return 0
 
 
@@ -65,11 +67,11 @@ def _show(prompt, reference, answer, right) -> None:
           file=sys.stderr)
 
 
-def _table(scores, data: str) -> None:
+def _table(scores, data: str, match: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("run", "format", "shots (kept)", "examples", "exact match", "answer loss", "time",
+    table = Table("run", "format", "shots (kept)", "examples", f"{match} match", "answer loss", "time",
                   title=f"held-out prompts of {data}")
     for s in scores:
         shots = f"{s.shots} ({s.shots_kept:.1f})" if s.shots else "0"

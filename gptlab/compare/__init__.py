@@ -26,7 +26,7 @@ from gptlab.errors import GptlabError
 from gptlab.files import write_atomic
 from gptlab.models import get_family, model_fields, split_section
 from gptlab.run import load_run
-from gptlab.training.config import check_values, parse_duration, resolve
+from gptlab.training.config import UNBOUNDED_ITERS, check_values, parse_duration, resolve
 from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import train
 
@@ -34,7 +34,6 @@ TASKS = ("text", "recall")
 # The recall task's text: more random lines than a model of a few million parameters could memorise. A run of
 # two minutes on 2 cores reads it about three times; what it learns must be the rule, not the lines.
 RECALL_CHARS = 1_000_000
-UNBOUNDED_ITERS = 10**9  # with a time budget, the time decides how many steps (a preset's max_iters would cap it)
 OWN_FILES = {"runs", "recall.txt", *report.FILES}  # what a comparison writes into its folder
 
 
@@ -143,7 +142,7 @@ def plan(c: Comparison, family: str, corpus: Corpus, spec: str) -> tuple[dict, s
     if "dropout" in model_fields(family):
         values["dropout"] = c.dropout
     if c.max_time is not None:
-        values.update(max_time=c.max_time, max_iters=UNBOUNDED_ITERS)
+        values.update(max_time=c.max_time, max_iters=UNBOUNDED_ITERS)  # the time decides, not a preset's cap
     cfg, model = resolve(c.preset, values, pick_device(c.train.get("device", "auto")).type)
     check_values(cfg, model)
     if c.tokens is not None:  # the same tokens for each: the same number of steps of the same global batch

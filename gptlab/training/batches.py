@@ -17,7 +17,34 @@ import numpy as np
 import torch
 
 
-class RandomWindows:
+class Seeded:
+    """What every batch source shares: one seeded generator that every process holds in the same state, from
+    which each draws the global batch (world_size x batch_size picks) and keeps its rank's slice."""
+
+    generator: torch.Generator
+    batch_size: int
+    rank: int
+    world_size: int
+
+    def draw(self, high: int) -> torch.Tensor:
+        """This process's share of the global batch's picks, each in [0, high)."""
+        picks = torch.randint(high, (self.world_size * self.batch_size,), generator=self.generator)
+        return picks[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def sibling(self):
+        """Another draw from the same data (no second copy on the device), with its own generator."""
+        other = copy.copy(self)
+        other.generator = torch.Generator().manual_seed(self.generator.initial_seed())
+        return other
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class RandomWindows(Seeded):
     """Random windows of seq_len + 1 tokens from one split of the token files.
 
     The window starts come from one seeded generator that every process holds in the same state: each
@@ -41,9 +68,7 @@ class RandomWindows:
             self.tokens = torch.from_numpy(np.asarray(tokens).astype(np.int64)).to(self.device)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(self.n_windows, (self.world_size * self.batch_size,), generator=self.generator)
-        starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]  # this process's share
-        index = starts[:, None] + self.offsets  # (B, T+1)
+        index = self.draw(self.n_windows)[:, None] + self.offsets  # (B, T+1) this process's share of windows
         if self.tokens is not None:
             window = self.tokens[index.to(self.device)]
         else:
@@ -54,14 +79,18 @@ class RandomWindows:
                 window = window.to(self.device)
         return window[:, :-1], window[:, 1:]
 
-    def sibling(self) -> RandomWindows:
-        """Another draw of windows from the same tokens (no second copy on the device), with its own generator."""
-        other = copy.copy(self)
-        other.generator = torch.Generator().manual_seed(self.generator.initial_seed())
-        return other
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+class RandomRows(Seeded):
+    """Random rows of packed conversations (chat finetuning): (x, y, mask), x and y (B, L) ids, y shifted by one,
+    mask (B, L) 1 where y is a target that counts (the assistant's tokens)."""
 
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+    def __init__(self, ids: np.ndarray, mask: np.ndarray, batch_size: int, device: torch.device, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        self.ids, self.mask = torch.from_numpy(ids), torch.from_numpy(mask)  # (N, L + 1) each
+        self.batch_size, self.device, self.rank, self.world_size = batch_size, device, rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pick = self.draw(len(self.ids))
+        ids, mask = self.ids[pick].to(self.device), self.mask[pick].to(self.device)
+        return ids[:, :-1], ids[:, 1:], mask[:, 1:]

@@ -97,6 +97,9 @@ PRESET_HELP = {
     "gpt2-124m": "GPT-2 small, context 1024, BPE: throughput and MFU on a GPU",
 }
 
+# A step count that never stops a run: where a time budget alone should decide how many steps there are.
+UNBOUNDED_ITERS = 10**9
+
 # Values a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"max_iters", "max_time", "eval_interval", "eval_iters", "log_interval", "device", "compile",
              "threads", "corpus"}
