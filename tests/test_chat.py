@@ -369,3 +369,49 @@ def test_the_mirrors_conversation_sets_read_as_conversations():
     assert len(seeds) == 175 and [m["role"] for m in seeds[0]] == ["user", "assistant"]
     gsm8k = read_jsonl(MIRROR / "gsm8k" / "test.jsonl")
     assert len(gsm8k) == 1319 and final_number(gsm8k[0][1]["content"]) == "18"
+
+
+def test_a_conversation_split_across_rows_counts_each_learned_token_once():
+    tok = ChatTokenizer(tokenizers()["char"])
+    long_reply = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi there, " * 4}]
+    ids, mask = render(tok, long_reply)
+    rows = pack([long_reply], tok, length=10)  # the reply's 41 tokens fall across several rows
+    assert rows.split == 1 and rows.learned == sum(mask) == 41
+    assert int(rows.mask.sum()) > rows.learned  # a piece's first token repeats the one before it: not a target
+
+
+def test_lora_on_a_base_with_an_untied_head_trains_the_chat_tokens_rows(tmp_path):
+    corpus = write_corpus(tmp_path, text=TEXT)
+    gptlab.train(tiny(corpus, n_layer=1, n_embd=16, block_size=48, tie_weights=False), out=tmp_path / "untied",
+                 quiet=True)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in PAIRS * 3))
+    ft = Finetune(base=str(tmp_path / "untied"), data=str(data), lora_rank=2, lora_targets=" attn , mlp")
+    run_finetune(ft, {**QUICK, "max_iters": 10}, out=tmp_path / "chat", quiet=True)
+    head = gptlab.load_run(tmp_path / "chat", device="cpu").model.lm_head.weight
+    assert head[-4:].abs().sum() > 0  # <|end|> and the role tokens can be written
+
+
+def test_finetune_refuses_flags_it_would_ignore_and_an_out_that_is_the_base(base, tmp_path, capsys):
+    run_dir, data = base
+    for argv, message in [
+        (["finetune", "--out", str(run_dir), "--resume", "--lora-rank", "4"], "leave out --lora-rank"),
+        (["finetune", str(run_dir), "--data", str(data), "--lora-alpha", "8", "--out", str(tmp_path / "x")],
+         "--lora-alpha and --lora-targets apply with --lora-rank"),
+        (["finetune", str(run_dir), "--data", str(data), "--lora-rank", "2", "--lora-alpha", "inf", "--out",
+          str(tmp_path / "x")], "LoRA alpha must be a finite number"),
+        (["finetune", str(run_dir), "--data", str(data), "--out", str(run_dir), "--overwrite"], "holds the base run"),
+        (["eval", str(run_dir), "--data", str(data), "--few-shot", "1", "--pool", str(data)], "give the answers away"),
+    ]:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert gptlab.load_run(run_dir, device="cpu")  # the base is intact
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_line_holding_a_line_separator_is_one_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\ufeff" + json.dumps({"prompt": "a\u2028b", "completion": "c\x85"}, ensure_ascii=False) + "\r\n",
+                    encoding="utf-8")
+    assert read_jsonl(path) == [[{"role": "user", "content": "a\u2028b"}, {"role": "assistant", "content": "c\x85"}]]

@@ -38,7 +38,8 @@ def read_jsonl(path: str | Path) -> list[list[dict]]:
     if not path.is_file():
         raise GptlabError(f"data file not found: {path}")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Lines end at "\n" alone: JSON strings may hold U+2028 and other characters that splitlines() breaks at.
+        lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
     except UnicodeDecodeError:
         raise GptlabError(f"{path} is not UTF-8 text (is it a binary file?)") from None
     conversations = []

@@ -32,7 +32,7 @@ class Score:
     shots_kept: float  # solved examples that fit in the context with the prompt, on average
     examples: int
     exact_match: float  # share of replies equal to the reference
-    answer_loss: float  # mean nats per reference token
+    answer_loss: float  # mean nats per reference token (every test's tokens together)
     seconds: float
 
     def as_dict(self) -> dict:
@@ -61,25 +61,34 @@ def split_last(conversation: list[dict]) -> tuple[list[dict], str]:
     return conversation[:last], conversation[last]["content"]
 
 
+def solved(conversation: list[dict]) -> list[dict]:
+    """A pool conversation as one solved example: its last user message and the assistant's answer to it."""
+    prompt, answer = split_last(conversation)
+    question = next((m for m in reversed(prompt) if m["role"] == "user"), None)
+    if question is None:
+        raise GptlabError("a few-shot example has no user message before its answer")
+    return [question, {"role": "assistant", "content": answer}]
+
+
 def with_shots(prompt: list[dict], pool: list[list[dict]], shots: int, rng: random.Random) -> list[dict]:
     """K solved examples (each a question and its answer) as turns before the prompt, after any system message."""
     if not shots:
         return prompt
-    examples = [m for c in rng.sample(pool, shots) for m in c if m["role"] != "system"]
+    examples = [m for c in rng.sample(pool, shots) for m in solved(c)]
     system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
     return system + examples + prompt[len(system):]
 
 
 @torch.no_grad()
-def answer_loss(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
-    """Mean cross-entropy (nats) of the answer's tokens after the prompt, in the model's window."""
+def answer_loss(model, prompt_ids: list[int], answer_ids: list[int]) -> tuple[float, int]:
+    """Summed cross-entropy (nats) of the answer's tokens after the prompt, in the model's window, and how many."""
     ids = prompt_ids + answer_ids
     if model.max_context:
         ids = ids[-(model.max_context + 1):]
     idx = torch.tensor([ids], device=next(model.parameters()).device)
     logits, _ = model(idx[:, :-1])
     n = min(len(answer_ids), idx.size(1) - 1)
-    return F.cross_entropy(logits[0, -n:].float(), idx[0, -n:]).item()
+    return F.cross_entropy(logits[0, -n:].float(), idx[0, -n:], reduction="sum").item(), n
 
 
 def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]] | None = None, shots: int = 0,
@@ -91,20 +100,24 @@ def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]]
     if shots and (not pool or len(pool) < shots):
         raise GptlabError(f"--few-shot {shots} needs a pool of at least {shots} solved examples")
     fmt, rng, started = format_for(run.tokenizer), random.Random(seed), time.perf_counter()
-    right, losses, kept = 0, [], 0
+    right, loss, tokens, kept = 0, 0.0, 0, 0
     for i, conversation in enumerate(tests):
         prompt, reference = split_last(conversation)
+        if not any(m["role"] == "user" for m in prompt):
+            raise GptlabError(f"test conversation {i + 1} has no user message before its last assistant message")
         # Room for the reference's tokens only: the solved examples are dropped only if the answer would not fit.
         expected = fmt.answer(reference)
-        messages = trim(with_shots(prompt, pool or [], shots, rng), fmt, run.model.max_context, len(expected))
-        kept += (len(messages) - len(prompt)) // 2
+        full = with_shots(prompt, pool or [], shots, rng)
+        messages = trim(full, fmt, run.model.max_context, len(expected))
+        kept += max(0, shots - (len(full) - len(messages)) // 2)  # the oldest turns go first: the examples
         ids = fmt.prompt(messages)
         answer = reply(run.model, fmt, ids, max_new_tokens=max_new_tokens, temperature=temperature,
                        seed=seed + i).strip()
         ok = matches(answer, reference, match)
         right += ok
-        losses.append(answer_loss(run.model, ids, expected))
+        nats, n = answer_loss(run.model, ids, expected)
+        loss, tokens = loss + nats, tokens + n
         if show:
             show(prompt, reference, answer, ok)
-    return Score(name, fmt.name, shots, kept / len(tests), len(tests), right / len(tests),
-                 sum(losses) / len(losses), round(time.perf_counter() - started, 2))
+    return Score(name, fmt.name, shots, kept / len(tests), len(tests), right / len(tests), loss / max(tokens, 1),
+                 round(time.perf_counter() - started, 2))

@@ -45,8 +45,14 @@ class Rows:
     split: int  # conversations longer than a row, split across rows
 
     @property
+    def learned(self) -> int:
+        """Targets that count (a row's first token is never a target: a split conversation's piece repeats the
+        token before it there)."""
+        return int(self.mask[:, 1:].sum())
+
+    @property
     def chars_per_token(self) -> float:
-        return self.chars / max(1, int(self.mask.sum()))
+        return self.chars / max(1, self.learned)
 
 
 def pieces(ids: list[int], mask: list[int], length: int):
@@ -89,7 +95,7 @@ def split_conversations(ft: Finetune, val_fraction: float, seed: int) -> tuple[l
     conversations = load_conversations(ft.data, "train")
     random.Random(seed).shuffle(conversations)
     if ft.val_data:
-        return conversations, load_conversations(ft.val_data, "train")
+        return conversations, load_conversations(ft.val_data, "test")  # (a built-in set's held-out split)
     n_val = int(len(conversations) * val_fraction)
     return conversations[:len(conversations) - n_val], conversations[len(conversations) - n_val:]
 
@@ -135,8 +141,14 @@ def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Pa
     check_values(cfg, model)
     check_finetune(ft, family, config)
     run_dir = Path(out) if out is not None else Path("runs") / f"{Path(ft.base).name}-chat"
+    if run_dir.resolve() == base.resolve() or run_dir.resolve() in base.resolve().parents:
+        raise GptlabError(f"--out {run_dir} holds the base run; finetune into another folder")
     rundir.check_new(run_dir, overwrite)
     return Plan(cfg, model, run_dir, cap=cfg.max_iters, sections={"finetune": asdict(ft)}), ft
+
+
+def target_names(ft: Finetune) -> list[str]:
+    return [name.strip() for name in ft.lora_targets.split(",") if name.strip()]
 
 
 def check_finetune(ft: Finetune, family: str, config) -> None:
@@ -144,13 +156,11 @@ def check_finetune(ft: Finetune, family: str, config) -> None:
     if ft.lora_rank < 0:
         raise GptlabError("--lora-rank must be 0 (off) or at least 1")
     if ft.lora_rank:
-        if not ft.lora_alpha > 0:
-            raise GptlabError("--lora-alpha must be positive")
-        with torch.device("meta"):
-            lora.resolve_targets(build_model(family, config), ft.lora_targets.split(","))
+        with torch.device("meta"):  # the rank, alpha and targets, as add_lora will check them
+            lora.add_lora(build_model(family, config), ft.lora_rank, ft.lora_alpha, target_names(ft))
     load_conversations(ft.data, "train")  # a bad line is reported now, before anything is written
     if ft.val_data:
-        load_conversations(ft.val_data, "train")
+        load_conversations(ft.val_data, "test")
 
 
 class FinetuneTrainer(Trainer):
@@ -168,12 +178,18 @@ class FinetuneTrainer(Trainer):
         train, val = split_conversations(self.ft, self.cfg.val_fraction, self.cfg.seed)
         length = self._window()
         data = ChatData(pack(train, tokenizer, length), pack(val, tokenizer, length) if val else None)
-        if not train or not data.train.mask[:, 1:].any():
+        if not train or not data.train.learned:
             raise GptlabError(f"{self.ft.data} has no assistant text to learn from")
+        if data.val is not None and not data.val.learned:
+            data.val = None  # nothing there counts: no validation loss
         split = data.train.split + (data.val.split if data.val else 0)
         self.progress.message(f"{len(train)} conversations in {len(data.train.ids)} rows of {length} tokens "
-                              f"({int(data.train.mask.sum()):,} learned tokens), {len(val)} held out"
+                              f"({data.train.learned:,} learned tokens), {len(val)} held out"
                               + (f"; {split} longer than a row, split across rows" if split else ""))
+        unknown = int((data.train.ids == tokenizer.unk_id).sum()) if tokenizer.unk_id is not None else 0
+        if unknown:
+            self.progress.message(f"note: {unknown:,} tokens of the data are {tokenizer.decode([tokenizer.unk_id])} "
+                                  f"(words the base run's tokenizer does not know)")
         return tokenizer, data, self.ft.data
 
     def _window(self) -> int:
@@ -193,7 +209,7 @@ class FinetuneTrainer(Trainer):
         if config.vocab_size < self.tokenizer.vocab_size:
             model.grow_vocab(self.tokenizer.vocab_size)  # the chat tokens
         if self.ft.lora_rank:
-            targets = lora.resolve_targets(model, self.ft.lora_targets.split(","))
+            targets = lora.resolve_targets(model, target_names(self.ft))
             lora.add_lora(model, self.ft.lora_rank, self.ft.lora_alpha, targets)
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
             self.progress.message(f"LoRA rank {self.ft.lora_rank} on {len(targets)} matrices: {trained:,} of "
@@ -227,8 +243,8 @@ class FinetuneTrainer(Trainer):
         """With LoRA, a plain model holding the merged weights: what every other command loads."""
         if not self.ft.lora_rank:
             return self.model
-        family = self.plan.model["family"]
-        plain = build_model(family, self.model_config)
+        with torch.random.fork_rng(devices=[]):  # its initialisation must not move the run's random numbers
+            plain = build_model(self.plan.model["family"], self.model_config)
         plain.load_state_dict(lora.merged_state_dict(self.model))
         return plain
 

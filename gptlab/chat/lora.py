@@ -9,9 +9,9 @@ starts exactly at the pretrained model. Only A and B train: r * (in + out) numbe
 Afterwards W + (alpha / r) B A is one matrix again, so a merged model costs nothing extra to run.
 
 add_lora wraps the chosen nn.Linear layers in LoRALinear and freezes everything else except the token embedding
-(the rows of newly added special tokens must learn). merged_state_dict and merge_lora fold the adapters in;
-adapter_state and load_adapter_state save and restore the unmerged tensors, so that a finetuning run resumes
-exactly where it stopped.
+and an untied head (the rows of newly added special tokens must learn). merged_state_dict and merge_lora fold
+the adapters in; adapter_state and load_adapter_state save and restore the unmerged tensors, so that a
+finetuning run resumes exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from gptlab.errors import GptlabError
 
 __all__ = ["TARGETS", "LoRALinear", "adapter_state", "add_lora", "load_adapter_state", "merge_lora",
-           "merged_state_dict", "resolve_targets", "token_embeddings"]
+           "merged_state_dict", "resolve_targets", "vocab_parameters"]
 
 # Groups a user may name, as suffixes of module names (GPT-2's naming); any other name is a suffix itself,
 # e.g. "c_proj" (both projections of every block) or "lm_head" (an untied output head).
@@ -33,7 +33,6 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "attn": ("attn.c_attn", "attn.c_proj"),
     "mlp": ("mlp.c_fc", "mlp.c_proj"),
 }
-POSITION_TABLES = ("wpe",)  # embedding tables of positions, not tokens: frozen even if block_size == vocab_size
 
 
 class LoRALinear(nn.Module):
@@ -116,11 +115,12 @@ def resolve_targets(model: nn.Module, names: list[str]) -> list[str]:
     return [n for n in linears if n in chosen]
 
 
-def token_embeddings(model: nn.Module) -> list[nn.Embedding]:
-    """The model's token embedding tables: nn.Embedding with one row per token of config.vocab_size."""
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    return [m for name, m in model.named_modules() if isinstance(m, nn.Embedding) and m.num_embeddings == vocab
-            and name.rpartition(".")[2] not in POSITION_TABLES]
+def vocab_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What keeps training beside the adapters: the layers sized by the vocabulary (model.vocab_layers()), whose
+    rows for newly added tokens (the chat template's) must learn. The token embedding, and the head unless an
+    adapter wraps it (a head tied to the embedding is the same tensor)."""
+    wte, head = model.vocab_layers()
+    return [wte.weight] + ([] if isinstance(head, LoRALinear) else list(head.parameters()))
 
 
 # --- adding and merging -------------------------------------------------------------------------------------------
@@ -136,12 +136,13 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float, targets: list[str]) -> list[str]:
-    """Wrap the target layers in LoRALinear(rank, alpha), in place; freeze all but the adapters and the token
-    embedding (a head tied to it trains with it). Returns the wrapped modules' names."""
+    """Wrap the target layers in LoRALinear(rank, alpha), in place; freeze all but the adapters and the layers
+    sized by the vocabulary (vocab_parameters). Returns the wrapped modules' names."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise GptlabError(f"LoRA rank must be a whole number of at least 1, not {rank!r}")
-    if not alpha > 0:
-        raise GptlabError(f"LoRA alpha must be positive, not {alpha!r}")
+    if not alpha > 0 or not math.isfinite(alpha):
+        raise GptlabError(f"LoRA alpha must be positive, not {alpha!r}" if not alpha > 0 else
+                          f"LoRA alpha must be a finite number, not {alpha!r}")
     if _wrapped(model):
         raise GptlabError("the model already has LoRA adapters; merge them (merge_lora) before adding others")
     names = resolve_targets(model, targets)
@@ -151,8 +152,8 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: list[str]) -> l
     for layer in _wrapped(model).values():
         layer.lora_A.requires_grad_(True)
         layer.lora_B.requires_grad_(True)
-    for table in token_embeddings(model):
-        table.weight.requires_grad_(True)
+    for p in vocab_parameters(model):
+        p.requires_grad_(True)
     return names
 
 

@@ -41,7 +41,7 @@ class ChatTokenizer(Tokenizer):
         self.chat_ids = {name: base.vocab_size + i for i, name in enumerate(SPECIALS)}
         self.special_tokens = {**base.special_tokens, **self.chat_ids}
         self.names = {i: name for name, i in self.chat_ids.items()}
-        self.chunk_safe = base.chunk_safe
+        self.chunk_safe, self.unk_id = base.chunk_safe, base.unk_id
 
     @property
     def vocab_size(self) -> int:

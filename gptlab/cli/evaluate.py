@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from gptlab.errors import GptlabError
@@ -41,6 +42,8 @@ def _check(args) -> None:
         raise GptlabError("--max-new-tokens must be at least 1")
     if args.few_shot and args.pool is None and not args.data.startswith("builtin:"):
         raise GptlabError("--few-shot needs --pool, a file of solved examples kept apart from --data")
+    if args.pool is not None and os.path.realpath(args.pool) == os.path.realpath(args.data):
+        raise GptlabError("--pool is the --data file: its solved examples would give the answers away")
 
 
 def run(args) -> int:

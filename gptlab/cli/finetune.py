@@ -34,12 +34,12 @@ def add_parser(sub, argv: list[str]) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress output")
     adapters = p.add_argument_group("LoRA: train low-rank adapters instead of every weight",
                                     "With LoRA the defaults of --lr and --min-lr are 5e-3 and 5e-4.")
-    adapters.add_argument("--lora-rank", type=int, default=0, help="the adapters' rank; 0 trains every weight "
-                                                                   "(default: 0)")
-    adapters.add_argument("--lora-alpha", type=float, default=16.0, help="the adapters' scale is alpha / rank "
+    adapters.add_argument("--lora-rank", type=int, default=None, help="the adapters' rank; 0 trains every weight "
+                                                                      "(default: 0)")
+    adapters.add_argument("--lora-alpha", type=float, default=None, help="the adapters' scale is alpha / rank "
                                                                          "(default: 16)")
-    adapters.add_argument("--lora-targets", default=LORA_TARGETS, help="attn, mlp, or linear layers by name, "
-                                                                       f"comma-separated (default: {LORA_TARGETS})")
+    adapters.add_argument("--lora-targets", default=None, help="attn, mlp, or linear layers by name, "
+                                                               f"comma-separated (default: {LORA_TARGETS})")
     group = None
     for name, field in train_fields().items():
         if name in SECTIONS:
@@ -48,23 +48,35 @@ def add_parser(sub, argv: list[str]) -> None:
             _add_flag(group, name, field, DEFAULTS.get(name, field.default))
 
 
+def _setup(args):
+    """The finetune's settings from the flags (None with --resume: the run keeps its own); a flag that would be
+    ignored is refused."""
+    from gptlab.chat.config import LORA_TARGETS, Finetune
+
+    lora = {"--lora-rank": args.lora_rank, "--lora-alpha": args.lora_alpha, "--lora-targets": args.lora_targets}
+    if args.resume:
+        given = [flag for flag, value in {"BASE_RUN": args.base, "--data": args.data, "--val-data": args.val_data,
+                                          **lora}.items() if value is not None]
+        if given:
+            raise GptlabError(f"--resume continues the finetune in --out as it was set up; leave out "
+                              f"{', '.join(given)}")
+        if args.out is None:
+            raise GptlabError("--resume needs --out, the finetuned run's folder")
+        return None
+    if not args.base or not args.data:
+        raise GptlabError("give the pretrained run and the conversations: gptlab finetune BASE_RUN --data FILE")
+    if not args.lora_rank and (args.lora_alpha is not None or args.lora_targets is not None):
+        raise GptlabError("--lora-alpha and --lora-targets apply with --lora-rank N (N >= 1)")
+    return Finetune(base=args.base, data=args.data, val_data=args.val_data, lora_rank=args.lora_rank or 0,
+                    lora_alpha=16.0 if args.lora_alpha is None else args.lora_alpha,
+                    lora_targets=args.lora_targets or LORA_TARGETS)
+
+
 def run(args) -> int:
-    from gptlab.chat.config import Finetune
     from gptlab.chat.finetune import finetune
 
     overrides = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
-    if args.resume:
-        if args.base or args.data:
-            raise GptlabError("--resume continues the finetune in --out as it was set up; leave out the base "
-                              "run and --data")
-        if args.out is None:
-            raise GptlabError("--resume needs --out, the finetuned run's folder")
-        ft = None
-    else:
-        if not args.base or not args.data:
-            raise GptlabError("give the pretrained run and the conversations: gptlab finetune BASE_RUN --data FILE")
-        ft = Finetune(base=args.base, data=args.data, val_data=args.val_data, lora_rank=args.lora_rank,
-                      lora_alpha=args.lora_alpha, lora_targets=args.lora_targets)
+    ft = _setup(args)
     result = finetune(ft, overrides, out=args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     if result.stopped_by == "interrupt":
         if is_main_process():

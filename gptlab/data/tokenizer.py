@@ -34,6 +34,7 @@ class Tokenizer:
     """Base class: turns text into ids and back. Subclasses add a ``train`` classmethod."""
 
     kind: str = ""
+    unk_id: int | None = None  # the id text outside the vocabulary becomes, if there is one (word: <unk>)
     chunk_safe = False  # True if encoding a text in pieces cut as data._chunks cuts gives the ids of the whole
 
     def __init__(self) -> None:
@@ -128,6 +129,7 @@ class WordTokenizer(_PieceTokenizer):
 
     kind = "word"
     unk = "<unk>"  # always id 0; it cannot be a piece, since the pattern splits it into "<", "unk", ">"
+    unk_id = 0
     pattern = re.compile(r"\w+|\s+|[^\w\s]")
 
     @classmethod

@@ -16,15 +16,18 @@ def evaluate(model, sources: dict, iters: int, seed: int, device, dtype, dist) -
     out = {}
     for split, batches in sources.items():
         batches.generator.manual_seed(seed)
-        total, counted = torch.zeros((), device=device), 0.0
+        total, counted, masked = torch.zeros((), device=device), torch.zeros((), device=device), False
         for _ in range(iters):
             batch = batches.next()
             with autocast(device, dtype):
                 _, loss = model(*batch)
             if len(batch) > 2:  # a loss mask: weigh each batch's mean by the targets it counts
-                counted += float(batch[2].sum())
-                loss = loss * batch[2].sum()
+                masked, count = True, batch[2].sum()
+                loss, counted = loss * count, counted + count
             total += loss.float()
-        out[split] = dist.mean(total / iters) if not counted else dist.sum(float(total)) / max(dist.sum(counted), 1.0)
+        if masked:
+            out[split] = dist.sum(float(total)) / max(dist.sum(float(counted)), 1.0)
+        else:
+            out[split] = dist.mean(total / iters)
     model.train()
     return out

@@ -89,7 +89,7 @@ class Stepper:
         None: no mask, every micro-batch counts 1 / grad_accum."""
         if len(micro_batches[0]) < 3:
             return None
-        counts = [float(batch[2].sum()) for batch in micro_batches]
+        counts = torch.stack([batch[2].sum() for batch in micro_batches]).tolist()  # one device sync per step
         world = self.dist.world_size if self.dist else 1
         total = self.dist.sum(sum(counts)) if self.dist else sum(counts)
         return [count * world / max(total, 1.0) for count in counts]
