@@ -1,7 +1,8 @@
 """GPU paths: skipped without CUDA (CI has none); run on a GPU machine with the rest of the suite.
 
 The logic they exercise is shared with the CPU tests; these check what only a GPU does: bf16 autocast
-on CUDA, fused SDPA kernels with a KV cache, data preloaded to the device, and torch.compile with Inductor.
+on CUDA, fused SDPA kernels with a KV cache, data preloaded to the device, torch.compile with Inductor,
+and a LoRA finetune on the device.
 """
 
 from __future__ import annotations
@@ -83,3 +84,25 @@ def test_fused_adamw_on_cuda_and_its_state_moves_to_cpu():
     opt_cpu.step()
     for p, q in zip(on_cpu.parameters(), model.parameters()):
         torch.testing.assert_close(p, q.cpu(), rtol=1e-4, atol=1e-5)
+
+
+def test_finetuning_with_lora_on_cuda_resumes_exactly(tmp_path):
+    import json
+
+    from helpers import untimed
+
+    from gptlab.chat.config import Finetune
+    from gptlab.chat.finetune import finetune
+
+    corpus = write_corpus(tmp_path)
+    train(tiny(corpus, device="cuda", block_size=32, max_iters=10), out=tmp_path / "base", quiet=True)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "the cat", "completion": "sat on a mat"}) + "\n" for _ in range(20)))
+    ft = Finetune(base=str(tmp_path / "base"), data=str(data), lora_rank=2)
+    values = dict(max_iters=20, eval_interval=10, batch_size=4, device="cuda", dtype="float32", val_fraction=0.2)
+    finetune(ft, values, out=tmp_path / "a", quiet=True)
+    finetune(ft, values, out=tmp_path / "b", quiet=True, stop_after=10)
+    finetune(None, {}, out=tmp_path / "b", resume=True, quiet=True)
+    assert untimed(tmp_path / "a") == untimed(tmp_path / "b")
+    assert load_run(tmp_path / "b", device="cuda").tokenizer.vocab_size == load_run(tmp_path / "base").tokenizer \
+        .vocab_size + 4
