@@ -1,0 +1,89 @@
+"""Pictures of the views (views/inside.py computes the numbers): PNG files drawn with matplotlib."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MAX_LABELS = 48  # tokens written along an axis; beyond that the axis is left unlabelled
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _shown(token: str) -> str:
+    return token.replace("\n", "⏎").replace(" ", "␣") or "∅"
+
+
+def _label_axes(ax, tokens: list[str], size: int) -> None:
+    ticks = range(len(tokens)) if len(tokens) <= MAX_LABELS else []
+    ax.set_xticks(ticks, [_shown(tokens[i]) for i in ticks], rotation=90, fontsize=size)
+    ax.set_yticks(ticks, [_shown(tokens[i]) for i in ticks], fontsize=size)
+
+
+def attention(view: dict, path: Path, layer: int | None = None, head: int | None = None) -> None:
+    """Every layer (rows) and head (columns) as a map of query (down) against key (across); or one enlarged."""
+    plt = _pyplot()
+    tokens, maps = view["tokens"], view["maps"]
+    chosen = [(layer, head)] if layer is not None else [(i, j) for i in range(view["layers"])
+                                                        for j in range(view["heads"])]
+    rows, cols = (1, 1) if layer is not None else (view["layers"], view["heads"])
+    size = 8.0 if layer is not None else 2.6
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), dpi=100, squeeze=False)
+    for ax, (i, j) in zip(axes.flat, chosen):
+        ax.imshow(maps[i][j], cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_title(f"layer {i}, head {j}", fontsize=10 if layer is not None else 8)
+        _label_axes(ax, tokens, 9 if layer is not None else 5)
+    fig.supxlabel("key (the token looked at)")
+    fig.supylabel("query (the token looking)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def next_token(view: dict, path: Path) -> None:
+    """The candidates' probabilities at each temperature (bars side by side), after the cut-offs if any."""
+    plt = _pyplot()
+    candidates, temps = view["candidates"], view["temperatures"]
+    cut = view["top_k"] is not None or view["top_p"] is not None
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(candidates) + 2), 4), dpi=100)
+    width = 0.8 / len(temps)
+    for n, t in enumerate(temps):
+        heights = [c["p_cut" if cut else "p"][n] for c in candidates]
+        entropy = view["entropy_cut" if cut else "entropy"][n]
+        ax.bar([i + (n - (len(temps) - 1) / 2) * width for i in range(len(candidates))], heights, width,
+               label=f"temperature {t:g} (entropy {entropy:.2f} bits)")
+    ax.set_xticks(range(len(candidates)), [_shown(c["token"]) for c in candidates])
+    limits = ", ".join(s for s in (f"top-k {view['top_k']}" if view["top_k"] else "",
+                                   f"top-p {view['top_p']:g}" if view["top_p"] else "") if s)
+    ax.set(ylabel="probability", title=f"next token after {view['prompt'][-40:]!r}" + (f" ({limits})" if cut else ""))
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def embeddings(view: dict, path: Path, labels: int = 200) -> None:
+    """The tokens' embeddings on the first two principal axes, each point labelled (up to `labels` of them)."""
+    plt = _pyplot()
+    xy = view["xy"]
+    fig, ax = plt.subplots(figsize=(9, 8), dpi=100)
+    ax.scatter([p[0] for p in xy], [p[1] for p in xy], s=8, alpha=0.5)
+    step = max(1, len(xy) // labels)
+    for i in range(0, len(xy), step):
+        ax.annotate(_shown(view["labels"][i]), xy[i], fontsize=7)
+    for item in view["nearest"]:
+        ax.annotate(_shown(item["token"]), xy[item["id"]], fontsize=9, color="tab:red")
+    ex = view["explained"]
+    ax.set(xlabel=f"first principal axis ({ex[0]:.0%} of the variance)",
+           ylabel=f"second principal axis ({ex[1]:.0%})", title="token embeddings (PCA)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,126 @@
+"""Inside a trained model, as numbers: what attention looks at, how the next token is chosen, where the tokens'
+embeddings lie. Each function takes a loaded run (gptlab.load_run) and returns plain data (lists and floats,
+ready for JSON); views/draw.py turns them into pictures, and the web playground can serve the same data.
+
+    attention(run, prompt)      every layer's and head's attention weights over the prompt's tokens
+    next_token(run, prompt)     the next token's distribution at several temperatures, before and after the
+                                top-k / top-p cut-offs, with the entropy of each
+    embeddings(run, token)      the token embeddings projected to 2-D (PCA), and one token's nearest neighbours
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.generate import check_sampling, filter_logits
+from gptlab.models.base import capture
+
+ATTENTION = ".attn.probs"  # the capture points of attention weights (a GPT's, (B, n_head, T, T) each)
+
+
+def tokens_of(run, prompt: str) -> tuple[list[int], list[str]]:
+    """The prompt's ids (the last max_context of them) and each token's text on its own."""
+    if not prompt:
+        raise GptlabError("give a prompt (--prompt TEXT)")
+    ids = run.tokenizer.encode_prompt(prompt)
+    if not ids:
+        raise GptlabError("the prompt is empty after tokenization")
+    if run.model.max_context:
+        ids = ids[-run.model.max_context:]
+    return ids, [run.tokenizer.decode([i]) for i in ids]
+
+
+def _forward(run, ids: list[int]) -> torch.Tensor:
+    device = next(run.model.parameters()).device
+    run.model.eval()
+    with torch.no_grad():
+        logits, _ = run.model(torch.tensor([ids], device=device))
+    return logits[0].float()  # (T, vocab)
+
+
+def attention(run, prompt: str) -> dict:
+    """{"tokens": [...], "maps": [layer][head][query][key]}: row q is how query token q spreads its attention
+    over the keys 0..q (each row sums to 1; keys after q get 0, the causal mask)."""
+    points = [name for name, _ in run.model.named_modules() if name.endswith(ATTENTION)]
+    if not points:
+        family = run.config["model"].get("family", "this model")
+        raise GptlabError(f"attention does not apply to --model {family}: it has no attention layers (a recurrent "
+                          f"net reads the past through its hidden state)")
+    ids, pieces = tokens_of(run, prompt)
+    with capture(run.model, ATTENTION) as seen:
+        _forward(run, ids)
+    maps = torch.stack([seen[name][0].float() for name in points])  # (layers, heads, T, T)
+    return {"tokens": pieces, "layers": maps.size(0), "heads": maps.size(1), "maps": maps.tolist()}
+
+
+def entropy_bits(probs: torch.Tensor) -> float:
+    """-sum p log2 p, over the tokens with p > 0."""
+    p = probs[probs > 0]
+    return float(-(p * p.log2()).sum())
+
+
+def next_token(run, prompt: str, temperatures=(0.5, 1.0, 2.0), top_k: int | None = None,
+               top_p: float | None = None, k: int = 10) -> dict:
+    """The next token's probabilities at each temperature, and after the top-k/top-p cut-offs (renormalised),
+    for the k most likely tokens at temperature 1; the entropy (bits) of each whole distribution."""
+    for t in temperatures:
+        check_sampling(t, top_k, top_p)
+        if t == 0:
+            raise GptlabError("temperature 0 is the greedy choice, not a distribution; use a small positive one")
+    if k < 1:
+        raise GptlabError("k must be at least 1")
+    ids, _ = tokens_of(run, prompt)
+    logits = _forward(run, ids)[-1]  # (vocab,)
+    rows = {}
+    for t in temperatures:
+        scaled = logits / t
+        before = scaled.softmax(-1)
+        after = filter_logits(scaled[None], top_k, top_p)[0].softmax(-1)
+        rows[t] = (before, after)
+    best = logits.topk(min(k, logits.numel())).indices.tolist()
+    candidates = [{"id": i, "token": run.tokenizer.decode([i]),
+                   "p": [float(rows[t][0][i]) for t in temperatures],
+                   "p_cut": [float(rows[t][1][i]) for t in temperatures]} for i in best]
+    return {"prompt": prompt, "temperatures": list(temperatures), "top_k": top_k, "top_p": top_p,
+            "entropy": [entropy_bits(rows[t][0]) for t in temperatures],
+            "entropy_cut": [entropy_bits(rows[t][1]) for t in temperatures],
+            "kept": [int((rows[t][1] > 0).sum()) for t in temperatures], "candidates": candidates}
+
+
+def pca(matrix: torch.Tensor, n: int = 2) -> tuple[torch.Tensor, list[float]]:
+    """The rows of matrix (N, D) projected on its first n principal axes (N, n), and the share of the variance
+    each axis explains. Centred first; the axes come from the SVD, signs fixed so the largest entry is positive."""
+    centred = matrix.double() - matrix.double().mean(0)
+    U, S, Vh = torch.linalg.svd(centred, full_matrices=False)
+    signs = torch.sign(Vh[:n].gather(1, Vh[:n].abs().argmax(1, keepdim=True))).squeeze(1)  # (n,)
+    coords = (U[:, :n] * S[:n]) * signs
+    explained = (S[:n] ** 2 / (S ** 2).sum()).tolist()
+    return coords, explained
+
+
+def nearest(matrix: torch.Tensor, row: int, k: int) -> list[tuple[int, float]]:
+    """The k rows most like `row` by cosine similarity (itself left out), most similar first."""
+    unit = torch.nn.functional.normalize(matrix.double(), dim=1)
+    sims = unit @ unit[row]
+    sims[row] = -math.inf
+    best = sims.topk(min(k, len(sims) - 1))
+    return list(zip(best.indices.tolist(), best.values.tolist()))
+
+
+def embeddings(run, token: str | None = None, k: int = 10) -> dict:
+    """Every token's embedding row projected to 2-D, labelled; with a token, its k nearest neighbours."""
+    wte, _ = run.model.vocab_layers()
+    matrix = wte.weight.detach().float().cpu()  # (vocab, n_embd)
+    coords, explained = pca(matrix)
+    labels = [run.tokenizer.decode([i]) for i in range(matrix.size(0))]
+    out = {"labels": labels, "xy": coords.tolist(), "explained": explained, "token": token, "nearest": []}
+    if token is not None:
+        ids = run.tokenizer.encode_prompt(token)
+        if len(ids) != 1:
+            shown = ", ".join(repr(labels[i]) for i in ids)
+            raise GptlabError(f"{token!r} is {len(ids)} tokens for this tokenizer ({shown}); give one token")
+        out["nearest"] = [{"id": i, "token": labels[i], "cosine": sim} for i, sim in nearest(matrix, ids[0], k)]
+    return out
