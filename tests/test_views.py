@@ -119,3 +119,16 @@ def test_bad_requests_are_one_line(runs, tmp_path, capsys, monkeypatch, argv, me
     assert main(["inspect"] + argv) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_inspect_tokenizers_compares_them_on_a_corpus(tmp_path, capsys):
+    corpus = write_corpus(tmp_path, n_lines=400)
+    assert main(["inspect", "tokenizers", str(corpus), "--bpe-sizes", "300,400", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in result["tokenizers"]] == ["char", "word", "bpe-300", "bpe-400"]
+    assert result["tokenizers"][0]["chars_per_token"] == 1.0
+    assert main(["inspect", "tokenizers", str(corpus), "--bpe-sizes", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "chars/token" in out and "bpe-300" in out and "split:" in out
+    assert main(["inspect", "tokenizers", str(corpus), "--bpe-sizes", "100"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1

@@ -145,17 +145,16 @@ def _tokenizer_table(result: dict, name: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    table = Table(*tokenizers_header(), title=f"tokenizers trained on {name}")
-    for row in tokenizers_rows(result):
+    from gptlab.views.tokenizers import format_table, render_split
+
+    header, *rows = format_table(result)
+    table = Table(*header, title=f"tokenizers trained on {name} ({result['train_chars']:,} characters; measured "
+                                 f"on the {result['val_chars']:,} held out; embedding at width {result['width']}, "
+                                 f"{result['n_layer']} layers)")
+    for row in rows:
         table.add_row(*row)
+    console = Console()
     console.print(table)
-
-
-def tokenizers_header() -> list[str]:
-    return ["tokenizer", "vocabulary", "chars/token", "unknown", "embedding share"]
-
-
-def tokenizers_rows(result: dict) -> list[list[str]]:
-    return [[t["name"], f"{t['vocab_size']:,}", f"{t['chars_per_token']:.2f}", f"{t['unknown_share']:.1%}",
-             f"{t['embedding_share']:.0%}"] for t in result["tokenizers"]]
+    console.print(f"the sentence {result['sentence']!r}, split:", markup=False)
+    for t in result["tokenizers"]:
+        console.print(f"  {t['name']:<10} {render_split(t['split'])}", markup=False)

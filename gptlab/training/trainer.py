@@ -145,6 +145,7 @@ class Trainer:
                             notice=self.progress.message, compiled=cfg.compile, dist=dist)
         self.batches, self.eval_sources = self._sources()
         self.it, self.best_val, self.budget = 0, None, plan.budget
+        self.tokens = 0  # tokens trained on so far, every process's (a resume with other processes counts right)
         self.timer, self.metrics, self.last_log = Timer(), MetricsLog(None, enabled=False), (0.0, 0)
         self.val_loss, self.last_ckpt, self.last_eval_iter, self.last_loss = None, None, None, None
         self.eval_seconds = 0.0  # spent evaluating and saving, which the pace of the steps leaves out
@@ -195,7 +196,7 @@ class Trainer:
 
     def state(self) -> dict:
         """This process's resumable state (live tensors: copy before changing anything)."""
-        return dict(iter=self.it, elapsed=self.timer.elapsed(), best_val_loss=self.best_val,
+        return dict(iter=self.it, tokens=self.tokens, elapsed=self.timer.elapsed(), best_val_loss=self.best_val,
                     optimizers=[o.state_dict() for o in self.optimizers], batches=self.batches.state_dict(),
                     scaler=self.step.scaler.state_dict())
 
@@ -211,6 +212,7 @@ class Trainer:
             except ValueError as e:
                 raise GptlabError(f"checkpoint {source} cannot be resumed: {e}") from None
         self.it, self.best_val = state["iter"], state["best_val_loss"]
+        self.tokens = state.get("tokens", self.it * self.tokens_per_iter)  # (older checkpoints: this world size)
         self.timer = Timer(state["elapsed"])
         self.step.schedulers = schedulers(self.optimizers, self.cfg, self.it)
         self.batches.load_state_dict(state["batches"])
@@ -366,6 +368,7 @@ class Trainer:
         while self.it < cfg.max_iters:
             self.last_loss = self.step(self.batches)
             self.it += 1
+            self.tokens += self.tokens_per_iter
             if self.it == settle_at:
                 self.settle_budget(since)
             if self.it % cfg.log_interval == 0 or self.it == cfg.max_iters:
@@ -396,8 +399,8 @@ class Trainer:
         last_time, last_iter = self.last_log
         tps = self.tokens_per_iter * (self.it - last_iter) / max(1e-9, now - last_time)
         self.last_log = (now, self.it)
-        self.metrics.write(iter=self.it, loss=loss, lr=self.step.last_lr, tokens_per_s=round(tps, 1),
-                           time=round(now, 3))
+        self.metrics.write(iter=self.it, tokens=self.tokens, loss=loss, lr=self.step.last_lr,
+                           tokens_per_s=round(tps, 1), time=round(now, 3))
         self.progress.update(self.it, loss, tps, self.cfg.max_iters)
 
     def evaluate(self, iters: int | None = None) -> dict[str, float]:
@@ -411,8 +414,8 @@ class Trainer:
             if not math.isfinite(value):
                 raise self._non_finite(f"{name} loss", value)
         val = losses.get("val")
-        record = dict(iter=self.it, train_loss=losses["train"], time=round(self.timer.elapsed(), 3),
-                      unix_time=time.time())
+        record = dict(iter=self.it, tokens=self.tokens, train_loss=losses["train"],
+                      time=round(self.timer.elapsed(), 3), unix_time=time.time())
         if val is not None:
             self.best_val = val if self.best_val is None else min(self.best_val, val)
             record.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)),

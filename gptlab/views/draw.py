@@ -70,7 +70,8 @@ def next_token(view: dict, path: Path) -> None:
 
 
 def embeddings(view: dict, path: Path, labels: int = 200) -> None:
-    """The tokens' embeddings on the first two principal axes, each point labelled (up to `labels` of them)."""
+    """The tokens' embeddings on the first two principal axes, each point labelled (up to `labels` of them); the
+    chosen token in bold and its nearest neighbours in red."""
     plt = _pyplot()
     xy = view["xy"]
     fig, ax = plt.subplots(figsize=(9, 8), dpi=100)
@@ -80,6 +81,8 @@ def embeddings(view: dict, path: Path, labels: int = 200) -> None:
         ax.annotate(_shown(view["labels"][i]), xy[i], fontsize=7)
     for item in view["nearest"]:
         ax.annotate(_shown(item["token"]), xy[item["id"]], fontsize=9, color="tab:red")
+    if view["token_id"] is not None:
+        ax.annotate(_shown(view["token"]), xy[view["token_id"]], fontsize=12, color="tab:red", weight="bold")
     ex = view["explained"]
     ax.set(xlabel=f"first principal axis ({ex[0]:.0%} of the variance)",
            ylabel=f"second principal axis ({ex[1]:.0%})", title="token embeddings (PCA)")

@@ -116,11 +116,13 @@ def embeddings(run, token: str | None = None, k: int = 10) -> dict:
     matrix = wte.weight.detach().float().cpu()  # (vocab, n_embd)
     coords, explained = pca(matrix)
     labels = [run.tokenizer.decode([i]) for i in range(matrix.size(0))]
-    out = {"labels": labels, "xy": coords.tolist(), "explained": explained, "token": token, "nearest": []}
+    out = {"labels": labels, "xy": coords.tolist(), "explained": explained, "token": token, "token_id": None,
+           "nearest": []}
     if token is not None:
         ids = run.tokenizer.encode_prompt(token)
         if len(ids) != 1:
             shown = ", ".join(repr(labels[i]) for i in ids)
             raise GptlabError(f"{token!r} is {len(ids)} tokens for this tokenizer ({shown}); give one token")
+        out["token_id"] = ids[0]
         out["nearest"] = [{"id": i, "token": labels[i], "cosine": sim} for i, sim in nearest(matrix, ids[0], k)]
     return out
