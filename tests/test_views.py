@@ -84,8 +84,9 @@ def test_nearest_neighbours_by_cosine():
     assert [i for i, _ in got] == [1, 2, 3] and got[2][1] == pytest.approx(-1.0)
 
 
-def test_embeddings_are_every_token_in_two_dimensions(runs):
-    run = runs[0]["gpt"]
+@pytest.mark.parametrize("family", ["gpt", "lstm"])
+def test_embeddings_are_every_token_in_two_dimensions(runs, family):
+    run = runs[0][family]
     view = inside.embeddings(run, token="a", k=5)
     assert len(view["xy"]) == len(view["labels"]) == run.tokenizer.vocab_size
     assert len(view["nearest"]) == 5 and all(n["token"] != "a" for n in view["nearest"])
@@ -121,9 +122,11 @@ def test_bad_requests_are_one_line(runs, tmp_path, capsys, monkeypatch, argv, me
     assert message in err and err.count("\n") == 1
 
 
-def test_inspect_tokenizers_compares_them_on_a_corpus(tmp_path, capsys):
+def test_inspect_tokenizers_compares_them_on_a_corpus(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     corpus = write_corpus(tmp_path, n_lines=400)
     assert main(["inspect", "tokenizers", str(corpus), "--bpe-sizes", "300,400", "--json"]) == 0
+    assert (tmp_path / "tokenizers.png").read_bytes()[:8] == PNG
     result = json.loads(capsys.readouterr().out)
     assert [t["name"] for t in result["tokenizers"]] == ["char", "word", "bpe-300", "bpe-400"]
     assert result["tokenizers"][0]["chars_per_token"] == 1.0

@@ -37,7 +37,8 @@ def add_parser(sub, argv: list[str]) -> None:
     t.add_argument("--n-layer", type=int, default=6, help="a GPT's depth, for the embedding's share (default: 6)")
     t.add_argument("--sentence", default=None, help="the sentence shown split (default: one from the corpus)")
     t.add_argument("--mirror", default=None, help="read named corpora from this folder (default: $GPTLAB_MIRROR)")
-    t.add_argument("--json", action="store_true", help="the numbers as JSON on stdout")
+    t.add_argument("--out", default="tokenizers.png", help="the picture (default: tokenizers.png)")
+    t.add_argument("--json", action="store_true", help="the numbers as JSON on stdout (the picture is drawn too)")
 
 
 def _run_args(p, picture: str) -> None:
@@ -128,16 +129,19 @@ def _neighbours_table(view: dict) -> None:
 
 def _tokenizers(args) -> int:
     from gptlab.data.corpora import load_corpus
-    from gptlab.views import tokenizers
+    from gptlab.views import draw, tokenizers
 
+    out = _out(args.out)
     sizes = _numbers(args.bpe_sizes, int, "--bpe-sizes")
     corpus = load_corpus(args.corpus, mirror=args.mirror)
     result = tokenizers.compare_tokenizers(corpus.text, bpe_sizes=sizes, width=args.width, n_layer=args.n_layer,
                                            sentence=args.sentence)
+    draw.tokenizers(result, out, corpus.name)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
-        return 0
-    _tokenizer_table(result, corpus.name)
+    else:
+        _tokenizer_table(result, corpus.name)
+    print(f"picture: {out}", file=sys.stderr)
     return 0
 
 

@@ -90,3 +90,24 @@ def embeddings(view: dict, path: Path, labels: int = 200) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def tokenizers(result: dict, path: Path, name: str = "") -> None:
+    """Each tokenizer's characters per token (left) and its embedding's share of a GPT's parameters (right)."""
+    plt = _pyplot()
+    rows = result["tokenizers"]
+    names = [t["name"] for t in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    left.bar(names, [t["chars_per_token"] for t in rows], color="tab:blue")
+    left.set(ylabel="characters per token (held-out text)", title="how much text a token carries")
+    right.bar(names, [100 * t["embedding_share"] for t in rows], color="tab:orange")
+    right.set(ylabel="% of the parameters", title=f"token embedding in a {result['n_layer']}-layer, "
+                                                   f"{result['width']}-wide GPT")
+    for ax in (left, right):
+        ax.grid(axis="y", alpha=0.3)
+        ax.tick_params(axis="x", rotation=30)
+    if name:
+        fig.suptitle(f"tokenizers trained on {name}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
