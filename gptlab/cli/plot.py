@@ -47,7 +47,7 @@ def _out(path: str) -> Path:
 
 
 def run(args) -> int:
-    from gptlab.views import curves
+    from gptlab.views import curves, draw
 
     out = _out(args.out)
     if args.smooth < 1:
@@ -60,7 +60,7 @@ def run(args) -> int:
     for r in runs:
         for notice in r.notices:
             print(f"gptlab: warning: {notice}", file=sys.stderr)
-    draw(runs, names, numbers, out, args.title)
+    draw.curves(runs, names, numbers, out, args.title)
     if args.json:
         print(json.dumps(numbers, indent=1))
     print(f"{curves.y_label(y, args.split)} against {curves.X_LABELS[args.x]}; {why}", file=sys.stderr)
@@ -68,50 +68,3 @@ def run(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     print(f"picture: {out}", file=sys.stderr)
     return 0
-
-
-def draw(runs, names: list[str], numbers: dict, out: Path, title: str | None = None) -> None:
-    """One colour per run; validation with markers, training thinner and lighter; notes under the axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
-
-    from gptlab.views.curves import X_FIELDS
-
-    x_field, split = X_FIELDS[numbers["x"]], numbers["split"]
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    if len(runs) > len(palette):
-        palette = [plt.get_cmap("turbo")(i / (len(runs) - 1)) for i in range(len(runs))]
-    differ = len({r.tokenizer_id for r in runs}) > 1
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for i, (run, entry, name) in enumerate(zip(runs, numbers["runs"], names)):
-        colour, label = palette[i], f"{name} ({run.tokenizer_id})" if differ else name
-        val, train = entry.get("val") or [], entry.get("train") or []
-        if val:
-            ax.plot([p[x_field] for p in val], [p["y"] for p in val], "o-", color=colour, linewidth=2,
-                    markersize=4, label=label, zorder=3)
-        if train:
-            ax.plot([p[x_field] for p in train], [p["y"] for p in train], "-", color=colour, linewidth=0.9,
-                    alpha=0.55, label=None if val else label, zorder=2)
-    handles, _ = ax.get_legend_handles_labels()
-    if split == "both":
-        smoothed = f", mean of {numbers['smooth']}" if numbers["smooth"] > 1 else ""
-        handles += [Line2D([], [], color="grey", marker="o", linewidth=2, markersize=4, label="validation"),
-                    Line2D([], [], color="grey", linewidth=0.9, alpha=0.55, label=f"training (batch{smoothed})")]
-    ax.legend(handles=handles, fontsize="small")
-    if numbers["x"] != "time":
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole steps and tokens
-    ax.set_xlabel(numbers["x_label"])
-    ax.set_ylabel(numbers["y_label"])
-    ax.set_title(title if title is not None else ", ".join(names) if len(", ".join(names)) <= 80
-                 else f"{len(runs)} runs")
-    ax.grid(alpha=0.3)
-    notes = numbers["notes"]
-    if notes:
-        fig.text(0.01, 0.01, "\n".join(notes), fontsize="x-small", color="dimgrey", va="bottom", ha="left")
-    fig.tight_layout(rect=(0, 0.035 * len(notes), 1, 1))
-    fig.savefig(out)
-    plt.close(fig)
