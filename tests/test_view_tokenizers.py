@@ -135,7 +135,8 @@ def test_result_is_plain_json():
     assert set(result) == {"corpus_chars", "train_chars", "val_chars", "width", "n_layer", "sentence",
                            "tokenizers"}
     assert set(result["tokenizers"][0]) == {"name", "kind", "vocab_size", "val_tokens", "chars_per_token",
-                                            "unknown_share", "embedding_params", "embedding_share", "split"}
+                                            "unknown_share", "unknown_words", "embedding_params",
+                                            "embedding_share", "split"}
 
 
 def test_format_table_and_render_split():
@@ -143,7 +144,9 @@ def test_format_table_and_render_split():
     rows = format_table(result)
     assert rows[0][0] == "tokenizer" and len(rows) == 3
     assert all(isinstance(cell, str) for row in rows for cell in row)
-    assert rows[2] == ["word", "7", "1.64", "9.09%", "700", "0.6%"]
+    assert rows[2] == ["word", "7", "1.64", "9.09%", "16.67%", "0.6%"]  # 1 of 11 tokens, of 6 words
+    char, word = result["tokenizers"]
+    assert char["unknown_words"] == word["unknown_words"] == pytest.approx(1 / 6)  # "dog": new to both
     assert render_split(["First", " Citizen", ":", "\n"]) == "First| Citizen|:|⏎"
 
 

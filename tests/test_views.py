@@ -2,6 +2,7 @@
 under the causal mask; temperature sharpens and flattens; PCA and nearest neighbours of known matrices), and
 each picture is written."""
 
+import copy
 import json
 
 import pytest
@@ -135,3 +136,41 @@ def test_inspect_tokenizers_compares_them_on_a_corpus(tmp_path, capsys, monkeypa
     assert "chars/token" in out and "bpe-300" in out and "split:" in out
     assert main(["inspect", "tokenizers", str(corpus), "--bpe-sizes", "100"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_labels_of_byte_pieces_and_control_characters_are_readable():
+    class Bytes:
+        special_tokens = {}
+        vocab_size = 3
+
+        def decode(self, ids):
+            return {0: "\ufffd", 1: "a\x07", 2: "\n"}[ids[0]]
+
+        class hf:
+            @staticmethod
+            def id_to_token(i):
+                return "Ã"
+
+    assert [inside.label(Bytes(), i) for i in range(3)] == ["Ã", "a\\x07", "\n"]
+
+
+def test_chat_tokens_can_be_inspected_and_tiny_temperatures_stay_numbers(runs, tmp_path):
+    run = runs[0]["gpt"]
+    view = inside.next_token(run, "the cat", temperatures=(1e-40, 1.0), k=3)
+    assert view["candidates"][0]["p"][0] == 1.0 and view["entropy"][0] == 0.0 and view["kept"][0] >= 1
+    from gptlab.chat.template import ChatTokenizer
+
+    model = copy.deepcopy(run.model)  # (the fixture's model stays as it is)
+    model.grow_vocab(run.tokenizer.vocab_size + 4)
+    chat = type(run)(run.path, run.config, model, ChatTokenizer(run.tokenizer))
+    view = inside.embeddings(chat, token="<|end|>", k=3)
+    assert view["labels"][view["token_id"]] == "<|end|>" and len(view["nearest"]) == 3
+
+
+@pytest.mark.parametrize("out, message", [(".", "is a folder"), ("picture", "name a .png, .svg, .pdf file"),
+                                          ("p.xyz", "name a .png, .svg, .pdf file")])
+def test_inspect_refuses_an_out_that_is_no_picture_file(runs, tmp_path, capsys, monkeypatch, out, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "embeddings", str(runs[1] / "gpt"), "--out", out]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -50,22 +50,20 @@ def _run_args(p, picture: str) -> None:
 
 def _numbers(text: str, kind, flag: str) -> list:
     try:
-        return [kind(v) for v in text.split(",") if v.strip()]
+        numbers = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise GptlabError(f"{flag} takes numbers separated by commas, not {text!r}") from None
-
-
-def _out(path: str) -> Path:
-    out = Path(path)
-    if not out.parent.is_dir():
-        raise GptlabError(f"--out {out}: the folder {out.parent} does not exist")
-    return out
+        numbers = []
+    if not numbers:
+        raise GptlabError(f"{flag} takes numbers separated by commas, not {text!r}")
+    return numbers
 
 
 def run(args) -> int:
+    from gptlab.views.draw import picture_path
+
+    out = picture_path(args.out)
     if args.view == "tokenizers":
-        return _tokenizers(args)
-    out = _out(args.out)
+        return _tokenizers(args, out)
     from gptlab.run import load_run
     from gptlab.views import draw, inside
 
@@ -80,6 +78,9 @@ def run(args) -> int:
         summary = f"{view['layers']} layers x {view['heads']} heads over {len(view['tokens'])} tokens"
     elif args.view == "next":
         view = inside.next_token(loaded, args.prompt, temps, args.top_k, args.top_p, args.k)
+        if view["cut"]:
+            print(f"note: the prompt is longer than the model's context; it sees the last part, "
+                  f"{view['prompt'][:40]!r}...", file=sys.stderr)
         draw.next_token(view, out)
         summary = None if args.json else _next_table(view)
     else:
@@ -127,11 +128,10 @@ def _neighbours_table(view: dict) -> None:
         Console().print(table)
 
 
-def _tokenizers(args) -> int:
+def _tokenizers(args, out: Path) -> int:
     from gptlab.data.corpora import load_corpus
     from gptlab.views import draw, tokenizers
 
-    out = _out(args.out)
     sizes = _numbers(args.bpe_sizes, int, "--bpe-sizes")
     corpus = load_corpus(args.corpus, mirror=args.mirror)
     result = tokenizers.compare_tokenizers(corpus.text, bpe_sizes=sizes, width=args.width, n_layer=args.n_layer,
@@ -152,13 +152,13 @@ def _tokenizer_table(result: dict, name: str) -> None:
     from gptlab.views.tokenizers import format_table, render_split
 
     header, *rows = format_table(result)
-    table = Table(*header, title=f"tokenizers trained on {name} ({result['train_chars']:,} characters; measured "
-                                 f"on the {result['val_chars']:,} held out; embedding at width {result['width']}, "
-                                 f"{result['n_layer']} layers)")
+    table = Table(*header, title=f"tokenizers trained on {name}")
     for row in rows:
         table.add_row(*row)
     console = Console()
     console.print(table)
+    console.print(f"trained on {result['train_chars']:,} characters, measured on the {result['val_chars']:,} held "
+                  f"out; the embedding in a GPT {result['width']} wide with {result['n_layer']} layers", markup=False)
     console.print(f"the sentence {result['sentence']!r}, split:", markup=False)
     for t in result["tokenizers"]:
         console.print(f"  {t['name']:<10} {render_split(t['split'])}", markup=False)

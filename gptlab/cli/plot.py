@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from gptlab.errors import GptlabError
-
-PICTURES = (".png", ".svg", ".pdf")  # the format follows the extension, as matplotlib's savefig does
 
 
 def add_parser(sub, argv: list[str]) -> None:
@@ -35,21 +32,10 @@ def add_parser(sub, argv: list[str]) -> None:
     p.add_argument("--title", default=None, help="the figure's title (default: the runs' names)")
 
 
-def _out(path: str) -> Path:
-    out = Path(path)
-    if out.is_dir():
-        raise GptlabError(f"--out {out} is a folder; name a picture file, e.g. {out / 'plot.png'}")
-    if out.suffix.lower() not in PICTURES:
-        raise GptlabError(f"--out {out}: name a {', '.join(PICTURES)} file")
-    if not out.parent.is_dir():
-        raise GptlabError(f"--out {out}: the folder {out.parent} does not exist")
-    return out
-
-
 def run(args) -> int:
     from gptlab.views import curves, draw
 
-    out = _out(args.out)
+    out = draw.picture_path(args.out)
     if args.smooth < 1:
         raise GptlabError(f"--smooth must be at least 1 (1: no smoothing), not {args.smooth}")
     runs = [curves.load_curves(path) for path in args.runs]

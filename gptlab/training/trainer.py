@@ -212,7 +212,8 @@ class Trainer:
             except ValueError as e:
                 raise GptlabError(f"checkpoint {source} cannot be resumed: {e}") from None
         self.it, self.best_val = state["iter"], state["best_val_loss"]
-        self.tokens = state.get("tokens", self.it * self.tokens_per_iter)  # (older checkpoints: this world size)
+        per_process = self.tokens_per_iter // self.dist.world_size  # older checkpoints: from the processes they had
+        self.tokens = state.get("tokens", self.it * per_process * state.get("world_size", self.dist.world_size))
         self.timer = Timer(state["elapsed"])
         self.step.schedulers = schedulers(self.optimizers, self.cfg, self.it)
         self.batches.load_state_dict(state["batches"])

@@ -73,7 +73,7 @@ def load_curves(run_dir: str | Path) -> Curves:
     if not path.is_dir():
         raise GptlabError(f"{path} is a file, not a run folder")
     if (path / WEIGHTS).exists() and not (path / METRICS).exists():
-        raise GptlabError(f"{path} is a checkpoint; pass its run folder, {path.parent.parent}")
+        raise GptlabError(f"{path} is a checkpoint; pass its run folder, {path.resolve().parent.parent}")
     if not (path / METRICS).exists():
         if not (path / CONFIG).exists():
             raise GptlabError(f"{path} is not a run folder (it has no {CONFIG} and no {METRICS}); "
@@ -166,7 +166,7 @@ def _field_problem(record: dict) -> str | None:
     step = record.get("iter")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         return "has no step (a whole number 'iter')"
-    for name in ("loss", "val_loss", "val_bpc", "time"):
+    for name in ("loss", "val_loss", "val_bpc", "time", "tokens"):
         if name in record and not _is_number(record[name]):
             return f"has a {name} that is not a finite number: {record[name]!r}"
     return None

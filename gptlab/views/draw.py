@@ -6,6 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 
 MAX_LABELS = 48  # tokens written along an axis; beyond that the axis is left unlabelled
+PICTURES = (".png", ".svg", ".pdf")  # the format follows the extension, as matplotlib's savefig does
+
+
+def picture_path(text: str) -> Path:
+    """--out checked before any work: a picture file name, in a folder that exists."""
+    from gptlab.errors import GptlabError
+
+    out = Path(text)
+    if out.is_dir():
+        raise GptlabError(f"--out {out} is a folder; name a picture file, e.g. {out / 'picture.png'}")
+    if out.suffix.lower() not in PICTURES:
+        raise GptlabError(f"--out {out}: name a {', '.join(PICTURES)} file")
+    if not out.parent.is_dir():
+        raise GptlabError(f"--out {out}: the folder {out.parent} does not exist")
+    return out
 
 
 def _pyplot():

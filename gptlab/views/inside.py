@@ -22,7 +22,7 @@ ATTENTION = ".attn.probs"  # the capture points of attention weights (a GPT's, (
 
 
 def tokens_of(run, prompt: str) -> tuple[list[int], list[str]]:
-    """The prompt's ids (the last max_context of them) and each token's text on its own."""
+    """The prompt's ids (the last max_context of them: what the model sees) and each token's label."""
     if not prompt:
         raise GptlabError("give a prompt (--prompt TEXT)")
     ids = run.tokenizer.encode_prompt(prompt)
@@ -30,7 +30,17 @@ def tokens_of(run, prompt: str) -> tuple[list[int], list[str]]:
         raise GptlabError("the prompt is empty after tokenization")
     if run.model.max_context:
         ids = ids[-run.model.max_context:]
-    return ids, [run.tokenizer.decode([i]) for i in ids]
+    return ids, [label(run.tokenizer, i) for i in ids]
+
+
+def label(tokenizer, i: int) -> str:
+    """A token's text on its own, readable: a byte-level piece that is no whole character (U+FFFD when decoded
+    alone) as its byte-level name, control characters escaped."""
+    text = tokenizer.decode([i])
+    base = getattr(tokenizer, "base", tokenizer)  # a chat tokenizer wraps the run's own
+    if "\ufffd" in text and hasattr(base, "hf") and i < base.vocab_size:
+        text = base.hf.id_to_token(i) or text
+    return "".join(c if c.isprintable() or c in "\n " else f"\\x{ord(c):02x}" for c in text)
 
 
 def _forward(run, ids: list[int]) -> torch.Tensor:
@@ -59,7 +69,7 @@ def attention(run, prompt: str) -> dict:
 def entropy_bits(probs: torch.Tensor) -> float:
     """-sum p log2 p, over the tokens with p > 0."""
     p = probs[probs > 0]
-    return float(-(p * p.log2()).sum())
+    return max(0.0, float(-(p * p.log2()).sum()))
 
 
 def next_token(run, prompt: str, temperatures=(0.5, 1.0, 2.0), top_k: int | None = None,
@@ -74,17 +84,19 @@ def next_token(run, prompt: str, temperatures=(0.5, 1.0, 2.0), top_k: int | None
         raise GptlabError("k must be at least 1")
     ids, _ = tokens_of(run, prompt)
     logits = _forward(run, ids)[-1]  # (vocab,)
+    logits = logits - logits.max()  # as sampling does: no inf - inf at a tiny temperature
     rows = {}
     for t in temperatures:
-        scaled = logits / t
+        scaled = logits / max(t, torch.finfo(torch.float32).tiny)
         before = scaled.softmax(-1)
         after = filter_logits(scaled[None], top_k, top_p)[0].softmax(-1)
         rows[t] = (before, after)
     best = logits.topk(min(k, logits.numel())).indices.tolist()
-    candidates = [{"id": i, "token": run.tokenizer.decode([i]),
+    candidates = [{"id": i, "token": label(run.tokenizer, i),
                    "p": [float(rows[t][0][i]) for t in temperatures],
                    "p_cut": [float(rows[t][1][i]) for t in temperatures]} for i in best]
-    return {"prompt": prompt, "temperatures": list(temperatures), "top_k": top_k, "top_p": top_p,
+    seen = run.tokenizer.decode(ids)  # the prompt as the model sees it (the end of one longer than its context)
+    return {"prompt": seen, "cut": seen != prompt, "temperatures": list(temperatures), "top_k": top_k, "top_p": top_p,
             "entropy": [entropy_bits(rows[t][0]) for t in temperatures],
             "entropy_cut": [entropy_bits(rows[t][1]) for t in temperatures],
             "kept": [int((rows[t][1] > 0).sum()) for t in temperatures], "candidates": candidates}
@@ -114,12 +126,20 @@ def embeddings(run, token: str | None = None, k: int = 10) -> dict:
     """Every token's embedding row projected to 2-D, labelled; with a token, its k nearest neighbours."""
     wte, _ = run.model.vocab_layers()
     matrix = wte.weight.detach().float().cpu()  # (vocab, n_embd)
+    if min(matrix.shape) < 3:
+        raise GptlabError(f"a picture in two dimensions needs at least 3 tokens and 3 embedding dimensions; this "
+                          f"model has {matrix.size(0)} and {matrix.size(1)}")
+    if k < 1:
+        raise GptlabError("--k must be at least 1")
     coords, explained = pca(matrix)
-    labels = [run.tokenizer.decode([i]) for i in range(matrix.size(0))]
+    labels = [label(run.tokenizer, i) for i in range(matrix.size(0))]
     out = {"labels": labels, "xy": coords.tolist(), "explained": explained, "token": token, "token_id": None,
            "nearest": []}
     if token is not None:
-        ids = run.tokenizer.encode_prompt(token)
+        if not token:
+            raise GptlabError("--token is empty; give one token's text")
+        special = run.tokenizer.special_tokens.get(token)
+        ids = [special] if special is not None else run.tokenizer.encode_prompt(token)
         if len(ids) != 1:
             shown = ", ".join(repr(labels[i]) for i in ids)
             raise GptlabError(f"{token!r} is {len(ids)} tokens for this tokenizer ({shown}); give one token")

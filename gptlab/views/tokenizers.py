@@ -15,6 +15,7 @@ Everything returned is plain JSON (str, int, float, list, dict): the CLI prints 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer
@@ -80,10 +81,26 @@ def measure_tokenizer(name: str, tokenizer: Tokenizer, val_text: str, sentence: 
         "val_tokens": len(ids),
         "chars_per_token": len(val_text) / max(1, len(ids)),
         "unknown_share": unknown / max(1, len(ids)),
+        "unknown_words": unknown_words(tokenizer, val_text),
         "embedding_params": vocab * width,
         "embedding_share": embedding_share(vocab, width, n_layer),
         "split": split_sentence(tokenizer, sentence),
     }
+
+
+def unknown_words(tokenizer: Tokenizer, text: str) -> float:
+    """The share of the text's words (runs of letters or digits, as the word tokenizer splits them) that the
+    tokenizer cannot represent: a word it maps to <unk>, or (char) a word with a character it never saw. BPE
+    represents every word (it falls back to bytes)."""
+    words = [w for w in WordTokenizer.pattern.findall(text) if w[0].isalnum() or w[0] == "_"]
+    if isinstance(tokenizer, CharTokenizer):
+        missing = sum(any(c not in tokenizer.stoi for c in w) for w in words)
+    elif tokenizer.unk_id is not None:
+        counts = Counter(words)
+        missing = sum(n for w, n in counts.items() if tokenizer.encode(w) == [tokenizer.unk_id])
+    else:
+        missing = 0
+    return missing / max(1, len(words))
 
 
 def split_sentence(tokenizer: Tokenizer, sentence: str) -> list[str]:
@@ -157,10 +174,10 @@ def compare_tokenizers(text: str, bpe_sizes: Sequence[int] = DEFAULT_BPE_SIZES, 
 
 def format_table(result: dict) -> list[list[str]]:
     """compare_tokenizers' result as a header row and one row per tokenizer, all strings."""
-    rows = [["tokenizer", "vocab", "chars/token", "unknown", "embedding", "of params"]]
+    rows = [["tokenizer", "vocab", "chars/token", "unknown tokens", "unknown words", "embedding share"]]
     for t in result["tokenizers"]:
-        rows.append([t["name"], f"{t['vocab_size']:,}", f"{t['chars_per_token']:.2f}",
-                     f"{t['unknown_share']:.2%}", f"{t['embedding_params']:,}", f"{t['embedding_share']:.1%}"])
+        rows.append([t["name"], f"{t['vocab_size']:,}", f"{t['chars_per_token']:.2f}", f"{t['unknown_share']:.2%}",
+                     f"{t['unknown_words']:.2%}", f"{t['embedding_share']:.1%}"])
     return rows
 
 
