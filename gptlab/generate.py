@@ -58,8 +58,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 @torch.no_grad()
 def generate(model, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             use_cache: bool = True) -> Iterator[torch.Tensor]:
-    """Yield max_new_tokens next tokens, each a tensor (B,), for prompt ids (T,) or (B, T).
+             use_cache: bool = True, with_logits: bool = False) -> Iterator[torch.Tensor]:
+    """Yield max_new_tokens next tokens, each a tensor (B,), for prompt ids (T,) or (B, T); with_logits, each
+    as (token, the logits (B, vocab) it was sampled from), for log-probabilities and alternatives.
 
     The model carries a generation state (a GPT's KV cache, a recurrent net's hidden state) and is fed one new
     token per step. A model with a longest context (model.max_context, a GPT's block_size) sees the window
@@ -91,7 +92,7 @@ def generate(model, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, t
                 logits, _ = model(idx[:, start:])
                 logits = logits[:, -1]
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
-            yield nxt
+            yield (nxt, logits) if with_logits else nxt
             idx = torch.cat((idx, nxt[:, None]), dim=1)
             if context and idx.size(1) - start > context:
                 start = idx.size(1) - (context // 2 + 1)

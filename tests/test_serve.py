@@ -1,0 +1,209 @@
+"""gptlab.serve: the OpenAI-compatible API, driven by OpenAI's own client (in process, through Starlette's test
+client): models, completions and chat completions, streamed or not, log-probabilities, stop strings, and every
+error in OpenAI's shape with a 4xx status."""
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from helpers import tiny, write_corpus
+
+import gptlab
+from gptlab.chat.config import Finetune
+from gptlab.chat.finetune import finetune
+from gptlab.serve.app import MAX_BODY, create_app
+from gptlab.serve.engine import Served
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    corpus = write_corpus(folder)
+    gptlab.train(tiny(corpus, block_size=32, max_iters=20), out=folder / "base", quiet=True)
+    data = folder / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "the cat", "completion": "sat on a mat"}) + "\n"
+                            for _ in range(20)))
+    finetune(Finetune(base=str(folder / "base"), data=str(data)),
+             dict(max_iters=60, batch_size=8, lr=1e-2, device="cpu", dtype="float32", eval_interval=1000),
+             out=folder / "chat", quiet=True)
+    served = {name: Served(name, gptlab.load_run(folder / name, device="cpu")) for name in ("base", "chat")}
+    return create_app(served, max_tokens=64)
+
+
+@pytest.fixture
+def client(app):
+    http = TestClient(app)
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0), http
+
+
+def test_models_are_the_served_runs(client):
+    assert [m.id for m in client[0].models.list().data] == ["base", "chat"]
+
+
+def test_a_completion_equals_gptlabs_own_generation_and_counts_its_tokens(client, app):
+    c = client[0].completions.create(model="base", prompt="the cat", max_tokens=12, temperature=0)
+    run = app.state.served["base"].run
+    assert c.choices[0].text == run.generate("the cat", max_new_tokens=12, temperature=0)
+    assert c.choices[0].finish_reason == "length" and c.object == "text_completion"
+    assert (c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.total_tokens) == (7, 12, 19)
+
+
+def test_streaming_sends_the_same_text_piece_by_piece(client):
+    whole = client[0].completions.create(model="base", prompt="the", max_tokens=10, temperature=0).choices[0].text
+    chunks = list(client[0].completions.create(model="base", prompt="the", max_tokens=10, temperature=0,
+                                               stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == whole and chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_seeds_n_and_stop_strings(client):
+    c = client[0].completions.create(model="base", prompt="the", max_tokens=20, n=2, seed=5, temperature=1.0)
+    again = client[0].completions.create(model="base", prompt="the", max_tokens=20, n=2, seed=5, temperature=1.0)
+    assert [x.text for x in c.choices] == [x.text for x in again.choices] and c.choices[0].index == 0
+    assert c.choices[0].text != c.choices[1].text  # choice i uses seed + i
+    text = c.choices[0].text
+    stop = text[3:5]
+    cut = client[0].completions.create(model="base", prompt="the", max_tokens=20, seed=5, temperature=1.0,
+                                       stop=[stop])
+    assert cut.choices[0].text == text[:text.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_log_probabilities_and_their_alternatives(client):
+    c = client[0].completions.create(model="base", prompt="the", max_tokens=5, temperature=0, logprobs=3)
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert len(top) == 3 and value <= 0 and value == pytest.approx(max(top.values()))  # greedy: the best
+        assert token in top
+
+
+def test_chat_completions_answer_in_the_template(client):
+    messages = [{"role": "user", "content": "the cat"}]
+    r = client[0].chat.completions.create(model="chat", messages=messages, temperature=0, max_tokens=30)
+    assert r.choices[0].message.content == "sat on a mat" and r.choices[0].finish_reason == "stop"
+    stream = client[0].chat.completions.create(model="chat", messages=messages, temperature=0, max_tokens=30,
+                                               stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == "sat on a mat"
+
+
+@pytest.mark.parametrize("body, status, param, message", [
+    ("{not json", 400, None, "not valid JSON"),
+    ({"model": "nope", "prompt": "the"}, 404, "model", "does not exist"),
+    ({"model": "base", "prompt": "the", "max_tokens": 0}, 400, "max_tokens", "max_tokens must be between 1 and 64"),
+    ({"model": "base", "prompt": "the", "temperature": -1}, 400, "temperature", "temperature must be"),
+    ({"model": "base", "prompt": "the", "top_p": 2}, 400, "top_p", "top-p must be"),
+    ({"model": "base", "prompt": "the " * 40}, 400, "prompt", "longer than the model's context of 32"),
+    ({"model": "base", "prompt": "Æ"}, 400, "prompt", "not in the tokenizer's vocabulary"),
+    ({"model": "base"}, 400, "prompt", "prompt: Field required"),
+    ({"model": "base", "prompt": "the", "n": "many"}, 400, "n", "n: Input should be a valid integer"),
+])
+def test_bad_requests_get_openais_error_object(client, body, status, param, message):
+    http = client[1]
+    r = http.post("/v1/completions", content=body if isinstance(body, str) else json.dumps(body),
+                  headers={"content-type": "application/json"})
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert message in err["message"] and err["param"] == param and err["type"] == "invalid_request_error"
+
+
+def test_chat_on_a_run_without_the_template_and_other_refusals(client):
+    http = client[1]
+    r = http.post("/v1/chat/completions", json={"model": "base", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and "has no chat template" in r.json()["error"]["message"]
+    r = http.post("/v1/chat/completions", json={"model": "chat", "messages": [{"role": "robot", "content": "x"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert http.get("/v1/nothing").status_code == 404 and http.get("/v1/nothing").json()["error"]
+    assert http.get("/v1/completions").status_code == 405
+    r = http.post("/v1/completions", content=b"x" * (MAX_BODY + 1), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_an_api_key_is_required_when_set(app):
+    keyed = create_app(app.state.served, api_key="s3cret")
+    http = TestClient(keyed)
+    assert http.get("/v1/models").status_code == 401
+    assert http.get("/v1/models", headers={"authorization": "Bearer wrong"}).json()["error"]["type"] == \
+        "authentication_error"
+    good = openai.OpenAI(base_url="http://testserver/v1", api_key="s3cret", http_client=http, max_retries=0)
+    assert [m.id for m in good.models.list().data] == ["base", "chat"]
+
+
+# --- over a real socket -------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(app):
+    """The app served by uvicorn on 127.0.0.1 in a thread, with a generous token cap; stopped afterwards."""
+    import uvicorn
+
+    port = free_port()
+    big = create_app(app.state.served, max_tokens=20_000)
+    srv = uvicorn.Server(uvicorn.Config(big, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started
+    yield f"http://127.0.0.1:{port}/v1"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_openais_client_over_a_socket_and_a_client_that_leaves_stops_its_generation(server, app):
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0, timeout=30)
+    r = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "the cat"}],
+                                       temperature=0, max_tokens=30)
+    assert r.choices[0].message.content == "sat on a mat"
+    served = app.state.served["base"]
+    before = served.steps
+    with httpx.stream("POST", f"{server}/completions", timeout=30,
+                      json={"model": "base", "prompt": "the", "max_tokens": 20_000, "stream": True}) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("data: {")  # it streams...
+    time.sleep(1.0)  # ...and the client has gone: the server notices at its next piece
+    stopped = served.steps
+    time.sleep(0.5)
+    assert served.steps == stopped and stopped - before < 20_000
+
+
+def test_the_command_serves_named_runs_on_localhost(app, tmp_path):
+    base = app.state.served["base"].run.path.parent.parent  # the run folder
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", f"shakespeare={base}", "--port", str(port),
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline, models = time.monotonic() + 60, None
+        while models is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert models and [m["id"] for m in models["data"]] == ["shakespeare"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "serving shakespeare on http://127.0.0.1" in proc.stderr.read().decode()
+
+
+def test_serve_refuses_bad_flags_in_one_line(app, capsys):
+    from gptlab.cli import main
+
+    base = str(app.state.served["base"].run.path.parent.parent)
+    for argv, message in [([base, base], "two runs would be the model"), ([base, "--port", "0"], "--port must be"),
+                          (["=x"], "give a run folder or NAME=RUN")]:
+        assert main(["serve", *argv]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
