@@ -207,3 +207,21 @@ def test_serve_refuses_bad_flags_in_one_line(app, capsys):
         assert main(["serve", *argv]) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def test_the_playgrounds_views_of_the_next_token_and_attention(client):
+    http = client[1]
+    described = {m["id"]: m["gptlab"] for m in http.get("/v1/models").json()["data"]}
+    assert described["chat"]["chat"] and not described["base"]["chat"] and described["base"]["layers"] == 1
+    cool = http.post("/v1/gptlab/next", json={"model": "base", "prompt": "the c", "temperature": 0.5}).json()
+    hot = http.post("/v1/gptlab/next", json={"model": "base", "prompt": "the c", "temperature": 2.0}).json()
+    assert cool["entropy"][0] < hot["entropy"][0] and len(cool["candidates"]) == 10
+    cut = http.post("/v1/gptlab/next", json={"model": "base", "prompt": "the c", "top_k": 2}).json()
+    assert cut["kept"] == [2] and sum(c["p_cut"][0] for c in cut["candidates"]) == pytest.approx(1.0)
+    att = http.post("/v1/gptlab/attention", json={"model": "base", "prompt": "the cat", "layer": 0, "head": 1}).json()
+    assert att["tokens"] == list("the cat") and len(att["map"]) == 7 and att["map"][0][1] == 0
+    assert all(sum(row) == pytest.approx(1.0) for row in att["map"])
+    r = http.post("/v1/gptlab/attention", json={"model": "base", "prompt": "the", "layer": 3})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "layer"
+    r = http.post("/v1/gptlab/next", json={"model": "base", "prompt": "", "temperature": 1})
+    assert r.status_code == 400 and "give a prompt" in r.json()["error"]["message"]

@@ -15,17 +15,20 @@ import json
 import secrets
 import time
 import uuid
+from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from gptlab.serve.engine import RequestError, Sampling, Served
 
 MAX_BODY = 1 << 20  # bytes a request body may have
+STATIC = Path(__file__).with_name("static")  # the playground page: served by gptlab itself, no CDN
 
 
 class Message(BaseModel):
@@ -48,6 +51,22 @@ class Common(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         tokens = default_tokens if self.max_tokens is None else self.max_tokens
         return Sampling(tokens, self.temperature, self.top_p, self.top_k, self.n, self.seed, stop, logprobs)
+
+
+class NextRequest(BaseModel):
+    model: str
+    prompt: str
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    k: int = Field(default=10, ge=1, le=100)
+
+
+class AttentionRequest(BaseModel):
+    model: str
+    prompt: str
+    layer: int = Field(default=0, ge=0)
+    head: int = Field(default=0, ge=0)
 
 
 class CompletionRequest(Common):
@@ -80,10 +99,33 @@ def create_app(served: dict[str, Served], api_key: str | None = None, max_tokens
             return error(413, f"the request body is larger than {MAX_BODY} bytes")
         return await call_next(request)
 
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def playground():
+        return FileResponse(STATIC / "index.html")
+
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "gptlab"}
-                                           for name in served]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "gptlab",
+                                            "gptlab": m.describe()} for name, m in served.items()]}
+
+    @app.post("/v1/gptlab/next")
+    async def next_token(body: NextRequest):
+        """The next token's distribution at one temperature, before and after the cut-offs (views/inside.py)."""
+        model = _model(app, body.model)
+        return await run_in_threadpool(model.view, "next_token", body.prompt, temperatures=(body.temperature,),
+                                       top_k=body.top_k, top_p=body.top_p, k=body.k)
+
+    @app.post("/v1/gptlab/attention")
+    async def attention(body: AttentionRequest):
+        """One layer's and head's attention map over the prompt's tokens."""
+        view = await run_in_threadpool(_model(app, body.model).view, "attention", body.prompt)
+        if body.layer >= view["layers"] or body.head >= view["heads"]:
+            raise RequestError(f"the model has layers 0-{view['layers'] - 1} and heads 0-{view['heads'] - 1}",
+                               "layer")
+        return {"tokens": view["tokens"], "layers": view["layers"], "heads": view["heads"],
+                "map": view["maps"][body.layer][body.head]}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):

@@ -80,6 +80,25 @@ class Served:
         self.lock = threading.Lock()
         self.steps = 0  # tokens generated since the server started, every request's
 
+    def describe(self) -> dict:
+        """What the playground needs to know of the model: chat or not, its context, its attention's shape."""
+        attention = [n for n, _ in self.run.model.named_modules() if n.endswith(".attn.probs")]
+        heads = getattr(self.run.model.config, "n_head", 0) if attention else 0
+        return {"chat": self.chat, "context": self.run.model.max_context, "layers": len(attention), "heads": heads,
+                "family": self.run.config["model"].get("family", "gpt")}
+
+    def view(self, name: str, prompt: str, **kwargs) -> dict:
+        """A view of views/inside.py on this model (under its lock); GptlabErrors become RequestErrors."""
+        from gptlab.views import inside
+
+        try:
+            with self.lock:
+                return getattr(inside, name)(self.run, prompt, **kwargs)
+        except RequestError:
+            raise
+        except GptlabError as e:
+            raise RequestError(str(e), "prompt") from None
+
     def completion_ids(self, prompt: str) -> list[int]:
         try:
             ids = self.run.tokenizer.encode_prompt(prompt)

@@ -1,0 +1,231 @@
+// gptlab's playground: complete or chat with a served run, and see how sampling chooses the next token.
+// Everything comes from this server's own API (/v1/... and /v1/gptlab/...): no outside scripts.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { models: {}, output: "", controller: null, messages: [], timer: null };
+
+function settings() {
+  const k = Number($("top-k").value), p = Number($("top-p").value);
+  return { temperature: Number($("temperature").value), top_k: k > 0 ? k : null, top_p: p < 1 ? p : null,
+           max_tokens: Number($("max-tokens").value) };
+}
+
+function showSettings() {
+  const s = settings();
+  $("temperature-value").textContent = s.temperature.toFixed(2);
+  $("top-k-value").textContent = s.top_k ?? "off";
+  $("top-p-value").textContent = (s.top_p ?? 1).toFixed(2);
+  $("max-tokens-value").textContent = s.max_tokens;
+}
+
+async function api(path, body) {
+  const r = await fetch(path, body === undefined ? {} :
+    { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const data = await r.json();
+  if (!r.ok) throw new Error(data.error ? data.error.message : r.statusText);
+  return data;
+}
+
+// Server-sent events from a POST: each "data: {...}" line handed to onData, until [DONE].
+async function stream(path, body, onData, signal) {
+  const r = await fetch(path, { method: "POST", headers: { "content-type": "application/json" },
+                                body: JSON.stringify({ ...body, stream: true }), signal });
+  if (!r.ok) throw new Error((await r.json()).error.message);
+  const reader = r.body.getReader(), decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, end).trim();
+      buffer = buffer.slice(end + 2);
+      if (line === "data: [DONE]") return;
+      if (line.startsWith("data: ")) onData(JSON.parse(line.slice(6)));
+    }
+  }
+}
+
+// --- completing a prompt ------------------------------------------------------------------------------------
+
+async function generate() {
+  const model = $("model").value, prompt = $("prompt").value;
+  state.output = "";
+  $("output").innerHTML = "";
+  $("alternatives").innerHTML = "";
+  const shown = document.createElement("span");
+  shown.className = "prompt";
+  shown.textContent = prompt;
+  $("output").append(shown);
+  state.controller = new AbortController();
+  $("generate").disabled = true;
+  $("stop").disabled = false;
+  try {
+    await stream("/v1/completions", { model, prompt, ...settings(), logprobs: 5 }, (chunk) => {
+      const choice = chunk.choices[0], lp = choice.logprobs;
+      if (!choice.text) return;
+      const span = document.createElement("span");
+      span.className = "token";
+      span.textContent = choice.text;
+      if (lp && lp.top_logprobs.length) span.onclick = () => alternatives(choice.text, lp.top_logprobs[0]);
+      $("output").append(span);
+      state.output += choice.text;
+    }, state.controller.signal);
+  } catch (e) {
+    if (e.name !== "AbortError") note(e.message);
+  } finally {
+    $("generate").disabled = false;
+    $("stop").disabled = true;
+    nextToken();
+  }
+}
+
+function alternatives(chosen, top) {
+  const rows = Object.entries(top).sort((a, b) => b[1] - a[1]).map(([token, logp]) =>
+    `<tr><td>${escape(JSON.stringify(token))}</td><td>${(100 * Math.exp(logp)).toFixed(1)}%</td></tr>`);
+  $("alternatives").innerHTML = `<p>${escape(JSON.stringify(chosen))} was chosen from:</p><table>${rows.join("")}</table>`;
+}
+
+// --- the next-token chart -----------------------------------------------------------------------------------
+
+function nextTokenSoon() {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(nextToken, 120);
+}
+
+async function nextToken() {
+  const s = settings(), prompt = $("prompt").value + state.output;
+  if (!prompt) return;
+  try {
+    const view = await api("/v1/gptlab/next", { model: $("model").value, prompt, temperature: s.temperature,
+                                                top_k: s.top_k, top_p: s.top_p, k: 10 });
+    const cut = s.top_k !== null || s.top_p !== null;
+    drawBars(view.candidates.map((c) => [c.token, cut ? c.p_cut[0] : c.p[0]]));
+    $("entropy").textContent = `entropy ${(cut ? view.entropy_cut : view.entropy)[0].toFixed(2)} bits, ` +
+      `${view.kept[0]} tokens possible`;
+  } catch (e) {
+    $("entropy").textContent = e.message;
+  }
+}
+
+function drawBars(bars) {
+  const svg = $("chart"), w = 640, h = 240, slot = w / bars.length, top = 20, bottom = 30;
+  svg.innerHTML = bars.map(([token, p], i) => {
+    const height = (h - top - bottom) * p, x = i * slot + 6, y = h - bottom - height;
+    return `<rect class="bar" x="${x}" y="${y}" width="${slot - 12}" height="${height}"><title>${(100 * p).toFixed(1)}%</title></rect>` +
+      `<text class="bar-value" x="${x}" y="${y - 4}">${(100 * p).toFixed(1)}%</text>` +
+      `<text class="bar-label" x="${x}" y="${h - 10}">${escape(visible(token))}</text>`;
+  }).join("");
+}
+
+// --- attention ----------------------------------------------------------------------------------------------
+
+async function showAttention() {
+  const prompt = ($("prompt").value + state.output).slice(-48);
+  try {
+    const view = await api("/v1/gptlab/attention", { model: $("model").value, prompt,
+                                                     layer: Number($("layer").value), head: Number($("head").value) });
+    heatmap(view.map, view.tokens);
+    $("attention-note").textContent = `${view.tokens.length} tokens: each row a token looking back`;
+  } catch (e) {
+    $("attention-note").textContent = e.message;
+  }
+}
+
+function heatmap(map, tokens) {
+  const canvas = $("heatmap"), ctx = canvas.getContext("2d"), n = tokens.length, margin = 40;
+  const cell = (canvas.width - margin) / n;
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  map.forEach((row, q) => row.forEach((a, k) => {
+    ctx.fillStyle = `rgba(40, 80, 160, ${a})`;
+    ctx.fillRect(margin + k * cell, margin + q * cell, cell, cell);
+  }));
+  ctx.fillStyle = "#222";
+  ctx.font = `${Math.min(12, cell)}px monospace`;
+  tokens.forEach((t, i) => {
+    ctx.fillText(visible(t), 4, margin + (i + 0.75) * cell);
+    ctx.fillText(visible(t), margin + i * cell + 2, margin - 6);
+  });
+}
+
+// --- chat ---------------------------------------------------------------------------------------------------
+
+async function send(event) {
+  event.preventDefault();
+  const text = $("chat-input").value.trim();
+  if (!text) return;
+  $("chat-input").value = "";
+  state.messages.push({ role: "user", content: text });
+  const reply = { role: "assistant", content: "" };
+  renderChat(reply);
+  try {
+    await stream("/v1/chat/completions", { model: $("model").value, messages: state.messages, ...settings() },
+      (chunk) => { reply.content += chunk.choices[0].delta.content || ""; renderChat(reply); });
+  } catch (e) {
+    reply.content = `[${e.message}]`;
+  }
+  state.messages.push(reply);
+  renderChat();
+}
+
+function renderChat(pending) {
+  const all = pending ? [...state.messages, pending] : state.messages;
+  $("messages").innerHTML = all.map((m) =>
+    `<div class="${m.role}"><b>${m.role === "user" ? "you" : "bot"}:</b> ${escape(m.content)}</div>`).join("");
+}
+
+// --- the page -----------------------------------------------------------------------------------------------
+
+function escape(text) {
+  return text.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+}
+
+function visible(token) {
+  return token.replace(/\n/g, "⏎").replace(/ /g, "␣") || "∅";
+}
+
+function note(text) {
+  $("alternatives").textContent = text;
+}
+
+function chooseModel() {
+  const m = state.models[$("model").value];
+  $("tab-chat").disabled = !m.chat;
+  if (!m.chat) tab("play");
+  $("layer").innerHTML = [...Array(m.layers).keys()].map((i) => `<option>${i}</option>`).join("");
+  $("head").innerHTML = [...Array(m.heads).keys()].map((i) => `<option>${i}</option>`).join("");
+  $("show-attention").disabled = m.layers === 0;
+  $("attention-note").textContent = m.layers === 0 ? `a ${m.family} has no attention` : "";
+  nextToken();
+}
+
+function tab(name) {
+  $("play").classList.toggle("hidden", name !== "play");
+  $("chat").classList.toggle("hidden", name !== "chat");
+  $("tab-play").classList.toggle("active", name === "play");
+  $("tab-chat").classList.toggle("active", name === "chat");
+}
+
+async function start() {
+  const list = await api("/v1/models");
+  list.data.forEach((m) => { state.models[m.id] = m.gptlab; });
+  $("model").innerHTML = list.data.map((m) => `<option>${escape(m.id)}</option>`).join("");
+  for (const id of ["temperature", "top-k", "top-p", "max-tokens"]) {
+    $(id).addEventListener("input", () => { showSettings(); nextTokenSoon(); });
+  }
+  $("prompt").addEventListener("input", () => { state.output = ""; nextTokenSoon(); });
+  $("model").addEventListener("change", chooseModel);
+  $("generate").addEventListener("click", generate);
+  $("stop").addEventListener("click", () => state.controller && state.controller.abort());
+  $("show-attention").addEventListener("click", showAttention);
+  $("chat-form").addEventListener("submit", send);
+  $("chat-reset").addEventListener("click", () => { state.messages = []; renderChat(); });
+  $("tab-play").addEventListener("click", () => tab("play"));
+  $("tab-chat").addEventListener("click", () => tab("chat"));
+  showSettings();
+  chooseModel();
+}
+
+start();
