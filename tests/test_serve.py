@@ -133,6 +133,11 @@ def test_an_api_key_is_required_when_set(app):
         "authentication_error"
     good = openai.OpenAI(base_url="http://testserver/v1", api_key="s3cret", http_client=http, max_retries=0)
     assert [m.id for m in good.models.list().data] == ["base", "chat"]
+    page = http.get("/")  # the page is public; it sends the key given in its address
+    assert page.status_code == 200 and "gptlab playground" in page.text
+    assert "Bearer" in http.get("/static/playground.js").text
+    r = http.post("/v1/completions", headers={"authorization": "Bearer s3cret", "content-length": "x"}, content=b"")
+    assert r.status_code == 400
 
 
 # --- over a real socket -------------------------------------------------------------------------------------------

@@ -91,11 +91,17 @@ def create_app(served: dict[str, Served], api_key: str | None = None, max_tokens
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if api_key is not None:
+        """The API key (the page itself is public: it sends the key given in its address, ?key=KEY) and the
+        body's size."""
+        page = request.url.path == "/" or request.url.path.startswith("/static/")
+        if api_key is not None and not page:
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return error(401, "a valid API key is needed (Authorization: Bearer KEY)", kind="authentication_error")
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        length = request.headers.get("content-length") or "0"
+        if not length.isdigit():
+            return error(400, "the Content-Length header is not a number")
+        if int(length) > MAX_BODY:
             return error(413, f"the request body is larger than {MAX_BODY} bytes")
         return await call_next(request)
 

@@ -3,6 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const KEY = new URLSearchParams(location.search).get("key");  // with gptlab serve --api-key: open /?key=KEY
+const HEADERS = { "content-type": "application/json", ...(KEY ? { authorization: `Bearer ${KEY}` } : {}) };
 const state = { models: {}, output: "", controller: null, messages: [], timer: null };
 
 function settings() {
@@ -20,8 +22,8 @@ function showSettings() {
 }
 
 async function api(path, body) {
-  const r = await fetch(path, body === undefined ? {} :
-    { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const r = await fetch(path, body === undefined ? { headers: HEADERS } :
+    { method: "POST", headers: HEADERS, body: JSON.stringify(body) });
   const data = await r.json();
   if (!r.ok) throw new Error(data.error ? data.error.message : r.statusText);
   return data;
@@ -29,8 +31,8 @@ async function api(path, body) {
 
 // Server-sent events from a POST: each "data: {...}" line handed to onData, until [DONE].
 async function stream(path, body, onData, signal) {
-  const r = await fetch(path, { method: "POST", headers: { "content-type": "application/json" },
-                                body: JSON.stringify({ ...body, stream: true }), signal });
+  const r = await fetch(path, { method: "POST", headers: HEADERS, body: JSON.stringify({ ...body, stream: true }),
+                                signal });
   if (!r.ok) throw new Error((await r.json()).error.message);
   const reader = r.body.getReader(), decoder = new TextDecoder();
   let buffer = "";
