@@ -35,6 +35,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token if the tokens before it already reach top_p (the first token always stays).
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop_sorted[..., 0] = False  # (even where a tiny top_p rounds to 0 in float32)
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -26,7 +26,10 @@ def named(specs: list[str]) -> dict[str, str]:
     """Model id -> run folder, from RUN or NAME=RUN; ids must differ."""
     out = {}
     for spec in specs:
-        name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).resolve().name, "", spec)
+        if "=" in spec and not Path(spec).exists():  # NAME=RUN (a folder whose name holds "=" is a folder)
+            name, _, path = spec.partition("=")
+        else:
+            name, path = Path(spec).resolve().name, spec
         if not name or not path:
             raise GptlabError(f"cannot read {spec!r}: give a run folder or NAME=RUN")
         if name in out:

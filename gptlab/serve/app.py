@@ -11,8 +11,10 @@ With "stream": true the answer comes as server-sent events ("data: {json}\\n\\n"
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptlab.serve.engine import RequestError, Sampling, Served
 
@@ -39,18 +42,20 @@ class Message(BaseModel):
 class Common(BaseModel):
     model: str
     max_tokens: int | None = None
-    temperature: float = 1.0
+    temperature: float | None = None  # (None: 1)
     top_p: float | None = None
     top_k: int | None = None
     n: int = 1
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: dict | None = None  # {"include_usage": true}: a last chunk with the usage
 
     def sampling(self, logprobs: int | None, default_tokens: int) -> Sampling:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         tokens = default_tokens if self.max_tokens is None else self.max_tokens
-        return Sampling(tokens, self.temperature, self.top_p, self.top_k, self.n, self.seed, stop, logprobs)
+        temperature = 1.0 if self.temperature is None else self.temperature
+        return Sampling(tokens, temperature, self.top_p, self.top_k, self.n, self.seed, stop, logprobs)
 
 
 class NextRequest(BaseModel):
@@ -72,12 +77,64 @@ class AttentionRequest(BaseModel):
 class CompletionRequest(Common):
     prompt: str
     logprobs: int | None = None
+    echo: bool = False  # the options below change what a reply is; gptlab refuses them rather than ignore them
+    suffix: str | None = None
+    best_of: int | None = None
+    logit_bias: dict | None = None
+
+    def unsupported(self) -> str | None:
+        used = {"echo": self.echo, "suffix": self.suffix is not None, "best_of": self.best_of not in (None, 1),
+                "logit_bias": bool(self.logit_bias)}
+        return next((name for name, on in used.items() if on), None)
 
 
 class ChatRequest(Common):
     messages: list[Message] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = None
+
+
+class Guard:
+    """Before any route: the API key (the page itself is public: it sends the key given in its address,
+    ?key=KEY), and the body, read first however it is sent (chunked too), refused past `limit` bytes; the app
+    then gets the body as if it were arriving. Plain ASGI, so that routes still see a client disconnect."""
+
+    def __init__(self, app, api_key: str | None, limit: int):
+        self.app, self.api_key, self.limit = app, api_key, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = self.check_key(scope)
+        body, more = b"", True
+        while more and refusal is None:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending it all
+                return
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+            if len(body) > self.limit:
+                refusal = error(413, f"the request body is larger than {self.limit} bytes")
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()  # after the body: a disconnect, when it comes
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def check_key(self, scope) -> JSONResponse | None:
+        path = scope["path"]
+        if self.api_key is None or path == "/" or path.startswith("/static/"):
+            return None
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
+            return None
+        return error(401, "a valid API key is needed (Authorization: Bearer KEY)", kind="authentication_error")
 
 
 def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
@@ -89,22 +146,7 @@ def create_app(served: dict[str, Served], api_key: str | None = None, max_tokens
     app.state.served, app.state.cap = served, max_tokens
     _errors(app)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """The API key (the page itself is public: it sends the key given in its address, ?key=KEY) and the
-        body's size."""
-        page = request.url.path == "/" or request.url.path.startswith("/static/")
-        if api_key is not None and not page:
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error(401, "a valid API key is needed (Authorization: Bearer KEY)", kind="authentication_error")
-        length = request.headers.get("content-length") or "0"
-        if not length.isdigit():
-            return error(400, "the Content-Length header is not a number")
-        if int(length) > MAX_BODY:
-            return error(413, f"the request body is larger than {MAX_BODY} bytes")
-        return await call_next(request)
-
+    app.add_middleware(Guard, api_key=api_key, limit=MAX_BODY)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -114,7 +156,8 @@ def create_app(served: dict[str, Served], api_key: str | None = None, max_tokens
     @app.get("/v1/models")
     def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "gptlab",
-                                            "gptlab": m.describe()} for name, m in served.items()]}
+                                            "gptlab": {**m.describe(), "max_tokens": max_tokens}}
+                                           for name, m in served.items()]}
 
     @app.post("/v1/gptlab/next")
     async def next_token(body: NextRequest):
@@ -136,19 +179,24 @@ def create_app(served: dict[str, Served], api_key: str | None = None, max_tokens
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         model = _model(app, body.model)
+        if body.unsupported():
+            raise RequestError(f"{body.unsupported()} is not supported by gptlab serve", body.unsupported())
         sampling = body.sampling(body.logprobs, 16)
         sampling.check(app.state.cap)
         ids = model.completion_ids(body.prompt)
-        return await _respond(request, model, ids, sampling, body.stream, chat=False)
+        return await _respond(request, model, ids, sampling, body.stream, chat=False, usage=_wants_usage(body))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         model = _model(app, body.model)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         sampling = body.sampling(logprobs, app.state.cap)
+        sampling.logprobs_param = "top_logprobs"
         sampling.check(app.state.cap)
         ids = model.chat_ids([m.model_dump() for m in body.messages], sampling.max_tokens)
-        return await _respond(request, model, ids, sampling, body.stream, chat=True)
+        return await _respond(request, model, ids, sampling, body.stream, chat=True, usage=_wants_usage(body))
 
     return app
 
@@ -166,13 +214,11 @@ def _errors(app: FastAPI) -> None:
             return error(400, "the request body is not valid JSON")
         return error(400, f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid')}", where[0] if where else None)
 
-    @app.exception_handler(404)
-    async def missing(request, e):
-        return error(404, f"no such endpoint: {request.method} {request.url.path}")
-
-    @app.exception_handler(405)
-    async def wrong_method(request, e):
-        return error(405, f"{request.method} is not allowed on {request.url.path}")
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e: StarletteHTTPException):
+        messages = {404: f"no such endpoint: {request.method} {request.url.path}",
+                    405: f"{request.method} is not allowed on {request.url.path}"}
+        return error(e.status_code, messages.get(e.status_code, str(e.detail)))
 
     @app.exception_handler(Exception)
     async def failed(request, e: Exception):
@@ -185,74 +231,103 @@ def _model(app: FastAPI, name: str) -> Served:
     return app.state.served[name]
 
 
-async def _respond(request: Request, model: Served, ids: list[int], s: Sampling, stream: bool, chat: bool):
+async def _watch(request: Request, gone: threading.Event) -> None:
+    """Set `gone` when the client disconnects (a request that is not streamed is generated in a thread)."""
+    while not gone.is_set():
+        if await request.is_disconnected():
+            gone.set()
+        await asyncio.sleep(0.1)
+
+
+async def _respond(request: Request, model: Served, ids: list[int], s: Sampling, stream: bool, chat: bool,
+                   usage: bool = False):
     meta = dict(id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", created=int(time.time()),
                 model=model.name)
     if stream:
-        return StreamingResponse(_events(request, model, ids, s, chat, meta), media_type="text/event-stream")
-    choices, used = [], 0
-    for i in range(s.n):
-        pieces = await run_in_threadpool(lambda i=i: list(model.pieces(ids, s, _seed(s, i))))
-        used += len(pieces)
-        choices.append(_choice(i, pieces, chat, s))
+        return StreamingResponse(_events(request, model, ids, s, chat, meta, usage), media_type="text/event-stream")
+    choices, used, gone = [], 0, threading.Event()
+    watcher = asyncio.create_task(_watch(request, gone))
+    try:
+        for i in range(s.n):
+            pieces = await run_in_threadpool(lambda i=i: list(model.pieces(ids, s, _seed(s, i), gone)))
+            used += len(pieces)
+            choices.append(_choice(i, pieces, chat, s, model))
+    finally:
+        gone.set()
+        watcher.cancel()
     usage = {"prompt_tokens": len(ids), "completion_tokens": used, "total_tokens": len(ids) + used}
     kind = "chat.completion" if chat else "text_completion"
     return {**meta, "object": kind, "choices": choices, "usage": usage}
+
+
+def _wants_usage(body: Common) -> bool:
+    return bool(body.stream_options and body.stream_options.get("include_usage"))
 
 
 def _seed(s: Sampling, i: int) -> int | None:
     return None if s.seed is None else (s.seed + i) % 2**63
 
 
-def _choice(i: int, pieces: list, chat: bool, s: Sampling) -> dict:
+def _choice(i: int, pieces: list, chat: bool, s: Sampling, model: Served, offset: int = 0) -> dict:
     text = "".join(p.text for p in pieces)
     finish = pieces[-1].finish if pieces else "length"
+    kept = [p for p in pieces if p.logprob is not None]
     if chat:
         out = {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
         if s.logprobs is not None:
-            out["logprobs"] = {"content": [_chat_logprob(p) for p in pieces if p.logprob is not None]}
+            out["logprobs"] = {"content": [_chat_logprob(p, model) for p in kept]}
         return out
     out = {"index": i, "text": text, "finish_reason": finish, "logprobs": None}
     if s.logprobs is not None:
-        kept = [p for p in pieces if p.logprob is not None]
-        out["logprobs"] = {"tokens": [p.text for p in kept], "token_logprobs": [p.logprob for p in kept],
-                           "top_logprobs": [p.top for p in kept], "text_offset": _offsets(kept)}
+        offsets = [offset + sum(len(q.text) for q in pieces[:n]) for n, p in enumerate(pieces) if p.logprob is not None]
+        out["logprobs"] = {"tokens": [model.label(p.token) for p in kept], "token_logprobs": [p.logprob for p in kept],
+                           "top_logprobs": [p.top for p in kept], "text_offset": offsets}
     return out
 
 
-def _chat_logprob(p) -> dict:
-    return {"token": p.text, "logprob": p.logprob, "bytes": list(p.text.encode()),
+def _chat_logprob(p, model: Served) -> dict:
+    """A token's log-probability entry: the token's own text (not the piece of reply it released)."""
+    token = model.label(p.token)
+    return {"token": token, "logprob": p.logprob, "bytes": list(token.encode()),
             "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in (p.top or {}).items()]}
 
 
-def _offsets(pieces) -> list[int]:
-    offsets, at = [], 0
-    for p in pieces:
-        offsets.append(at)
-        at += len(p.text)
-    return offsets
-
-
-async def _events(request: Request, model: Served, ids: list[int], s: Sampling, chat: bool, meta: dict):
-    """Server-sent events, one per piece, as OpenAI's streams send them; stops when the client goes away."""
-    kind = "chat.completion.chunk" if chat else "text_completion"
-    for i in range(s.n):
-        if chat:
-            yield _event({**meta, "object": kind, "choices": [
-                {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-        async for piece in iterate_in_threadpool(model.pieces(ids, s, _seed(s, i))):
-            if await request.is_disconnected():
-                return
+async def _events(request: Request, model: Served, ids: list[int], s: Sampling, chat: bool, meta: dict,
+                  usage: bool):
+    """Server-sent events, one per piece, as OpenAI's streams send them; stops when the client goes away. A failure
+    mid-stream (the status is already sent) is an error event, then the end."""
+    kind, used = "chat.completion.chunk" if chat else "text_completion", 0
+    try:
+        for i in range(s.n):
             if chat:
-                choice = {"index": i, "delta": {"content": piece.text} if piece.text else {},
-                          "finish_reason": piece.finish}
-                if s.logprobs is not None and piece.logprob is not None:
-                    choice["logprobs"] = {"content": [_chat_logprob(piece)]}
-            else:
-                choice = _choice(i, [piece], False, s)
-                choice["finish_reason"] = piece.finish
-            yield _event({**meta, "object": kind, "choices": [choice]})
+                yield _event({**meta, "object": kind, "choices": [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            offset = 0
+            async for piece in iterate_in_threadpool(model.pieces(ids, s, _seed(s, i))):
+                if await request.is_disconnected():
+                    return
+                used += 1
+                yield _event({**meta, "object": kind, "choices": [_chunk(i, piece, chat, s, model, offset)]})
+                offset += len(piece.text)
+        if usage:
+            yield _event({**meta, "object": kind, "choices": [],
+                          "usage": {"prompt_tokens": len(ids), "completion_tokens": used,
+                                    "total_tokens": len(ids) + used}})
+    except Exception as e:  # noqa: BLE001 - the client gets OpenAI's error object, the server stays up
+        yield _event({"error": {"message": f"the server failed: {type(e).__name__}", "type": "server_error",
+                                "param": None, "code": None}})
     yield "data: [DONE]\n\n"
+
+
+def _chunk(i: int, piece, chat: bool, s: Sampling, model: Served, offset: int) -> dict:
+    if not chat:
+        choice = _choice(i, [piece], False, s, model, offset)
+        choice["finish_reason"] = piece.finish
+        return choice
+    choice = {"index": i, "delta": {"content": piece.text} if piece.text else {}, "finish_reason": piece.finish}
+    if s.logprobs is not None and piece.logprob is not None:
+        choice["logprobs"] = {"content": [_chat_logprob(piece, model)]}
+    return choice
 
 
 def _event(data: dict) -> str:

@@ -41,6 +41,7 @@ class Sampling:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # alternatives per token to report (None: no log-probabilities)
+    logprobs_param: str = "logprobs"  # what the request called it (chat: top_logprobs)
 
     def check(self, cap: int) -> None:
         """Every value in range, or a RequestError naming the parameter."""
@@ -49,7 +50,7 @@ class Sampling:
         if not 1 <= self.n <= 8:
             raise RequestError("n must be between 1 and 8", "n")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise RequestError(f"logprobs must be between 0 and {MAX_LOGPROBS}", "logprobs")
+            raise RequestError(f"{self.logprobs_param} must be between 0 and {MAX_LOGPROBS}", self.logprobs_param)
         if len(self.stop) > 4 or any(not s for s in self.stop):
             raise RequestError("stop takes up to 4 non-empty strings", "stop")
         if self.seed is not None and not 0 <= self.seed < 2**63:
@@ -125,13 +126,16 @@ class Served:
                                param)
         return ids
 
-    def pieces(self, ids: list[int], s: Sampling, seed: int | None = None) -> Iterator[Piece]:
+    def pieces(self, ids: list[int], s: Sampling, seed: int | None = None,
+               cancel: threading.Event | None = None) -> Iterator[Piece]:
         """The reply's pieces; the last one says why it ended. Each step holds the model's lock. Text that may be
         the start of a stop string is held back until the next tokens show whether it is."""
         tokens = generate(self.run.model, ids, s.max_tokens, s.temperature, s.top_k, s.top_p, seed,
                           with_logits=True)
         decoder, text, shown, stop_tokens = StreamDecoder(self.run.tokenizer, context=ids), "", 0, self._stop_tokens()
         for n in range(s.max_tokens):
+            if cancel is not None and cancel.is_set():  # the client has gone
+                return
             with self.lock:
                 token, logits = next(tokens)
                 self.steps += 1
@@ -158,10 +162,16 @@ class Served:
             return None, None
         logp = logits.float().log_softmax(-1)
         best = logp.topk(min(k, logp.numel())) if k else None
-        top = {} if best is None else {self.run.tokenizer.decode([i]): float(v)
+        top = {} if best is None else {self.label(i): max(float(v), -9999.0)
                                        for v, i in zip(best.values.tolist(), best.indices.tolist())}
         value = float(logp[token])
         return (value if math.isfinite(value) else -9999.0), top
+
+    def label(self, token: int) -> str:
+        """A token's own text, distinct for byte-level pieces (views/inside.py's labels)."""
+        from gptlab.views.inside import label
+
+        return label(self.run.tokenizer, token)
 
 
 def _held(text: str, stops: list[str]) -> int:

@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const KEY = new URLSearchParams(location.search).get("key");  // with gptlab serve --api-key: open /?key=KEY
 const HEADERS = { "content-type": "application/json", ...(KEY ? { authorization: `Bearer ${KEY}` } : {}) };
-const state = { models: {}, output: "", controller: null, messages: [], timer: null };
+const state = { models: {}, output: "", controller: null, messages: [], timer: null, asked: 0 };
 
 function settings() {
   const k = Number($("top-k").value), p = Number($("top-p").value);
@@ -98,11 +98,12 @@ function nextTokenSoon() {
 }
 
 async function nextToken() {
-  const s = settings(), prompt = $("prompt").value + state.output;
+  const s = settings(), prompt = $("prompt").value + state.output, asked = ++state.asked;
   if (!prompt) return;
   try {
     const view = await api("/v1/gptlab/next", { model: $("model").value, prompt, temperature: s.temperature,
                                                 top_k: s.top_k, top_p: s.top_p, k: 10 });
+    if (asked !== state.asked) return;  // a newer question is on its way: its answer draws
     const cut = s.top_k !== null || s.top_p !== null;
     drawBars(view.candidates.map((c) => [c.token, cut ? c.p_cut[0] : c.p[0]]));
     $("entropy").textContent = `entropy ${(cut ? view.entropy_cut : view.entropy)[0].toFixed(2)} bits, ` +
@@ -164,12 +165,13 @@ async function send(event) {
   renderChat(reply);
   try {
     await stream("/v1/chat/completions", { model: $("model").value, messages: state.messages, ...settings() },
-      (chunk) => { reply.content += chunk.choices[0].delta.content || ""; renderChat(reply); });
-  } catch (e) {
-    reply.content = `[${e.message}]`;
+      (chunk) => { reply.content += (chunk.choices[0] && chunk.choices[0].delta.content) || ""; renderChat(reply); });
+    state.messages.push(reply);
+    renderChat();
+  } catch (e) {  // the turn is not kept: an error message is no reply to build on
+    state.messages.pop();
+    renderChat({ role: "assistant", content: `[${e.message}]` });
   }
-  state.messages.push(reply);
-  renderChat();
 }
 
 function renderChat(pending) {
@@ -199,6 +201,8 @@ function chooseModel() {
   $("layer").innerHTML = [...Array(m.layers).keys()].map((i) => `<option>${i}</option>`).join("");
   $("head").innerHTML = [...Array(m.heads).keys()].map((i) => `<option>${i}</option>`).join("");
   $("show-attention").disabled = m.layers === 0;
+  $("max-tokens").max = Math.min(500, m.max_tokens);
+  showSettings();
   $("attention-note").textContent = m.layers === 0 ? `a ${m.family} has no attention` : "";
   nextToken();
 }
