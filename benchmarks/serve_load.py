@@ -11,30 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import uvicorn
 
 from gptlab.run import load_run
-from gptlab.serve.app import create_app
+from gptlab.serve.app import create_app, serving
 from gptlab.serve.engine import Served
-
-
-def start(run_dir: str, device: str) -> tuple[str, uvicorn.Server]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app({"m": Served("m", load_run(run_dir, device=device))}, max_tokens=4096)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.02)
-    return f"http://127.0.0.1:{port}/v1", server
 
 
 def one_client(url: str, requests: int, max_tokens: int, seed: int) -> list[tuple[float, int]]:
@@ -84,13 +69,12 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default: 64)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
-    url, server = start(args.run, args.device)
-    try:
+    app = create_app({"m": Served("m", load_run(args.run, device=args.device))}, max_tokens=4096)
+    with serving(app) as root:
+        url = f"{root}/v1"
         print(json.dumps({"bench": "serve_load", "first_token_s": round(first_token(url, args.max_tokens), 3)}))
         for n in (int(c) for c in args.clients.split(",")):
             print(json.dumps(measure(url, n, args.requests, args.max_tokens)), flush=True)
-    finally:
-        server.should_exit = True
 
 
 if __name__ == "__main__":

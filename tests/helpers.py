@@ -104,3 +104,22 @@ def gptlab_process(*argv, cwd, timeout: float = 120, env: dict | None = None):
 
     return subprocess.run([sys.executable, "-m", "gptlab", *map(str, argv)], capture_output=True, text=True,
                           cwd=cwd, env=env or os.environ.copy(), timeout=timeout)
+
+
+def base_and_chat(folder: Path, base_iters: int = 20) -> dict:
+    """A tiny pretrained run ("base", context 32) and its finetuned child ("chat") that answers "the cat" with
+    "sat on a mat", each loaded and served (gptlab.serve.engine.Served), by name."""
+    import gptlab
+    from gptlab.chat.config import Finetune
+    from gptlab.chat.finetune import finetune
+    from gptlab.serve.engine import Served
+
+    corpus = write_corpus(folder)
+    gptlab.train(tiny(corpus, block_size=32, max_iters=base_iters), out=folder / "base", quiet=True)
+    data = folder / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "the cat", "completion": "sat on a mat"}) + "\n"
+                            for _ in range(20)))
+    finetune(Finetune(base=str(folder / "base"), data=str(data)),
+             dict(max_iters=60, batch_size=8, lr=1e-2, device="cpu", dtype="float32", eval_interval=1000),
+             out=folder / "chat", quiet=True)
+    return {name: Served(name, gptlab.load_run(folder / name, device="cpu")) for name in ("base", "chat")}

@@ -4,19 +4,12 @@ token shows its alternatives, attention draws, and the chat tab answers. A scree
 
 import json
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from helpers import tiny, write_corpus
+from helpers import base_and_chat
 
-import gptlab
-from gptlab.chat.config import Finetune
-from gptlab.chat.finetune import finetune
-from gptlab.serve.app import create_app
-from gptlab.serve.engine import Served
+from gptlab.serve.app import create_app, serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt-get install chromium "
@@ -26,29 +19,8 @@ ARTEFACTS = Path(__file__).parent / "artefacts"
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    import uvicorn
-
-    folder = tmp_path_factory.mktemp("playground")
-    corpus = write_corpus(folder)
-    gptlab.train(tiny(corpus, block_size=32, max_iters=30), out=folder / "base", quiet=True)
-    data = folder / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": "the cat", "completion": "sat on a mat"}) + "\n" for _ in range(20)))
-    finetune(Finetune(base=str(folder / "base"), data=str(data)),
-             dict(max_iters=60, batch_size=8, lr=1e-2, device="cpu", dtype="float32", eval_interval=1000),
-             out=folder / "chat", quiet=True)
-    served = {name: Served(name, gptlab.load_run(folder / name, device="cpu")) for name in ("base", "chat")}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(base_and_chat(tmp_path_factory.mktemp("playground"), base_iters=30))) as url:
+        yield url + "/"
 
 
 @pytest.fixture

@@ -3,39 +3,23 @@ client): models, completions and chat completions, streamed or not, log-probabil
 error in OpenAI's shape with a 4xx status."""
 
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import tiny, write_corpus
+from helpers import base_and_chat
 
-import gptlab
-from gptlab.chat.config import Finetune
-from gptlab.chat.finetune import finetune
-from gptlab.serve.app import MAX_BODY, create_app
-from gptlab.serve.engine import Served
+from gptlab.serve.app import MAX_BODY, create_app, free_port, serving
 
 openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve")
-    corpus = write_corpus(folder)
-    gptlab.train(tiny(corpus, block_size=32, max_iters=20), out=folder / "base", quiet=True)
-    data = folder / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": "the cat", "completion": "sat on a mat"}) + "\n"
-                            for _ in range(20)))
-    finetune(Finetune(base=str(folder / "base"), data=str(data)),
-             dict(max_iters=60, batch_size=8, lr=1e-2, device="cpu", dtype="float32", eval_interval=1000),
-             out=folder / "chat", quiet=True)
-    served = {name: Served(name, gptlab.load_run(folder / name, device="cpu")) for name in ("base", "chat")}
-    return create_app(served, max_tokens=64)
+    return create_app(base_and_chat(tmp_path_factory.mktemp("serve")), max_tokens=64)
 
 
 @pytest.fixture
@@ -141,29 +125,11 @@ def test_an_api_key_is_required_when_set(app):
 
 # --- over a real socket -------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(app):
     """The app served by uvicorn on 127.0.0.1 in a thread, with a generous token cap; stopped afterwards."""
-    import uvicorn
-
-    port = free_port()
-    big = create_app(app.state.served, max_tokens=20_000)
-    srv = uvicorn.Server(uvicorn.Config(big, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    yield f"http://127.0.0.1:{port}/v1"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(app.state.served, max_tokens=20_000)) as url:
+        yield f"{url}/v1"
 
 
 def test_openais_client_over_a_socket_and_a_client_that_leaves_stops_its_generation(server, app):

@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -332,3 +333,37 @@ def _chunk(i: int, piece, chat: bool, s: Sampling, model: Served, offset: int) -
 
 def _event(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now (the system's choice)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(app: FastAPI, host: str = "127.0.0.1", port: int | None = None, timeout: float = 20.0):
+    """The app served by uvicorn in a background thread, for tests, benchmarks and notebooks:
+
+        with serving(create_app(served)) as url:     # "http://127.0.0.1:PORT"
+            ...
+    """
+    import uvicorn
+
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        raise RuntimeError(f"the server did not start on {host}:{port}")
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
