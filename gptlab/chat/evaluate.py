@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -95,8 +96,6 @@ def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]]
                  max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, show=None,
                  match: str = "exact") -> Score:
     """Score one loaded run on the test conversations; show(prompt, reference, reply, right) sees each."""
-    import time
-
     if shots and (not pool or len(pool) < shots):
         raise GptlabError(f"--few-shot {shots} needs a pool of at least {shots} solved examples")
     fmt, rng, started = format_for(run.tokenizer), random.Random(seed), time.perf_counter()
