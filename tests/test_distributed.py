@@ -135,6 +135,25 @@ def test_a_time_budget_gives_both_processes_one_iteration_count(tmp_path):
     assert f"done: {budget['iters']} iterations" in proc.stderr and "(max_time)" in proc.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists a process's threads through /proc")
+def test_no_gloo_thread_outlives_a_two_process_run(tmp_path):
+    """train() destroys its process groups for good: gloo's threads are joined before it returns. One still
+    running when Python exits can abort a process whose run succeeded (`terminate called without an active
+    exception`, now and then), which a group kept alive by a reference left behind makes possible."""
+    script = tmp_path / "threads.py"
+    script.write_text("import json, os, sys\nimport gptlab\n"
+                      "gptlab.train(json.loads(sys.argv[1]), out=sys.argv[2], quiet=True)\n"
+                      "tasks = os.listdir('/proc/self/task')\n"
+                      "names = [open(f'/proc/self/task/{t}/comm').read().strip() for t in tasks]\n"
+                      "open(f'threads{os.environ[\"RANK\"]}.json', 'w').write(json.dumps(names))\n")
+    values = tiny(write_corpus(tmp_path / "data"), max_iters=4)
+    cmd = torchrun(script, json.dumps(values), tmp_path / "run")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = [json.loads((tmp_path / f"threads{rank}.json").read_text()) for rank in (0, 1)]
+    assert not [name for names in threads for name in names if "gloo" in name], threads  # pt_gloo_runloop, ...
+
+
 def test_ctrl_c_stops_both_processes_at_one_step_and_saves(tmp_path):
     """torchrun passes Ctrl-C on to every process; they agree on the step, rank 0 saves, and all leave."""
     corpus, out = write_corpus(tmp_path / "data"), tmp_path / "run"

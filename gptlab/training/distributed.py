@@ -57,6 +57,7 @@ class Distributed:
         if not self.active:
             return
         import torch.distributed as dist
+        import torch.distributed.nn.functional  # noqa: F401  before any group exists: see close()
 
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -67,9 +68,18 @@ class Distributed:
             self.control = dist.group.WORLD
 
     def close(self) -> None:
+        """Destroy the process groups for good, gloo's threads with them, while Python is still whole.
+
+        A gloo group stops and joins its worker threads only when the last reference to it goes. A thread still
+        running at interpreter exit may be dropping a finished collective whose tensors are Python objects: it
+        waits for the GIL, Python ends it inside a C++ destructor, and the process aborts ("terminate called
+        without an active exception") after a run that succeeded. So nothing may hold a group past this point:
+        not self.control, not the DDP wrapper (the trainer has dropped it), and not torch.distributed.nn.functional,
+        whose functions keep group.WORLD as a default argument: DDP imports it, so start() imports it first."""
         if self.active:
             import torch.distributed as dist
 
+            self.control = None  # on CPU this is the WORLD group itself
             if dist.is_initialized():
                 dist.destroy_process_group()
 
