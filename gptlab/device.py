@@ -85,3 +85,26 @@ def setup(device_name: str, dtype_name: str, threads: int = 0, seed: int | None 
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device, dtype
+
+
+def device_name(device: torch.device) -> str:
+    """What the device is, for the record: "cuda: NVIDIA H100 80GB HBM3", "cpu: AMD EPYC (2 threads)"."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        return f"cpu: {cpu_model()} ({torch.get_num_threads()} threads)"
+    return device.type
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), or what the platform says."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

@@ -13,7 +13,9 @@ from gptlab.training.metrics import read_metrics
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "and", "then", "slept",
          "under", "old", "tree", "while", "rain", "fell", "softly"]
-TIMING = {"time", "tokens_per_s", "unix_time"}  # metrics fields that differ between identical runs
+# metrics fields that differ between identical runs: timings, and what each process measured of its memory
+TIMING = {"time", "tokens_per_s", "unix_time", "step_s", "peak_mem", "mem_base", "mem_scope", "device", "dtype",
+          "world_size"}
 
 
 def make_text(n_lines: int = 300, seed: int = 0) -> str:

@@ -22,7 +22,7 @@ from gptlab import rundir
 from gptlab.data.corpora import load_corpus
 from gptlab.data.tokenizer import load_tokenizer
 from gptlab.data.tokens import bits_per_char, check_length, get_tokenizer, prepare
-from gptlab.device import pick_device, setup
+from gptlab.device import device_name, pick_device, setup
 from gptlab.errors import GptlabError
 from gptlab.models import build_model, config_to_dict, make_config, split_section
 from gptlab.training.batches import RandomWindows
@@ -39,6 +39,7 @@ from gptlab.training.config import (
 )
 from gptlab.training.distributed import Distributed
 from gptlab.training.evaluate import evaluate
+from gptlab.training.memory import MemoryMeter
 from gptlab.training.metrics import MetricsLog, ProgressLine, Timer, plot_losses
 from gptlab.training.optim import build_optimizers, load_state, schedulers
 from gptlab.training.step import Stepper
@@ -138,6 +139,8 @@ class Trainer:
         self.progress = ProgressLine(quiet=quiet or not dist.is_main)
         with dist.main_first():
             self.tokenizer, self.data, self.corpus_name = self._data(mirror)
+        self.meter = MemoryMeter(self.device)
+        self.mem_base = self.meter.current()  # before the model: what the steps' peak is measured above
         self.model_config, self.model, self.seq_len = self._model()
         self.optimizers = build_optimizers(self.model, cfg)
         self.step = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
@@ -148,6 +151,7 @@ class Trainer:
         self.tokens = 0  # tokens trained on so far, every process's (a resume with other processes counts right)
         self.timer, self.metrics, self.last_log = Timer(), MetricsLog(None, enabled=False), (0.0, 0)
         self.val_loss, self.last_ckpt, self.last_eval_iter, self.last_loss = None, None, None, None
+        self.logged_memory = False
         self.eval_seconds = 0.0  # spent evaluating and saving, which the pace of the steps leaves out
         if plan.resume_from is not None:
             self.load_weights(plan.resume_from)
@@ -366,6 +370,7 @@ class Trainer:
         cfg = self.cfg
         self.last_log = (self.timer.elapsed(), self.it)
         settle_at, since = self._settles_at(), (self.timer.elapsed(), self.it, self.eval_seconds)
+        self.meter.reset()  # the peak memory logged is the steps' (evaluations and checkpoints reset it)
         while self.it < cfg.max_iters:
             self.last_loss = self.step(self.batches)
             self.it += 1
@@ -401,8 +406,23 @@ class Trainer:
         tps = self.tokens_per_iter * (self.it - last_iter) / max(1e-9, now - last_time)
         self.last_log = (now, self.it)
         self.metrics.write(iter=self.it, tokens=self.tokens, loss=loss, lr=self.step.last_lr,
-                           tokens_per_s=round(tps, 1), time=round(now, 3))
+                           tokens_per_s=round(tps, 1), step_s=round(self.tokens_per_iter / tps, 6),
+                           time=round(now, 3), **self.measured_memory())
         self.progress.update(self.it, loss, tps, self.cfg.max_iters)
+
+    def measured_memory(self) -> dict:
+        """The steps' peak memory (bytes, the largest of the processes'), and once per process what it stands on:
+        the memory before the model was built, the device, the number format (gptlab cost checks against these)."""
+        peak = self.meter.peak()
+        if peak is None or self.mem_base is None:  # (the same on every process: one device type)
+            return {}
+        record = dict(peak_mem=int(self.dist.max(peak)))
+        if not self.logged_memory:
+            self.logged_memory = True
+            record.update(mem_base=int(self.dist.max(self.mem_base)), mem_scope=self.meter.scope,
+                          device=device_name(self.device), dtype=str(self.dtype).removeprefix("torch."),
+                          world_size=self.dist.world_size)
+        return record
 
     def evaluate(self, iters: int | None = None) -> dict[str, float]:
         return evaluate(self.step.forward, self.eval_sources, iters or self.cfg.eval_iters, self.cfg.seed + 1,
@@ -426,6 +446,7 @@ class Trainer:
         self.progress.message(f"iter {self.it}: train {losses['train']:.4f}, {shown}, {self.timer.elapsed():.1f}s")
         self.val_loss = val
         self.save(val)
+        self.meter.reset()
         self.last_log = (self.timer.elapsed(), self.it)  # tokens/s counts training alone
         self.eval_seconds += self.last_log[0] - started
 
