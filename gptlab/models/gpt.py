@@ -215,10 +215,12 @@ class GPT(LanguageModel):
         return n
 
     def flops_per_token(self, T: int | None = None) -> float:
-        """Training FLOPs per token: 6 per weight (forward + backward) plus attention's 12·L·C·T (PaLM, App. B)."""
+        """Training FLOPs per token: 6 per weight (forward + backward) plus attention's 12·L·C·T (PaLM, App. B).
+        An untied token table is a lookup, not a product: its weights cost no FLOPs (the head's do)."""
         c = self.config
         T = T or c.block_size
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
+        lookup = 0 if c.tie_weights else self.transformer.wte.weight.numel()
+        return 6 * (self.num_params() - lookup) + 12 * c.n_layer * c.n_embd * T
 
     def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
         return self.transformer.wte, self.lm_head
