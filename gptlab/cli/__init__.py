@@ -10,12 +10,12 @@ import argparse
 import sys
 
 from gptlab import __version__
-from gptlab.cli import chat, compare, evaluate, finetune, inspect, listing, plot, sample, serve, train
+from gptlab.cli import chat, compare, cost, evaluate, finetune, inspect, listing, plot, sample, serve, train
 from gptlab.errors import GptlabError, is_main_process
 
 COMMANDS = {"train": train, "sample": sample, "finetune": finetune, "chat": chat, "eval": evaluate,
             "inspect": inspect, "plot": plot, "serve": serve, "compare": compare,
-            "list": listing}
+            "cost": cost, "list": listing}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
