@@ -245,3 +245,57 @@ def test_runs_it_cannot_check_are_refused_in_one_line(tmp_path, capsys):
     (run_dir / "config.json").write_text(json.dumps({"train": {}, "model": values}))
     code, out, err = run_cli(capsys, "cost", run_dir)
     assert code == 1 and "lacks a whole batch_size" in err
+
+
+def fake_run(folder: Path, dtype: str = "bfloat16", device: str | None = None, step_s: float = 0.5) -> Path:
+    """A run folder with a config and the measurements a run records (no training)."""
+    from gptlab.device import device_name
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"train": {"batch_size": 4, "dtype": dtype},
+                                                    "model": dict(CONFIGS[0], family="gpt")}))
+    record = dict(iter=5, tokens=5 * 4 * 128, loss=3.0, step_s=step_s, peak_mem=2**29, mem_base=2**28,
+                  mem_scope="steps", device=device or device_name(torch.device("cpu")), dtype=dtype)
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n" + json.dumps({**record, "iter": 10}) + "\n")
+    return folder
+
+
+def test_calibration_needs_the_same_machine_and_format(tmp_path, capsys):
+    run, other_format = fake_run(tmp_path / "run"), fake_run(tmp_path / "fp32", dtype="float32")
+    elsewhere = fake_run(tmp_path / "elsewhere", device="cpu: Apple M2 (8 threads)")
+    code, out, err = run_cli(capsys, "cost", run, "--calibrate", elsewhere)
+    assert code == 1 and "not on this machine" in err
+    code, out, err = run_cli(capsys, "cost", run, "--calibrate", other_format)
+    assert code == 1 and "calibrate with a run of the same hardware and format" in err
+    code, out, err = run_cli(capsys, "cost", run, "--calibrate", fake_run(tmp_path / "twice", step_s=1.0), "--json")
+    checked = json.loads(out)["run"]
+    step = {r["what"]: r for r in checked["rows"]}["seconds per step"]
+    assert code == 0 and step["predicted"] == pytest.approx(1.0, rel=0.01)  # the same model at the other's speed
+    assert [p["what"] for p in checked["projections"]][:2] == ["as trained", "10x the tokens"]
+
+
+def test_more_devices_than_the_fewest_can_do_without_checkpointing():
+    llama = REFERENCE["llama2-7b"]
+    fewest = estimate(llama, Assumptions(hardware=GPUS["h100"], batch=2))
+    assert fewest["fit"]["checkpointing"] and any("8ND" in note for note in fewest["notes"])
+    eight = estimate(llama, Assumptions(hardware=GPUS["h100"], batch=2, devices=8))
+    assert not eight["fit"]["checkpointing"] and not any("8ND" in note for note in eight["notes"])
+    one = estimate(llama, Assumptions(hardware=GPUS["h100"], batch=2, devices=1))
+    assert any("cannot hold the training" in note for note in one["notes"])
+    with pytest.raises(GptlabError, match="mfu is a share"):
+        Assumptions(hardware=GPUS["h100"], mfu=2)
+
+
+def test_the_table_as_json_and_overflow_and_bad_config_files(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "cost", "--list", "--json")
+    tables = json.loads(out)
+    assert code == 0 and tables["gpus"]["h100"]["bf16"] == 989e12 and "gpt3-175b" in tables["models"]
+    code, out, err = run_cli(capsys, "cost", "gpt3-175b", "--tokens", "1e300", "--json")
+    assert code == 1 and "the numbers overflow" in err and len(err.splitlines()) == 1
+    config = tmp_path / "mine.json"
+    config.write_text(json.dumps({"train": {"batch_size": None}, "model": dict(CONFIGS[0], family="gpt")}))
+    code, out, err = run_cli(capsys, "cost", config)
+    assert code == 1 and "need a whole batch_size" in err
+    config.write_text(json.dumps({"train": {}, "model": dict(CONFIGS[0], n_layer=2.5)}))
+    code, out, err = run_cli(capsys, "cost", config)
+    assert code == 1 and "n_layer must be a whole number" in err

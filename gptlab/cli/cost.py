@@ -89,7 +89,10 @@ def run(args) -> int:
     from gptlab.cost.estimate import optimal_for
 
     if args.list:
-        report.print_tables()
+        if args.json:
+            print(as_json(report.tables()))
+        else:
+            report.print_tables()
         return 0
     check_args(args)
     tokens, budget = amount(args.tokens, "--tokens"), amount(args.budget, "--budget")
@@ -100,17 +103,23 @@ def run(args) -> int:
     if run_dir is not None:  # first: the runtime's memory is measured before this process trains anything
         result["run"] = resolve.check_run(run_dir, args.mfu, args.calibrate, args.gpu, args.watts)
     hardware = resolve.hardware(args.gpu, args.watts)
-    mfu = args.mfu
-    if mfu is None and args.calibrate:  # a calibration applies where its hardware is the estimate's
-        calibrated, calibrated_on = resolve.calibration(args.calibrate, args.gpu)
-        mfu = calibrated if calibrated_on.name == hardware.name else None
-    mfu = mfu or resolve.default_mfu(hardware, settings.get("precision", "mixed"))
+    precision = settings.get("precision", "mixed")
+    mfu, notes = (args.mfu, []) if args.mfu else resolve.estimate_mfu(args.calibrate, args.gpu, hardware, precision)
     result["estimate"] = resolve.estimate_for(shape, settings, hardware, tokens, mfu, args.gpus, args.price,
                                               args.carbon, args.pue, args.tokens_per_param)
+    result["estimate"]["notes"] += notes
     if budget:
         result["budget"] = optimal_for(budget, args.tokens_per_param)
     if args.json:
-        print(json.dumps(result, indent=1, allow_nan=False))
+        print(as_json(result))
     else:
         report.print_all(result)
     return 0
+
+
+def as_json(result: dict) -> str:
+    try:
+        return json.dumps(result, indent=1, allow_nan=False)
+    except ValueError:  # an infinity: amounts beyond what floats hold
+        raise GptlabError("the numbers overflow (an amount too large for a float): use smaller --tokens or "
+                          "--budget") from None

@@ -13,7 +13,15 @@ import math
 from dataclasses import dataclass
 
 from gptlab.cost.hardware import Hardware
-from gptlab.cost.memory import PRECISIONS, STATES, bytes_per_param, devices_needed, inference_memory, training_memory
+from gptlab.cost.memory import (
+    PRECISIONS,
+    STATES,
+    bytes_per_param,
+    devices_needed,
+    fits,
+    inference_memory,
+    training_memory,
+)
 from gptlab.cost.shapes import TOKENS_PER_PARAM, Shape, compute_optimal
 from gptlab.errors import GptlabError
 
@@ -37,16 +45,24 @@ class Assumptions:
             raise GptlabError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.optimizer not in STATES:
             raise GptlabError(f"optimizer must be one of {', '.join(STATES)}, not {self.optimizer!r}")
+        if not 0 < self.mfu <= 1:
+            raise GptlabError(f"mfu is a share of the peak: above 0 and at most 1, not {self.mfu}")
+        if self.tokens is not None and not self.tokens > 0:
+            raise GptlabError(f"tokens must be positive, not {self.tokens}")
+        if self.batch < 1 or (self.devices is not None and self.devices < 1):
+            raise GptlabError("batch and devices must be at least 1")
 
 
 def estimate(s: Shape, a: Assumptions) -> dict:
     """Everything `gptlab cost` shows for one model, as plain numbers (bytes, FLOPs, seconds, dollars, kg)."""
     n = s.params()
-    tokens = a.tokens or s.tokens_trained or a.tokens_per_param * n["total"]
+    tokens = a.tokens if a.tokens is not None else s.tokens_trained or a.tokens_per_param * n["total"]
     flops = dict(per_token=s.flops_per_token(), six_nd=6 * n["total"] * tokens,
                  total=s.flops_per_token() * tokens)
     needed, checkpointing = devices_needed(s, a.precision, a.batch, a.hardware.memory, a.optimizer)
     devices = a.devices or needed or 1
+    if a.devices:  # more devices than the fewest may hold it without checkpointing
+        checkpointing = not fits(s, a.precision, a.batch, a.hardware.memory, a.optimizer, shards=devices)
     return dict(model=s.to_dict(), params=n, tokens=tokens, tokens_per_param=tokens / n["total"], flops=flops,
                 memory=memory_table(s, a.batch, a.optimizer),
                 fit=dict(device=a.hardware.name, device_memory=a.hardware.memory, batch=a.batch,
@@ -54,11 +70,14 @@ def estimate(s: Shape, a: Assumptions) -> dict:
                          checkpointing=checkpointing),
                 training=training_time(flops["total"], a, devices),
                 compute_optimal=optimal_for(flops["total"], a.tokens_per_param),
-                generation=generation(s, a.hardware), notes=notes(a, needed, devices))
+                generation=generation(s, a.hardware), notes=notes(a, needed, checkpointing, devices))
 
 
-def notes(a: Assumptions, needed: int | None, devices: int) -> list[str]:
+def notes(a: Assumptions, needed: int | None, checkpointing: bool, devices: int) -> list[str]:
     out = []
+    if checkpointing:
+        out.append("with activation checkpointing each block's forward pass runs twice: about a third more "
+                   "compute (8ND rather than 6ND) than the time below counts")
     if needed is None:
         out.append(f"a micro-batch of {a.batch} does not fit one {a.hardware.name} even with activation "
                    f"checkpointing: the time below assumes it did")

@@ -16,8 +16,8 @@ from gptlab.errors import GptlabError
 
 T, G = 1e12, 1e9
 # Assumed model FLOPs utilisation where none is given or calibrated. GPU: about what gptlab's GPT-2 124M reached
-# on one H100 (0.37 of the data sheet's bf16 peak); CPU, by format: the middle of what gptlab's GPTs of widths
-# 128-512 reached of the measured matmul peak on the 2-core project machine (bf16 0.40-0.55, fp32 0.61-0.88:
+# on one H100 (0.37 of the data sheet's bf16 peak); CPU, by format: about the median of what gptlab's GPTs of
+# widths 128-512 reached of the measured matmul peak on the 2-core project machine (bf16 0.40-0.55, fp32 0.61-0.88:
 # benchmarks/cost_check.py). fp32's peak is lower, so the rest of a step weighs less against it.
 GPU_MFU, CPU_MFU = 0.4, {"fp32": 0.75, "mixed": 0.45, "bf16": 0.45}
 
@@ -70,7 +70,7 @@ GPUS: dict[str, Hardware] = {h.name: h for h in [
 
 # How CUDA names each GPU of the table (torch.cuda.get_device_name, lower case); a GPU that matches none, an
 # L40 or an A10G say, is not guessed at.
-NAMES = [("h100-pcie", r"h100\b.*pcie"), ("h100", r"h100(?!.*(pcie|nvl))"), ("h200", r"h200"),
+NAMES = [("h100-pcie", r"h100\b.*pcie"), ("h100", r"h100(?!.*(pcie|nvl))"), ("h200", r"\bh200\b(?!.*nvl)"),
          ("a100-pcie", r"a100.*80gb.*pcie|a100-pcie-80gb"), ("a100-80gb", r"a100-sxm4?-80gb"),
          ("a100-40gb", r"a100-sxm4?-40gb"), ("l40s", r"\bl40s\b"), ("l4", r"\bl4$"), ("a10", r"\ba10$"),
          ("t4", r"\bt4$"), ("v100", r"v100-sxm2-32gb"), ("rtx4090", r"rtx 4090$"), ("rtx3090", r"rtx 3090$"),
@@ -80,6 +80,8 @@ NAMES = [("h100-pcie", r"h100\b.*pcie"), ("h100", r"h100(?!.*(pcie|nvl))"), ("h2
 def match_gpu(device: str) -> Hardware | None:
     """The table's GPU for a CUDA device name ("NVIDIA H100 80GB HBM3" -> h100), or None."""
     name = device.lower().removeprefix("cuda:").strip()
+    if "mig" in name.split():  # a slice of a GPU is not the GPU
+        return None
     for key, pattern in NAMES:
         if re.search(pattern, name):
             return GPUS[key]
@@ -89,7 +91,9 @@ def match_gpu(device: str) -> Hardware | None:
 def get_hardware(name: str, cpu_watts: float = 65.0) -> Hardware:
     """A GPU from the table, or "cpu": this machine's CPU, measured now."""
     if name == "cpu":
-        return replace(measure_cpu(), watts=cpu_watts)
+        import torch
+
+        return replace(measure_cpu(torch.get_num_threads()), watts=cpu_watts)
     if name not in GPUS:
         raise GptlabError(f"unknown --gpu {name!r}; choose cpu or one of: {', '.join(GPUS)}")
     return GPUS[name]

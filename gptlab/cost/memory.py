@@ -8,8 +8,9 @@
     + working memory of the backward             one layer's gradients in flight and the logits' gradient
 
 With activation checkpointing a block keeps only its input and is recomputed during the backward pass.
-Sharding (FSDP, ZeRO-3) divides weights, gradients and optimizer state by the number of devices; the
-activations of each device's micro-batch stay whole.
+Sharding (FSDP, ZeRO-3) divides weights, gradients, optimizer state and the 16-bit copies by the number of
+devices; each device then gathers the whole weights of two blocks at a time (the one it computes and the next),
+and the activations of its micro-batch stay whole.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def training_memory(s: Shape, precision: str, batch: int, optimizer: str = "adam
                     dropout: float = 0.0, typed_masks: bool = False, checkpointing: bool = False,
                     shards: int = 1) -> dict[str, float]:
     """Bytes by part for one device training on `batch` sequences of s.context tokens at a time.
-    shards: devices the weights, gradients, optimizer state (and the 16-bit copies, gathered a layer at a time)
-    are split over (FSDP); 1 keeps them whole."""
+    shards: devices the weights, gradients, optimizer state and 16-bit copies are split over (FSDP: each device
+    also gathers two blocks' weights at a time); 1 keeps them whole."""
     p, n = PRECISIONS[precision], s.params()
     tokens = batch * s.context
     layer = layer_bytes(s, p, attention, dropout, typed_masks)
@@ -117,6 +118,13 @@ def bytes_per_param(s: Shape, precision: str, optimizer: str = "adamw") -> float
     """Weights, gradients, optimizer state and copies per parameter: what training costs before activations."""
     m = training_memory(s, precision, 0, optimizer)
     return (m["weights"] + m["gradients"] + m["optimizer"] + m["weight_copies"]) / s.params()["total"]
+
+
+def fits(s: Shape, precision: str, batch: int, memory: float, optimizer: str = "adamw", checkpointing: bool = False,
+         shards: int = 1, usable: float = 0.9) -> bool:
+    """Whether training s on `shards` devices of `memory` bytes each (`usable` of it for tensors) holds."""
+    return training_memory(s, precision, batch, optimizer, checkpointing=checkpointing,
+                           shards=shards)["total"] <= memory * usable
 
 
 def devices_needed(s: Shape, precision: str, batch: int, memory: float, optimizer: str = "adamw",

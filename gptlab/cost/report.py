@@ -129,7 +129,7 @@ def print_comparison(c: dict, console: Console | None = None) -> None:
     console.print(t)
     m = c["memory"]
     buckets = f" + DDP buckets {size(m['ddp_buckets'])}" if m["ddp_buckets"] else ""
-    calibrated = f" of {c['calibrated_by']}" if c.get("calibrated_by") else ""
+    calibrated = f" (calibrated by {c['calibrated_by']})" if c.get("calibrated_by") else ""
     console.print(f"predicted: base {size(c['mem_base'])} (measured before the model was built) + runtime "
                   f"{size(m['runtime'])} + weights {size(m['weights'])} + gradients {size(m['gradients'])} + "
                   f"optimizer {size(m['optimizer'])} + copies {size(m['weight_copies'])} + activations "
@@ -157,6 +157,15 @@ def print_all(result: dict, console: Console | None = None) -> None:
         b = result["budget"]
         console.print(f"a budget of {flops(b['flops'])} FLOPs trains compute-optimally {count(b['params'])} "
                       f"parameters on {count(b['tokens'])} tokens ({b['tokens_per_param']:g} per parameter)")
+
+
+def tables() -> dict:
+    """`gptlab cost --list --json`: the GPU table and the published models as numbers."""
+    from gptlab.cost.hardware import GPUS
+    from gptlab.cost.shapes import REFERENCE
+
+    return dict(gpus={h.name: h.to_dict() for h in GPUS.values()},
+                models={s.name: {**s.to_dict(), "params": s.params()} for s in REFERENCE.values()})
 
 
 def print_tables(console: Console | None = None) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from gptlab.cost import runs
 from gptlab.cost.estimate import Assumptions, estimate, training_time
 from gptlab.cost.hardware import CPU_MFU, GPU_MFU, Hardware, get_hardware, match_gpu
+from gptlab.cost.memory import STATES
 from gptlab.cost.shapes import REFERENCE, TOKENS_PER_PARAM, Shape, gpt_shape
 from gptlab.errors import GptlabError
 
@@ -59,8 +60,11 @@ def from_preset(name: str) -> tuple[Shape, dict]:
 
 def settings_of(train: dict) -> dict:
     """A run's or preset's precision, optimizer and micro-batch, in the estimate's terms."""
-    return dict(precision=runs.precision_of(train.get("dtype", "auto")), optimizer=train.get("optimizer", "adamw"),
-                batch=train.get("batch_size", 1))
+    batch, optimizer = train.get("batch_size", 1), train.get("optimizer", "adamw")
+    if not (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1) or optimizer not in STATES:
+        raise GptlabError(f"the training values need a whole batch_size and a known optimizer, not {batch!r} and "
+                          f"{optimizer!r}")
+    return dict(precision=runs.precision_of(train.get("dtype", "auto")), optimizer=optimizer, batch=batch)
 
 
 def hardware(name: str | None, watts: float = 65.0) -> Hardware:
@@ -86,11 +90,15 @@ def run_hardware(run: runs.Run, gpu: str | None, watts: float = 65.0) -> Hardwar
     return found or hardware(gpu)
 
 
-def calibration(path: str, gpu: str | None) -> tuple[float, Hardware]:
-    """The MFU another run measured, and the hardware it measured it on."""
+def calibration(path: str, gpu: str | None) -> tuple[float, runs.Run, Hardware]:
+    """The MFU another run measured, the run, and the hardware it trained on (a CPU run: this machine, which must
+    be the one it trained on)."""
     run = runs.read_run(path)
     hw = run_hardware(run, gpu)
-    return runs.measured_mfu(run, hw), hw
+    if run.on_cpu and run.device != hw.name:
+        raise GptlabError(f"--calibrate {path} trained on {run.device}, not on this machine ({hw.name}): calibrate "
+                          f"with a run of this machine")
+    return runs.measured_mfu(run, hw), run, hw
 
 
 def check_run(path: Path, mfu: float | None, calibrate: str | None, gpu: str | None, watts: float) -> dict:
@@ -103,13 +111,26 @@ def check_run(path: Path, mfu: float | None, calibrate: str | None, gpu: str | N
     overhead = runs.runtime_overhead(run.dtype) if run.on_cpu else 0.0  # before anything else trains here
     hw = run_hardware(run, gpu, watts)
     if calibrate and not mfu:
-        mfu, calibrated_on = calibration(calibrate, gpu)
-        if calibrated_on.name != hw.name:
-            raise GptlabError(f"--calibrate {calibrate} trained on {calibrated_on.name}, {path} on {hw.name}: "
-                              f"calibrate with a run of the same hardware")
+        mfu, other, other_hw = calibration(calibrate, gpu)
+        if (other_hw.name, other.precision) != (hw.name, run.precision):
+            raise GptlabError(f"--calibrate {calibrate} trained on {other_hw.name} in {other.precision}, {path} on "
+                              f"{hw.name} in {run.precision}: calibrate with a run of the same hardware and format")
     result = runs.compare(run, hw, mfu or default_mfu(hw, run.precision), overhead)
     result.update(calibrated_by=calibrate, projections=projections(run, hw, result["measured_mfu"]))
     return result
+
+
+def estimate_mfu(calibrate: str | None, gpu: str | None, hw: Hardware, precision: str) -> tuple[float, list]:
+    """The estimate's MFU: a calibration's where it trained on the estimate's hardware in its format, else the
+    default (with a note saying why the calibration does not apply)."""
+    if calibrate:
+        mfu, other, other_hw = calibration(calibrate, gpu)
+        if (other_hw.name, other.precision) == (hw.name, precision):
+            return min(mfu, 1.0), []
+        note = (f"--calibrate {calibrate} ran on {other_hw.name} in {other.precision}: the estimate on {hw.name} "
+                f"in {precision} uses the default MFU")
+        return default_mfu(hw, precision), [note]
+    return default_mfu(hw, precision), []
 
 
 def projections(run: runs.Run, hw: Hardware, mfu: float) -> list[dict]:

@@ -106,8 +106,9 @@ def read_run(path: str | Path) -> Run:
     peaks = [r["peak_mem"] for r in records if _whole(r.get("peak_mem"), 0)]
     steps = [r["step_s"] for r in records if isinstance(r.get("step_s"), (int, float)) and r["step_s"] > 0]
     if not records or not peaks or not steps:
-        raise GptlabError(f"{path} has no memory or step-time measurements in its metrics (runs of gptlab "
-                          f"before 0.3 did not record them): train it again to compare")
+        raise GptlabError(f"{path} has no memory or step-time measurements in its metrics (runs trained before "
+                          f"gptlab recorded them, or without /proc: macOS, Windows); `gptlab cost "
+                          f"{path / 'config.json'}` estimates without them")
     first = records[0]
     values = dict(batch_size=train.get("batch_size"), grad_accum=train.get("grad_accum", 1),
                   optimizer=train.get("optimizer", "adamw"), compile=bool(train.get("compile")),
@@ -170,6 +171,9 @@ def notes(run: Run, hardware: Hardware) -> list[str]:
                    "6 FLOPs per token for the frozen ones too, where LoRA spends about 4), so it overestimates")
     if run.train["compile"]:
         out.append("compiled (torch.compile fuses operations): activations are usually below the eager formulas")
+    if measured_mfu(run, hardware) > 1:
+        out.append(f"the run went faster than {hardware.name}'s peak measured now: the machine is busier now than "
+                   f"it was (or another machine trained it), so predicted times run long")
     if run.world_size > 1:
         out.append(f"{run.world_size} processes: the peak is the largest process's, the step time each one's")
     return out

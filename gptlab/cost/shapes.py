@@ -5,8 +5,9 @@
                                                     weighted sum, Kaplan et al. 2020, PaLM appendix B)
 
 N_matmul counts every weight a token is multiplied by: all parameters but the position table, with a tied
-head counted once (its matmul costs FLOPs; the lookup does not). The count equals gptlab's GPT.num_params()
-and GPT.flops_per_token() (tests/test_cost.py builds the models and checks).
+head counted once (its matmul costs FLOPs; the lookup does not). For gptlab's GPT, params()["total"] equals
+GPT.num_params(non_embedding=False), total less positions equals GPT.num_params(), and flops_per_token()
+equals GPT.flops_per_token() (tests/test_cost.py builds the models and checks).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ class Shape:
     source: str = ""
 
     def __post_init__(self):
-        for name in ("n_layer", "n_embd", "n_head", "vocab_size", "context"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+        for name in ("n_layer", "n_embd", "n_head", "vocab_size", "context", "mlp_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "mlp_hidden" else 1):
                 raise GptlabError(f"{self.name}: {name} must be a whole number of at least 1")
         if self.n_embd % self.n_head:
             raise GptlabError(f"{self.name}: the width ({self.n_embd}) must be divisible by the heads ({self.n_head})")
@@ -76,8 +78,8 @@ class Shape:
 
 # Published layouts. GPT-2: Radford et al. 2019 and the released weights; GPT-3: Brown et al. 2020, table 2.1
 # (its alternating sparse attention is counted as dense); Chinchilla: Hoffmann et al. 2022, table 4, with
-# Gopher's Transformer-XL relative positions (13·L·C² in the blocks: 70.1B in all, as the paper's 70B; Gopher's
-# layout gives 279B for its 280B); Llama 2 7B: Touvron et al. 2023 and the released config (SwiGLU with
+# Gopher's Transformer-XL relative positions (13·L·C² in the blocks: 70.3B in all for the paper's 70B; Gopher's
+# layout gives 280.2B for its 280B); Llama 2 7B: Touvron et al. 2023 and the released config (SwiGLU with
 # F = 11008, RMSNorm, rotary positions, untied head). tokens_trained: what each published model trained on.
 REFERENCE: dict[str, Shape] = {s.name: s for s in [
     Shape("gpt2", 12, 768, 12, 50257, 1024, bias=True, source="GPT-2 small (124M)"),
@@ -97,13 +99,12 @@ def gpt_shape(name: str, model: dict) -> Shape:
     family = model.get("family", "gpt")
     if family != "gpt":
         raise GptlabError(f"gptlab cost estimates transformers (--model gpt); {name} is a {family}")
-    try:
-        return Shape(name, int(model["n_layer"]), int(model["n_embd"]), int(model["n_head"]),
-                     int(model["vocab_size"]), int(model["block_size"]), pos=model.get("pos", "learned"),
-                     bias=bool(model.get("bias", False)), tie_weights=bool(model.get("tie_weights", True)))
-    except (KeyError, TypeError, ValueError) as e:
-        raise GptlabError(f"{name}: the model values lack {e} (n_layer, n_embd, n_head, vocab_size, "
-                          f"block_size)") from None
+    sizes = ("n_layer", "n_embd", "n_head", "vocab_size", "block_size")
+    missing = [k for k in sizes if k not in model]
+    if missing:
+        raise GptlabError(f"{name}: the model values lack {', '.join(missing)}")
+    return Shape(name, *(model[k] for k in sizes), pos=model.get("pos", "learned"),
+                 bias=bool(model.get("bias", False)), tie_weights=bool(model.get("tie_weights", True)))
 
 
 TOKENS_PER_PARAM = 20.0  # Chinchilla's rule of thumb for a compute-optimal run
