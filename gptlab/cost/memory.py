@@ -36,7 +36,6 @@ PRECISIONS = {
     "bf16": Precision("bf16", 2, 2, 2, 0),  # everything in 16 bits (weights too)
 }
 STATES = {"adamw": 2, "muon": 1, "sgd": 0}  # optimizer values kept per parameter (Muon's on hidden matrices)
-ATTENTION = ("fused", "explicit")  # fused: a flash kernel (no T x T matrix kept); explicit: softmax(QK^T/sqrt(d))V
 
 
 def layer_bytes(s: Shape, p: Precision, attention: str = "fused", dropout: float = 0.0,
