@@ -165,6 +165,7 @@ def train_run(tmp_path: Path, name: str, *flags) -> Path:
                           "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1", "--device", "cpu",
                           "--block-size", "128", "--batch-size", "16", *flags, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "memory: the steps will take about" in done.stderr and "MB free" in done.stderr  # said before it trains
     return out
 
 

@@ -30,6 +30,26 @@ def precision_of(dtype: str) -> str:
     return "fp32" if dtype in ("float32", "fp32") else "mixed"
 
 
+def attention_path(on_cpu: bool, dtype: str, dropout: float) -> str:
+    """The attention that gptlab's GPT runs (models/gpt.py): explicit for bf16 on a CPU, where torch's flash kernel
+    is slow, and where torch's CPU kernel falls back to it for dropout; fused otherwise."""
+    return "explicit" if on_cpu and (dtype == "bfloat16" or dropout > 0) else "fused"
+
+
+def training_need(name: str, model: dict, batch_size: int, optimizer: str, device_type: str,
+                  dtype: str) -> float | None:
+    """What a training run's tensors will take, before it starts (the trainer says it): weights, gradients,
+    optimizer state, copies, activations and working memory, in bytes; None for a family the formulas do not
+    describe (they are a GPT's)."""
+    try:
+        shape = gpt_shape(name, model)
+    except GptlabError:
+        return None
+    on_cpu, dropout = device_type == "cpu", model.get("dropout", 0.0)
+    return training_memory(shape, precision_of(dtype), batch_size, optimizer, attention_path(on_cpu, dtype, dropout),
+                           dropout, typed_masks=on_cpu)["total"]
+
+
 @dataclass
 class Run:
     path: Path
@@ -59,10 +79,7 @@ class Run:
 
     @property
     def attention(self) -> str:
-        """The attention that gptlab's GPT ran (models/gpt.py): explicit for bf16 on a CPU, where torch's flash
-        kernel is slow, and where torch's CPU kernel falls back to it for dropout; fused otherwise."""
-        explicit = self.on_cpu and (self.dtype == "bfloat16" or self.train["dropout"] > 0)
-        return "explicit" if explicit else "fused"
+        return attention_path(self.on_cpu, self.dtype, self.train["dropout"])
 
     @property
     def step_flops(self) -> float:

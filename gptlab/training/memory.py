@@ -60,6 +60,16 @@ class MemoryMeter:
         if hwm is None or rss is None or hwm > rss + 2**20:  # not reset (a sandbox may ignore the write)
             self.scope = "process"  # the peak then covers the whole process, loading included
 
+    def available(self) -> int | None:
+        """Bytes still free for tensors: the GPU's free memory, or the system's available memory (MemAvailable)."""
+        if self.cuda:
+            return torch.cuda.mem_get_info(self.device)[0]
+        try:
+            found = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+        except OSError:
+            return None
+        return int(found.group(1)) * 1024 if found and self.device.type == "cpu" else None
+
     def peak(self) -> int | None:
         if self.cuda:
             return torch.cuda.max_memory_allocated(self.device)

@@ -348,6 +348,25 @@ class Trainer:
         self.progress.message(
             f"global batch: {world} process(es) x {cfg.batch_size} sequences x {cfg.grad_accum} micro-batch(es) "
             f"x {self.seq_len} tokens = {self.tokens_per_iter:,} tokens per step")
+        self.announce_memory()
+
+    def announce_memory(self) -> None:
+        """What the steps will take by gptlab cost's formulas (a GPT's), with a warning where that is more than is
+        free."""
+        from gptlab.cost.runs import training_need
+
+        model = config_to_dict(self.plan.model["family"], self.model_config)
+        dtype = str(self.dtype).removeprefix("torch.")
+        need = training_need(self.plan.run_dir.name, model, self.cfg.batch_size, self.cfg.optimizer,
+                             self.device.type, dtype)
+        if need is None:
+            return
+        free = self.meter.available()
+        self.progress.message(f"memory: the steps will take about {need / 1e6:,.0f} MB for tensors (gptlab cost)"
+                              + (f", of {free / 1e6:,.0f} MB free" if free else ""))
+        if free and need > free:
+            self.progress.message("warning: that is more than is free; lower --batch-size (or the model's size), "
+                                  "or expect to run out of memory")
 
     def begin(self) -> None:
         """Write the run folder's files (an overwritten run's are cleared only now) and open the log."""
