@@ -11,4 +11,8 @@ python -m pytest -q tests/test_cuda.py
 python benchmarks/matmul_peak.py > "$out/${name}_peak.json"
 python benchmarks/time_to_quality.py --preset shakespeare-gpu --target 1.47 > "$out/${name}_ttq.json"
 python benchmarks/train_speed.py --preset gpt2-124m --synthetic --set compile=true --iters 30 > "$out/${name}_gpt2.json"
+# gptlab cost on a GPU run: the allocator's peak and the step time beside the prediction (eager, 100 steps)
+python -m gptlab train --preset shakespeare-gpu --no-compile --max-iters 100 --max-time none --log-interval 10 \
+    --out /tmp/gptlab-gpu-cost --overwrite
+python -m gptlab cost /tmp/gptlab-gpu-cost --json > "$out/${name}_cost.json"
 cat "$out/${name}"_*.json
