@@ -74,14 +74,14 @@ def check_args(args) -> None:
             raise GptlabError(f"--{name.replace('_', '-')} must be at least 1")
     if args.mfu is not None and not 0 < args.mfu <= 1:
         raise GptlabError(f"--mfu is a share of the peak: above 0 and at most 1, not {args.mfu}")
-    for name in ("price", "carbon", "watts", "tokens_per_param"):
+    for name in ("price", "carbon", "watts"):
         value = getattr(args, name)
         if value is not None and not 0 <= value < math.inf:
-            raise GptlabError(f"--{name.replace('_', '-')} must be a finite number, not negative: {value}")
+            raise GptlabError(f"--{name} must be a finite number, not negative: {value}")
     if not 1 <= args.pue < math.inf:
         raise GptlabError(f"--pue is at least 1 (1: no overhead) and finite, not {args.pue}")
-    if args.tokens_per_param <= 0:
-        raise GptlabError("--tokens-per-param must be positive")
+    if not 0 < args.tokens_per_param < math.inf:
+        raise GptlabError(f"--tokens-per-param must be positive and finite, not {args.tokens_per_param}")
 
 
 def run(args) -> int:

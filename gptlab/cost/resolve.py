@@ -136,7 +136,7 @@ def estimate_mfu(calibrate: str | None, gpu: str | None, hw: Hardware, precision
 def projections(run: runs.Run, hw: Hardware, mfu: float) -> list[dict]:
     """What the run's model would take on more tokens, on the hardware it trained on at the MFU it reached."""
     tokens_per_step = run.train["batch_size"] * run.train["grad_accum"] * run.shape.context * run.world_size
-    done = _tokens_done(run)
+    done = run.tokens
     rows = []
     for label, tokens in (("as trained", done), ("10x the tokens", 10 * done),
                           (f"compute-optimal ({TOKENS_PER_PARAM:g} per parameter)",
@@ -146,13 +146,6 @@ def projections(run: runs.Run, hw: Hardware, mfu: float) -> list[dict]:
             t = training_time(run.shape.flops_per_token() * tokens, a, run.world_size)
             rows.append(dict(what=label, tokens=tokens, steps=tokens / tokens_per_step, **t))
     return rows
-
-
-def _tokens_done(run: runs.Run) -> float:
-    from gptlab.views.curves import read_records
-
-    counted = [r.get("tokens") for r in read_records(run.path / "metrics.jsonl")]
-    return max((t for t in counted if isinstance(t, (int, float))), default=0)
 
 
 def estimate_for(shape: Shape, settings: dict, hw: Hardware, tokens: float | None, mfu: float,

@@ -63,6 +63,7 @@ class Run:
     step_s: float  # the median seconds per step over the logged intervals after the first
     world_size: int = 1
     lora: bool = False  # a LoRA finetune (frozen weights)
+    tokens: float = 0  # tokens trained on, every process's (the metrics' count, cumulative over resumes)
 
     @property
     def on_cpu(self) -> bool:
@@ -122,6 +123,7 @@ def read_run(path: str | Path) -> Run:
     records = _measurements(path)
     peaks = [r["peak_mem"] for r in records if _whole(r.get("peak_mem"), 0)]
     steps = [r["step_s"] for r in records if isinstance(r.get("step_s"), (int, float)) and r["step_s"] > 0]
+    tokens = max((r["tokens"] for r in records if isinstance(r.get("tokens"), (int, float))), default=0)
     if not records or not peaks or not steps:
         raise GptlabError(f"{path} has no memory or step-time measurements in its metrics (runs trained before "
                           f"gptlab recorded them, or without /proc: macOS, Windows); `gptlab cost "
@@ -138,7 +140,7 @@ def read_run(path: str | Path) -> Run:
     return Run(path, gpt_shape(path.name, model), values, str(first.get("device", "cpu")),
                str(first.get("dtype", "float32")), first["mem_base"], max(peaks), str(first.get("mem_scope", "steps")),
                statistics.median(steps[1:] or steps), first.get("world_size", 1) if _whole(first.get("world_size"))
-               else 1, bool(finetune.get("lora_rank")))
+               else 1, bool(finetune.get("lora_rank")), tokens)
 
 
 def predicted_memory(run: Run, overhead: float) -> dict:
