@@ -86,6 +86,19 @@ def test_plain_run_is_asked_in_the_plain_format(runs, capsys, monkeypatch):
     assert err.count("\n") == 1 and "plain Q:/A: format" in err
 
 
+def test_a_message_longer_than_the_context_is_said_to_be_cut(runs, capsys, monkeypatch):
+    """A 32-token context with room for a 12-token reply reads the last 20 tokens of the prompt: the command says
+    so on stderr, and the reply still comes on stdout."""
+    _, chat = runs
+    code, out, err = chat_in_process(capsys, monkeypatch, "hi " * 20, chat, "--temperature", 0,
+                                     "--max-new-tokens", 12)
+    assert code == 0 and out.endswith("\n")
+    assert err == "(to fit the model's 32-token context: the prompt is 63 tokens, of which the model reads the last " \
+                  "20 (with room for the reply))\n"
+    code, out, err = chat_in_process(capsys, monkeypatch, "hi", chat, "--temperature", 0, "--max-new-tokens", 12)
+    assert (code, out, err) == (0, HI + "\n", "")  # nothing cut: nothing said
+
+
 def test_seeded_replies_repeat(runs, capsys, monkeypatch):
     _, chat = runs
     args = ("--temperature", 2.0, "--max-new-tokens", 20, "--seed", 3)
@@ -140,7 +153,10 @@ def test_conversation_and_commands_in_process(runs, capsys, monkeypatch):
     assert lines[13:17] == ["", f"bot> {HI}\n", "(the conversation is forgotten)\n", ""]  # "//x" sends "/x"
     assert lines[17] == "" and lines[18].startswith("commands:") and "/reset" in lines[18]
     assert lines[19] == "bot> la la la la \n" and len(lines) == 21  # /quit leaves: the last "hi" is never read
-    errors = err.splitlines()
+    lines_on_stderr = err.splitlines()
+    notes = [line for line in lines_on_stderr if line.startswith("(")]  # what was cut to fit the context
+    assert notes == ["(to fit the model's 32-token context: the 1 oldest exchange left out)"]  # the second "hi"
+    errors = [line for line in lines_on_stderr if not line.startswith("(")]
     assert errors[:4] == ["error: /temp takes a number, not 'abc'",
                           "error: temperature must be a finite number >= 0, not -2.0",
                           "error: /topk takes an integer, not 'x'",

@@ -43,3 +43,17 @@ def test_list_shows_corpora_tokenizers_presets_and_families(capsys, tmp_path, mo
     lines = run_cli(capsys, "list")[1].splitlines()
     assert any(line.strip().startswith("shakespeare ") and line.endswith("[cached]") for line in lines)
     assert any(line.strip().startswith("andersen-en") and "downloaded on first use" in line for line in lines)
+
+
+def test_every_command_that_computes_takes_threads(tmp_path, capsys):
+    """--threads on train, finetune, sample, chat, eval, serve, compare and inspect; out of range: one line."""
+    from helpers import assert_one_line_error
+
+    from gptlab.cli import build_parser
+
+    for argv in (["train"], ["finetune", "RUN"], ["sample", "RUN"], ["chat", "RUN"], ["eval", "RUN", "--data", "D"],
+                 ["serve", "RUN"], ["compare"], ["inspect", "next", "RUN", "--prompt", "a"],
+                 ["inspect", "attention", "RUN", "--prompt", "a"]):
+        assert build_parser(argv + ["--threads", "3"]).parse_args(argv + ["--threads", "3"]).threads == 3, argv
+    assert_one_line_error(*run_cli(capsys, "sample", tmp_path, "--threads", "5000"), "--threads must be 0 (choose) "
+                          "or from 1 to 4096, not 5000")

@@ -62,7 +62,21 @@ def format_for(tokenizer):
 
 def fit(messages: list[dict], fmt, context: int | None, room: int) -> list[int]:
     """The prompt's ids, its oldest turns dropped to leave room for the reply (see trim)."""
-    return fmt.prompt(trim(messages, fmt, context, room))
+    return fit_and_say(messages, fmt, context, room)[0]
+
+
+def fit_and_say(messages: list[dict], fmt, context: int | None, room: int) -> tuple[list[int], str | None]:
+    """fit's ids, and what was cut to fit the context, in words (None where nothing was)."""
+    kept = trim(messages, fmt, context, room)
+    ids, cut = fmt.prompt(kept), []
+    dropped = (len(messages) - len(kept)) // 2
+    if dropped:
+        cut.append(f"the {dropped} oldest exchange{'s' if dropped > 1 else ''} left out")
+    limit = None if context is None else context - min(room, context // 2)
+    if limit is not None and len(ids) > limit:
+        cut.append(f"the prompt is {len(ids)} tokens, of which the model reads the last {limit} (with room for "
+                   f"the reply)")
+    return ids, (f"to fit the model's {context}-token context: " + "; ".join(cut)) if cut else None
 
 
 def trim(messages: list[dict], fmt, context: int | None, room: int) -> list[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptlab import __version__
+from gptlab import __version__, cores  # noqa: F401  (cores: the first look at the machine's load, at start-up)
 from gptlab.cli import chat, compare, cost, evaluate, finetune, inspect, listing, plot, sample, serve, train
 from gptlab.errors import GptlabError, is_main_process
 

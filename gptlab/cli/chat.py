@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 
+from gptlab.cli import threads
 from gptlab.errors import GptlabError
 
 PROMPT, BOT = "you> ", "bot> "
@@ -41,6 +42,7 @@ def add_parser(sub, argv: list[str]) -> None:
     c.add_argument("--max-new-tokens", type=int, default=200, help="the longest reply, in tokens (default: 200)")
     c.add_argument("--seed", type=int, default=None, help="reply i uses seed + i (default: random)")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    threads.add_flag(c)
 
 
 def run(args) -> int:
@@ -55,6 +57,7 @@ def run(args) -> int:
         raise GptlabError("--seed must be a non-negative integer below 2**63")
     interactive = sys.stdin is not None and sys.stdin.isatty()
     text = None if interactive else _read_stdin()
+    threads.use(args.threads)
     run = load_run(args.run, device=args.device)
     fmt = format_for(run.tokenizer)
     if fmt.name != "chat":
@@ -95,10 +98,14 @@ class Chat:
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The ids that ask for the next reply: the oldest turns are dropped until room for the reply is left
-        inside the model's context (fit leaves at most half of it)."""
-        from gptlab.chat.reply import fit
+        inside the model's context (fit leaves at most half of it); what was cut is said on stderr."""
+        from gptlab.chat.reply import fit_and_say
 
-        return fit(messages, self.fmt, self.model.max_context, room=self.max_new_tokens)
+        ids, cut = fit_and_say(messages, self.fmt, self.model.max_context, room=self.max_new_tokens)
+        if cut:
+            sys.stdout.flush()
+            print(f"({cut})", file=sys.stderr, flush=True)
+        return ids
 
     def stream(self, ids: list[int]):
         from gptlab.chat.reply import stream_reply

@@ -6,6 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from gptlab.cli import threads
 from gptlab.errors import GptlabError
 
 FAMILIES_DEFAULT = "gpt,lstm,gru,rnn"
@@ -42,6 +43,7 @@ def add_parser(sub, argv: list[str]) -> None:
     c.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
                    help="autocast format (default: auto)")
     c.add_argument("--seed", type=int, default=None, help="random seed of every run (default: the preset's)")
+    threads.add_flag(c)
     c.add_argument("--sample-tokens", type=int, default=200, help="tokens in each sample (default: 200)")
     c.add_argument("--out", default=None, help="the report folder (default: reports/compare-CORPUS or "
                                                "reports/recall)")
@@ -78,7 +80,7 @@ def comparison(args):
         seq_len = 2 * max(distances, default=1) if args.task == "recall" else 128
     out = Path(args.out or ("reports/recall" if args.task == "recall" else f"reports/compare-{Path(corpus).stem}"))
     train = {k: v for k, v in dict(batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                                   seed=args.seed).items() if v is not None}
+                                   seed=args.seed, threads=args.threads or None).items() if v is not None}
     return Comparison(families=[f.strip() for f in args.models.split(",") if f.strip()], out=out,
                       params=args.params, max_time=None if args.tokens else (args.max_time or "2m"),
                       tokens=args.tokens, corpus=corpus, tokenizer=tokenizer, seq_len=seq_len,

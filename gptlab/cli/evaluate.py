@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from gptlab.cli import threads
 from gptlab.errors import GptlabError
 
 
@@ -26,6 +27,7 @@ def add_parser(sub, argv: list[str]) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="picks the few-shot examples; seeds sampling (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    threads.add_flag(p)
     p.add_argument("--show", action="store_true", help="print every prompt, reference and reply")
     p.add_argument("--json", action="store_true", help="the scores as JSON on stdout instead of a table")
 
@@ -54,6 +56,7 @@ def run(args) -> int:
     _check(args)
     tests = load_conversations(args.data, "test")[:args.limit]
     pool = load_conversations(args.pool or args.data, "train") if args.few_shot else None
+    threads.use(args.threads)
     loaded = [(path, load_run(path, device=args.device)) for path in args.runs]  # every run, before any scoring
     show = _show if args.show else None
     scores = [evaluate_run(run, path, tests, pool, args.few_shot, args.max_new_tokens, args.temperature,

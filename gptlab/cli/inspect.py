@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from gptlab.cli import threads
 from gptlab.errors import GptlabError
 
 
@@ -46,6 +47,7 @@ def _run_args(p, picture: str) -> None:
     p.add_argument("--out", default=picture, help=f"the picture (default: {picture})")
     p.add_argument("--json", action="store_true", help="the numbers as JSON on stdout (the picture is drawn too)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    threads.add_flag(p)
 
 
 def _numbers(text: str, kind, flag: str) -> list:
@@ -70,6 +72,7 @@ def run(args) -> int:
     if args.view == "attention" and (args.layer is None) != (args.head is None):
         raise GptlabError("--layer and --head go together")
     temps = _numbers(args.temperatures, float, "--temperatures") if args.view == "next" else None
+    threads.use(args.threads)
     loaded = load_run(args.run, device=args.device)
     if args.view == "attention":
         view = inside.attention(loaded, args.prompt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gptlab.cli import threads
 from gptlab.errors import GptlabError
 
 
@@ -23,6 +24,7 @@ def add_parser(sub, argv: list[str]) -> None:
                    help="sample from the smallest set of tokens with this much probability (default: 1)")
     s.add_argument("--seed", type=int, default=None, help="sample i uses seed + i (default: random)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    threads.add_flag(s)
     s.add_argument("--no-cache", action="store_true",
                    help="recompute the whole context for every token instead of keeping a KV cache")
 
@@ -38,6 +40,7 @@ def run(args) -> int:
         raise GptlabError("--seed must be a non-negative integer below 2**63")
     check_sampling(args.temperature, args.top_k, args.top_p)
     prompt = read_text_file(Path(args.prompt_file)) if args.prompt_file else args.prompt
+    threads.use(args.threads)
     run = load_run(args.run, device=args.device)
     run.prompt_ids(prompt)  # fail on unknown characters before printing anything
     out = sys.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gptlab.cli import threads
 from gptlab.errors import GptlabError
 
 
@@ -20,6 +21,7 @@ def add_parser(sub, argv: list[str]) -> None:
     p.add_argument("--api-key", default=None, help="require this Bearer token on every request (default: none)")
     p.add_argument("--max-tokens", type=int, default=1024, help="the most tokens one reply may have (default: 1024)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    threads.add_flag(p)
 
 
 def named(specs: list[str]) -> dict[str, str]:
@@ -49,6 +51,7 @@ def run(args) -> int:
     from gptlab.serve.app import create_app
     from gptlab.serve.engine import Served
 
+    threads.use(args.threads)
     served = {name: Served(name, load_run(path, device=args.device)) for name, path in named(args.runs).items()}
     app = create_app(served, api_key=args.api_key, max_tokens=args.max_tokens)
     print(f"serving {', '.join(served)} on http://{args.host}:{args.port}/v1", file=sys.stderr)
