@@ -23,18 +23,34 @@ from gptlab.errors import GptlabError
 BUILTIN = "builtin:"
 
 
+class Conversation(list):
+    """A conversation's messages (a list of {"role", "content"}), and where it came from ("FILE:LINE"), so that a
+    problem found later (text the run's tokenizer cannot write, say) names its line."""
+
+    def __init__(self, messages, origin: str = ""):
+        super().__init__(messages)
+        self.origin = origin
+
+
+def origin_of(conversation) -> str:
+    return getattr(conversation, "origin", "") or f"the conversation that starts {conversation[0]['content'][:40]!r}"
+
+
 def load_conversations(spec: str | Path, split: str = "train") -> list[list[dict]]:
     """The conversations of a built-in set's split ("train" or "test"), or all of a JSONL file's."""
     spec = str(spec)
     if spec.startswith(BUILTIN):
         from gptlab.chat import tasks
 
-        return tasks.load(spec[len(BUILTIN):], split)
+        examples = tasks.load(spec[len(BUILTIN):], split)
+        return [Conversation(c, f"{spec} ({split} split) #{i + 1}") for i, c in enumerate(examples)]
     return read_jsonl(spec)
 
 
 def read_jsonl(path: str | Path) -> list[list[dict]]:
     path = Path(path)
+    if path.is_dir():
+        raise GptlabError(f"{path} is a folder; give a JSONL file of conversations (or builtin:words)")
     if not path.is_file():
         raise GptlabError(f"data file not found: {path}")
     try:
@@ -51,12 +67,22 @@ def read_jsonl(path: str | Path) -> list[list[dict]]:
         except json.JSONDecodeError as e:
             raise GptlabError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
         try:
-            conversations.append(to_messages(record))
+            conversations.append(Conversation(to_messages(record), f"{path}:{number}"))
         except GptlabError as e:
             raise GptlabError(f"{path}:{number}: {e}") from None
     if not conversations:
         raise GptlabError(f"{path} holds no conversations")
     return conversations
+
+
+def check_writable(conversations: list[list[dict]], encode) -> None:
+    """Every message's text through `encode` (a run's tokenizer): text it cannot write is named by its line."""
+    for conversation in conversations:
+        try:
+            for m in conversation:
+                encode(m["content"])
+        except GptlabError as e:
+            raise GptlabError(f"{origin_of(conversation)}: {e}") from None
 
 
 def to_messages(record) -> list[dict]:

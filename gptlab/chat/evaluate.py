@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from gptlab.chat.data import check_writable
 from gptlab.chat.reply import format_for, reply, trim
 from gptlab.errors import GptlabError
 
@@ -98,6 +99,7 @@ def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]]
     """Score one loaded run on the test conversations; show(prompt, reference, reply, right) sees each."""
     if shots and (not pool or len(pool) < shots):
         raise GptlabError(f"--few-shot {shots} needs a pool of at least {shots} solved examples")
+    check_writable(tests + (pool if shots else []), run.tokenizer.encode)  # before any scoring, by file and line
     fmt, rng, started = format_for(run.tokenizer), random.Random(seed), time.perf_counter()
     right, loss, tokens, kept = 0, 0.0, 0, 0
     for i, conversation in enumerate(tests):
