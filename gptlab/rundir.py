@@ -76,8 +76,19 @@ def check_new(run_dir: Path, overwrite: bool) -> None:
     if not ((run_dir / CKPT_DIR).is_dir() or _is_run_config(run_dir / CONFIG)):
         raise GptlabError(f"--out {run_dir} is a folder with other files in it; choose a new or empty folder")
     if not overwrite:
-        raise GptlabError(f"{run_dir} already holds a trained run; pass --resume to continue it, "
-                          f"--overwrite to start over, or another --out")
+        raise GptlabError(unfinished(run_dir) or f"{run_dir} already holds a trained run; pass --resume to continue "
+                                                  f"it, --overwrite to start over, or another --out")
+
+
+def unfinished(run_dir: Path) -> str | None:
+    """What every command says of a run folder whose run stopped before its first checkpoint (killed, say, or
+    failed): it holds a configuration but nothing to load or resume. None for any other folder."""
+    run_dir = Path(run_dir)
+    if latest_checkpoint(run_dir) is not None or not (
+            (run_dir / CKPT_DIR).is_dir() or _is_run_config(run_dir / CONFIG)):
+        return None
+    return (f"{run_dir} holds a run that stopped before its first checkpoint: there is nothing to load or "
+            f"resume; start it again with --overwrite")
 
 
 def _is_run_config(path: Path) -> bool:
@@ -243,7 +254,8 @@ def open_checkpoint(path: str | Path, need: tuple[str, ...] = FOR_SAMPLING,
         return path
     found = _candidates(path)
     if not found:
-        raise GptlabError(f"{path} holds no checkpoint (is it a run folder written by 'gptlab train'?)")
+        raise GptlabError(unfinished(path) or f"{path} holds no checkpoint (is it a run folder written by "
+                                              f"'gptlab train'?)")
     skipped = []
     for ckpt in found:
         problem = damage(ckpt, need)
@@ -260,7 +272,7 @@ def resume_checkpoint(out: str | Path | None) -> Path:
     if out is None:
         raise GptlabError("--resume needs --out RUN_DIR, the run to continue")
     if latest_checkpoint(out) is None:
-        raise GptlabError(f"--resume: {out} holds no checkpoint to resume")
+        raise GptlabError(unfinished(out) or f"--resume: {out} holds no checkpoint to resume")
     return open_checkpoint(out, need=FOR_RESUME)
 
 

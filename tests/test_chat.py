@@ -287,6 +287,11 @@ def test_eval_scores_runs_side_by_side(base, tmp_path, capsys):
     (["finetune", "--resume"], "--resume needs --out"),
     (["eval", "RUN", "--data", "DATA", "--few-shot", "2"], "--few-shot needs --pool"),
     (["eval", "RUN", "--data", "DATA", "--temperature", "-1"], "temperature must be"),
+    (["finetune", "RUN", "--data", "DATA", "--lora-rank", "99999"],
+     "LoRA rank 99999 is more than the smaller side of a matrix it adapts"),
+    (["finetune", "RUN", "--data", "RUN", "--lora-rank", "2"], "is a folder; give a JSONL file of conversations"),
+    (["eval", "RUN", "--data", "RUN"], "is a folder; give a JSONL file of conversations"),
+    (["eval", "RUN", "--data", "DATA", "--threads", "-2"], "--threads must be 0 (choose) or from 1 to 4096"),
 ])
 def test_bad_flags_are_refused_in_one_line(base, tmp_path, capsys, argv, message):
     run_dir, data = base
@@ -305,6 +310,23 @@ def test_a_bad_jsonl_line_stops_finetune_before_anything_is_written(base, tmp_pa
     assert main(["finetune", str(run_dir), "--data", str(bad), "--out", str(tmp_path / "x")]) == 1
     assert "bad.jsonl:2: expected 'messages'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_text_the_base_cannot_write_is_named_by_its_file_and_line(base, tmp_path, capsys):
+    """GSM8K on a char base: finetune and eval name the line whose text holds characters the run's tokenizer never
+    saw, before anything is written or scored."""
+    run_dir, _ = base
+    data = tmp_path / "math.jsonl"
+    data.write_text(json.dumps({"question": "hello", "answer": "well."}) + "\n"
+                    + json.dumps({"question": "What is 7×8?", "answer": "56 #### 56"}) + "\n")
+    said = f"{data}:2: text contains characters not in the tokenizer's vocabulary: "
+    assert main(["finetune", str(run_dir), "--data", str(data), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert said in err and "'W'" in err and "'×'" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+    assert main(["eval", str(run_dir), "--data", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1
 
 
 def test_rows_hold_whole_conversations():

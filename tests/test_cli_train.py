@@ -80,6 +80,9 @@ def test_bad_corpus_files(tmp_path, capsys, kind):
     (["--seq-len", "8"], ["--seq-len is for models without a longest context", "16 tokens"]),
     (["--max-iters", "0"], ["--max-iters"]),
     (["--block-size", "20000"], ["corpus too short"]),
+    (["--n-embd", "100000", "--n-head", "1"], ["n_embd 100000 is beyond what a model here can use", "65,536"]),
+    (["--n-layer", "5000"], ["n_layer 5000 is beyond"]),
+    (["--batch-size", "2000000"], ["--batch-size 2000000 is beyond what a run can use"]),
 ])
 def test_invalid_train_values(tmp_path, capsys, args, fragments):
     corpus = write_corpus(tmp_path)

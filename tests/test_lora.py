@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from gptlab.chat.lora import (
     LoRALinear,
+    adapter_memory,
     adapter_state,
     add_lora,
     load_adapter_state,
@@ -206,6 +207,8 @@ def test_adapter_state_that_does_not_fit_is_refused():
     (dict(rank=2.5), "rank must be a whole number"),
     (dict(alpha=0.0), "alpha must be positive, not 0.0"),
     (dict(targets=["lm_head"]), "cannot put a LoRA adapter on lm_head: its weight is tied to transformer.wte"),
+    (dict(rank=99999), r"LoRA rank 99999 is more than the smaller side of a matrix it adapts \(transformer\.h\.0\."
+                       r"attn\.c_attn: 48 x 16\), .* choose a rank from 1 to 16"),
 ])
 def test_bad_inputs_are_refused_in_one_line(kwargs, message):
     model = tiny()
@@ -214,6 +217,17 @@ def test_bad_inputs_are_refused_in_one_line(kwargs, message):
     assert "\n" not in str(error.value)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())  # refused before anything changed
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_the_rank_may_be_the_smaller_side_and_the_adapters_memory_is_counted():
+    """A rank up to the smaller side of every adapted matrix is taken; the memory they add is their weights,
+    gradients and AdamW's two values in fp32, and each adapter's bottleneck per token (and its gradient)."""
+    model = tiny()
+    add_lora(model, rank=16, alpha=4.0, targets=["attn", "mlp"])
+    adapters = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    params = sum(m.lora_A.numel() + m.lora_B.numel() for m in adapters)
+    assert len(adapters) == 8 and params == 2 * 16 * ((16 + 48) + (16 + 16) + (16 + 64) + (64 + 16))
+    assert adapter_memory(model, tokens=100, act_bytes=2) == 16 * params + 100 * 8 * 2 * 16 * 2
 
 
 def test_adapters_are_added_once():

@@ -9,6 +9,7 @@ from helpers import latest_name, losses, run_config, tiny, untimed, write_corpus
 from safetensors.torch import load_file
 
 from gptlab import rundir
+from gptlab.errors import GptlabError
 from gptlab.training.config import TrainConfig
 from gptlab.training.metrics import read_metrics
 from gptlab.training.optim import lr_factor
@@ -23,6 +24,12 @@ def corpus(tmp_path):
 
 def final_weights(run_dir):
     return load_file(str(rundir.latest_checkpoint(run_dir) / "model.safetensors"))
+
+
+def replay(values: dict, run_dir) -> dict:
+    """The values that replay a budgeted run: its recorded count, warmup and moved schedule ends, no budget."""
+    train_values = run_config(run_dir)["train"]
+    return {**values, "max_time": None, **{k: train_values[k] for k in ("max_iters", "warmup_iters", "schedule_ends")}}
 
 
 def test_iteration_budget_arithmetic():
@@ -68,8 +75,8 @@ def test_calibration_leaves_no_trace(corpus, tmp_path):
     assert config["train"]["max_time"] is None
     assert config["budget"]["max_time"] == "1.5s" and config["budget"]["iters"] == n
     assert config["budget"]["seconds_per_iter"] > 0 and config["budget"]["cap"] == 10**6
-    replay = train({**values, "max_iters": n, "max_time": None}, out=tmp_path / "replay", quiet=True)
-    assert replay.stopped_by == "max_iters" and untimed(tmp_path / "timed") == untimed(tmp_path / "replay")
+    again = train(replay(values, tmp_path / "timed"), out=tmp_path / "replay", quiet=True)
+    assert again.stopped_by == "max_iters" and untimed(tmp_path / "timed") == untimed(tmp_path / "replay")
     wa, wb = final_weights(tmp_path / "timed"), final_weights(tmp_path / "replay")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -98,7 +105,7 @@ def test_a_budget_settles_after_a_resume_in_warmup(corpus, tmp_path):
     resumed = train({}, out=tmp_path / "run", resume=True, quiet=True)
     budget = run_config(tmp_path / "run")["budget"]
     assert budget["final"] and budget["settled_at_iter"] == 40 and resumed.iters == budget["iters"] > 40
-    train({**values, "max_iters": budget["iters"], "max_time": None}, out=tmp_path / "replay", quiet=True)
+    train(replay(values, tmp_path / "run"), out=tmp_path / "replay", quiet=True)
     assert losses(tmp_path / "run") == losses(tmp_path / "replay")
     assert untimed(tmp_path / "run") == untimed(tmp_path / "replay")
 
@@ -116,10 +123,10 @@ def test_a_budgeted_run_resumed_equals_its_replay(corpus, tmp_path):
     values = tiny(corpus, max_time="1s", max_iters=10**6, eval_interval=25, log_interval=5, warmup_iters=10)
     paused = train(values, out=tmp_path / "run", quiet=True, stop_after=30)
     assert paused.stopped_by == "interrupt" and latest_name(tmp_path / "run") == "step-000030"
-    n = run_config(tmp_path / "run")["train"]["max_iters"]
     resumed = train({}, out=tmp_path / "run", resume=True, quiet=True)
+    n = run_config(tmp_path / "run")["train"]["max_iters"]  # (evaluations may have settled it again)
     assert resumed.iters == n and resumed.stopped_by == "max_time"
-    train({**values, "max_iters": n, "max_time": None}, out=tmp_path / "replay", quiet=True)
+    train(replay(values, tmp_path / "run"), out=tmp_path / "replay", quiet=True)
     assert losses(tmp_path / "run") == losses(tmp_path / "replay")
     assert untimed(tmp_path / "run") == untimed(tmp_path / "replay")
 
@@ -140,3 +147,168 @@ def test_resume_with_a_new_time_budget_calibrates_again(corpus, tmp_path):
     assert lr[first.iters + 1] > 2 * values["min_lr"]  # not the end of the old schedule
     same = train({"max_time": "2"}, out=tmp_path / "run", resume=True, quiet=True)  # 2 seconds, written otherwise
     assert same.iters == more.iters
+
+
+# --- settling as the run goes, on a clock the test drives ------------------------------------------------------------
+
+class PacedClock:
+    """A clock whose seconds pass only as the run computes: each step takes pace(clock) seconds, and each
+    evaluation as long as two steps. steps counts every step taken, calibration's too."""
+
+    def __init__(self, pace):
+        self.now, self.steps, self.pace = 0.0, 0, pace
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def paced(monkeypatch):
+    """Make a PacedClock, and have every step and evaluation move it on by its pace."""
+    from gptlab.training.step import Stepper
+    from gptlab.training.trainer import Trainer
+
+    clock = PacedClock(lambda c: 0.1)
+    real_step, real_evaluate = Stepper.__call__, Trainer.evaluate
+
+    def step(self, batches):
+        loss = real_step(self, batches)
+        clock.steps += 1
+        clock.now += clock.pace(clock)
+        return loss
+
+    def evaluate(self, iters=None):
+        losses = real_evaluate(self, iters)
+        clock.now += 2 * clock.pace(clock)
+        return losses
+
+    monkeypatch.setattr(Stepper, "__call__", step)
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    return clock
+
+
+def train_on(clock, values: dict, out, resume: bool = False, stop_after: int | None = None):
+    """gptlab.train with the run's time read from `clock`."""
+    from gptlab.training.distributed import Distributed
+    from gptlab.training.trainer import Trainer, plan_run
+
+    dist = Distributed.from_env()
+    try:
+        return Trainer(plan_run(values, out=out, resume=resume), dist, quiet=True, clock=clock).fit(stop_after)
+    finally:
+        dist.close()
+
+
+def lrs(run_dir) -> dict[int, float]:
+    return {r["iter"]: r["lr"] for r in read_metrics(run_dir / "metrics.jsonl") if "lr" in r}
+
+
+@pytest.mark.parametrize("slower", [2.0, 0.5], ids=["speed-halves", "speed-doubles"])
+def test_a_budget_ends_on_time_when_the_machine_changes_speed_midway(corpus, tmp_path, paced, slower):
+    """0.1 s a step for the first half of a 60 s budget, then 0.2 s (or 0.05 s): the evaluations settle the count
+    again from the pace since the last one, the run ends within 5% of its budget, the decay still ends at min_lr,
+    and the recorded settlements replay the run exactly."""
+    paced.pace = lambda c: 0.1 if c.now < 30 else 0.1 * slower
+    values = tiny(corpus, max_time="60s", max_iters=10**6, eval_interval=20, log_interval=1, warmup_iters=25,
+                  threads=1)
+    result = train_on(paced, values, tmp_path / "run")
+    assert result.stopped_by == "max_time" and abs(result.elapsed - 60) <= 0.05 * 60, result.elapsed
+    config = run_config(tmp_path / "run")
+    budget, ends = config["budget"], config["train"]["schedule_ends"]
+    assert budget["settled_at_iter"] == 25 and budget["iters"] == result.iters == config["train"]["max_iters"]
+    assert len(budget["settlements"]) >= 2 and ends  # the end of the decay moved after warmup, and is recorded
+    rates = lrs(tmp_path / "run")
+    assert rates[result.iters] < 1.05 * values["min_lr"]  # the last step is at the end of the (moved) decay
+    steps = [rates[i + 1] - rates[i] for i in range(30, result.iters - 1)]
+    assert max(abs(d) for d in steps) < 0.05 * values["lr"]  # and the rate never jumps where the end moved
+    again = train(replay(values, tmp_path / "run"), out=tmp_path / "replay", quiet=True)
+    assert again.iters == result.iters and untimed(tmp_path / "run") == untimed(tmp_path / "replay")
+    wa, wb = final_weights(tmp_path / "run"), final_weights(tmp_path / "replay")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_run_resumed_after_settlements_equals_the_uninterrupted_one(corpus, tmp_path, paced):
+    """The pace an evaluation settles by is measured from where the checkpoint had come to: interrupted between
+    settlements and resumed, a run on the same clock makes the same settlements and computes the same numbers."""
+    pace = lambda c: 0.1 if c.now < 20 else 0.25  # noqa: E731
+    values = tiny(corpus, max_time="40s", max_iters=10**6, eval_interval=20, log_interval=5, warmup_iters=25,
+                  threads=1, dropout=0.1)
+    paced.pace = pace
+    whole = train_on(paced, values, tmp_path / "whole")
+    paced.now, paced.steps = 0.0, 0  # the same clock again, from the start
+    paused = train_on(paced, values, tmp_path / "paused", stop_after=130)
+    assert paused.stopped_by == "interrupt"
+    resumed = train_on(paced, {}, tmp_path / "paused", resume=True)
+    assert resumed.iters == whole.iters and resumed.stopped_by == "max_time"
+    a, b = run_config(tmp_path / "whole"), run_config(tmp_path / "paused")
+    assert a["budget"]["settlements"] == b["budget"]["settlements"] and len(a["budget"]["settlements"]) >= 2
+    assert a["train"] == b["train"] and untimed(tmp_path / "whole") == untimed(tmp_path / "paused")
+    wa, wb = final_weights(tmp_path / "whole"), final_weights(tmp_path / "paused")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_misjudged_calibration_never_ends_the_run_in_its_warmup(corpus, tmp_path, paced, capsys):
+    """The busy machine's case: calibration timed 6.3 s a step, the run's own steps take 0.5 s. The first count
+    (about 45) is shorter than the 50 steps of warmup: the warmup is shortened and the run says so; no evaluation
+    comes before that count would end the run, so the run's own pace settles it after 20 steps, and the run uses
+    its 5 minutes."""
+    paced.pace = lambda c: 6.3 if c.steps <= 10 else 0.5
+    values = tiny(corpus, max_time="5m", max_iters=10**6, eval_interval=50, log_interval=10, warmup_iters=50,
+                  threads=1)
+    from gptlab.training.distributed import Distributed
+    from gptlab.training.trainer import Trainer, plan_run
+
+    dist = Distributed.from_env()
+    try:
+        result = Trainer(plan_run(values, out=tmp_path / "run"), dist, clock=paced).fit()
+    finally:
+        dist.close()
+    err = capsys.readouterr().err
+    config = run_config(tmp_path / "run")
+    first = config["budget"]["settlements"][0]
+    assert "shorter than the warmup's 50, which is now" in err and config["train"]["warmup_iters"] < 50
+    assert first["iter"] == 20 and first["iters"] > 250 and config["budget"]["settled_at_iter"] == 20
+    assert result.stopped_by == "max_time" and abs(result.elapsed - 300) <= 0.05 * 300, result.elapsed
+    assert result.iters > 400  # (300 s less calibration's 76 s, at 0.5 s a step and 1 s an evaluation)
+
+
+def test_a_budget_shorter_than_the_warmup_shortens_it(corpus, tmp_path, paced):
+    """20 s at 1 s a step is fewer steps than a 50-step warmup: the warmup becomes a quarter of the count,
+    recorded, and the run ends on time, past its warmup."""
+    paced.pace = lambda c: 1.0
+    values = tiny(corpus, max_time="20s", max_iters=10**6, eval_interval=10, warmup_iters=50, threads=1)
+    result = train_on(paced, values, tmp_path / "run")
+    warmup = run_config(tmp_path / "run")["train"]["warmup_iters"]
+    assert 0 < warmup < 10 and result.iters > warmup and abs(result.elapsed - 20) <= 0.1 * 20, result
+
+
+def test_decay_progress_runs_on_from_where_it_was():
+    """Without moves, the plain cosine's linear progress; where a budget moved the end at iteration 60 (from 100 to
+    80), the progress at 60 is what it was, and it reaches 1 at the new end."""
+    from gptlab.training.optim import decay_progress
+
+    assert [decay_progress(it, 10, 110) for it in (10, 60, 110, 200)] == [0.0, 0.5, 1.0, 1.0]
+    moved = ((60, 110),)
+    assert decay_progress(60, 10, 80, moved) == pytest.approx(0.5)
+    assert decay_progress(59, 10, 80, moved) == pytest.approx(decay_progress(59, 10, 110))
+    assert decay_progress(70, 10, 80, moved) == pytest.approx(0.75) and decay_progress(80, 10, 80, moved) == 1.0
+    twice = ((60, 110), (70, 80))  # and then again, to 90
+    assert decay_progress(70, 10, 90, twice) == pytest.approx(0.75)
+    assert decay_progress(80, 10, 90, twice) == pytest.approx(0.875) and decay_progress(90, 10, 90, twice) == 1.0
+
+
+def test_a_count_given_alone_is_the_count():
+    """--max-iters without --max-time runs that many iterations: the preset's time budget is left out, and the
+    first lines say which one decides."""
+    from gptlab.training.trainer import plan_run
+
+    alone = plan_run({"max_iters": 300}, preset="cpu", check_folder=False)
+    assert alone.cfg.max_time is None and alone.cfg.max_iters == 300
+    assert alone.stopping == "stopping: after 300 iterations (--max-iters); preset cpu's 5m budget is left out"
+    both = plan_run({"max_iters": 300, "max_time": "1m"}, preset="cpu", check_folder=False)
+    assert both.cfg.max_time == "1m" and "time budget of 1m (--max-time)" in both.stopping
+    assert "at most 300 iterations (--max-iters)" in both.stopping
+    preset = plan_run({}, preset="cpu", check_folder=False)
+    assert preset.cfg.max_time == "5m" and "time budget of 5m (preset cpu)" in preset.stopping
+    with pytest.raises(GptlabError, match="--schedule-ends replays"):
+        plan_run({"schedule_ends": "100:200"}, preset="cpu", check_folder=False)

@@ -200,6 +200,51 @@ def test_nan_in_evaluation_saves_nothing(corpus, tmp_path, monkeypatch):
     assert ckpt_io.latest_checkpoint(out) is None
 
 
+def test_a_forecast_beyond_the_free_memory_is_refused_before_anything_is_allocated(corpus, tmp_path, monkeypatch):
+    """The memory forecast counts what the run will take; more than is free stops the run before its model is built
+    or any file written, naming the forecast and the flag to change; force=True (--force) starts it anyway."""
+    from gptlab.training.memory import MemoryMeter
+
+    monkeypatch.setattr(MemoryMeter, "available", lambda self: 50_000)
+    with pytest.raises(GptlabError, match=r"the steps would take about [\d.]+ kB for tensors \(gptlab cost's forecast, "
+                                          r"activations the most\), more than the 50 kB free: lower --batch-size "
+                                          r"\(or the context\), or pass --force to try anyway"):
+        train(tiny(corpus), out=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+    assert train(tiny(corpus), out=tmp_path / "run", quiet=True, force=True).iters == 10
+
+
+def test_a_recurrent_net_too_large_for_the_machine_is_refused_by_its_parameters(corpus, tmp_path):
+    """A family the cost formulas do not describe is forecast from its parameter count (on the meta device: nothing
+    is allocated): an LSTM of 50,000 units needs about 10^10 weights, which no machine here holds."""
+    values = dict(corpus=str(corpus), model="lstm", n_layer=1, n_embd=8, n_hidden=50_000, seq_len=8, batch_size=2,
+                  max_iters=2, device="cpu", dtype="float32", max_time=None)
+    with pytest.raises(GptlabError, match=r"about [\d.]+ GB for tensors \(gptlab cost's forecast, optimizer the most\)"
+                                          r".*lower the model's size \(--n-hidden, --n-layer\)"):
+        train(values, out=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_reported_alike_everywhere(corpus, tmp_path, capsys):
+    """A run killed (or failed) before its first checkpoint leaves its configuration and no checkpoint: every
+    command says so in the same words, with the way out, and --overwrite starts it again."""
+    from helpers import TINY_FLAGS, assert_one_line_error, run_cli
+
+    base = train(tiny(corpus, max_iters=2), out=tmp_path / "base", quiet=True).run_dir
+    out = tmp_path / "run"
+    with pytest.raises(GptlabError, match="training loss is nan"):
+        train(tiny(corpus, lr=1e20, grad_clip=0.0, warmup_iters=0), out=out, quiet=True)
+    assert (out / "config.json").exists() and ckpt_io.latest_checkpoint(out) is None
+    said = f"{out} holds a run that stopped before its first checkpoint: there is nothing to load or resume; " \
+           f"start it again with --overwrite"
+    for argv in (["train", "--corpus", corpus, "--out", out, *TINY_FLAGS], ["train", "--out", out, "--resume"],
+                 ["finetune", base, "--data", "builtin:words", "--out", out], ["finetune", "--out", out, "--resume"],
+                 ["sample", out], ["eval", out, "--data", "builtin:words"], ["inspect", "next", out, "--prompt", "a"]):
+        code, stdout, err = run_cli(capsys, *argv)
+        assert_one_line_error(code, stdout, err, said)
+    assert run_cli(capsys, "train", "--corpus", corpus, "--out", out, *TINY_FLAGS, "--overwrite", "--quiet")[0] == 0
+
+
 def test_huge_lr_gives_a_clean_error(corpus, tmp_path):
     with pytest.raises(GptlabError, match="training loss is nan.*No checkpoint was written yet.*--lr"):
         train(tiny(corpus, lr=1e6, grad_clip=0.0, warmup_iters=0), out=tmp_path / "run", quiet=True)

@@ -25,15 +25,15 @@ import torch
 from gptlab import rundir
 from gptlab.chat import lora
 from gptlab.chat.config import DEFAULTS, LORA_DEFAULTS, Finetune
-from gptlab.chat.data import load_conversations
+from gptlab.chat.data import load_conversations, origin_of
 from gptlab.chat.template import END, ChatTokenizer, render, with_chat_tokens
 from gptlab.data.tokenizer import load_tokenizer
 from gptlab.errors import GptlabError
-from gptlab.models import build_model, config_from_dict, split_section
+from gptlab.models import build_model, config_from_dict, make_config, split_section
 from gptlab.training.batches import RandomRows
 from gptlab.training.config import UNBOUNDED_ITERS, TrainConfig, check_values, train_fields
 from gptlab.training.distributed import Distributed
-from gptlab.training.trainer import Plan, Trainer, TrainResult
+from gptlab.training.trainer import Plan, Trainer, TrainResult, stopping_note
 
 # --- data: conversations as packed rows -----------------------------------------------------------------------------
 
@@ -71,7 +71,7 @@ def pack(conversations: list[list[dict]], tokenizer: ChatTokenizer, length: int)
         try:
             ids, mask = render(tokenizer, messages)
         except GptlabError as e:  # a character the base run's tokenizer never saw
-            raise GptlabError(f"{e} (in the conversation that starts {messages[0]['content'][:40]!r})") from None
+            raise GptlabError(f"{origin_of(messages)}: {e}") from None
         if len(ids) > length + 1:
             rows += list(pieces(ids, mask, length))
             split += 1
@@ -144,7 +144,8 @@ def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Pa
     if run_dir.resolve() == base.resolve() or run_dir.resolve() in base.resolve().parents:
         raise GptlabError(f"--out {run_dir} holds the base run; finetune into another folder")
     rundir.check_new(run_dir, overwrite)
-    return Plan(cfg, model, run_dir, cap=cfg.max_iters, sections={"finetune": asdict(ft)}), ft
+    stopping = stopping_note(cfg, values, "a finetune's default")
+    return Plan(cfg, model, run_dir, cap=cfg.max_iters, sections={"finetune": asdict(ft)}, stopping=stopping), ft
 
 
 def target_names(ft: Finetune) -> list[str]:
@@ -216,6 +217,20 @@ class FinetuneTrainer(Trainer):
                                   f"{sum(p.numel() for p in model.parameters()):,} parameters train")
         return model.config, model.to(self.device), self._window()
 
+    def memory_forecast(self) -> tuple[dict[str, float], dict[str, str]]:
+        """The engine's forecast for the whole model (an upper bound where LoRA freezes it), plus the adapters."""
+        parts, flags = super().memory_forecast()
+        if self.ft.lora_rank:
+            family, values = split_section(self.plan.model)
+            with torch.device("meta"):  # counted, not allocated
+                model = build_model(family, make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size}))
+                lora.add_lora(model, self.ft.lora_rank, self.ft.lora_alpha, target_names(self.ft))
+            per_value = 4 if self.dtype == torch.float32 else 2
+            parts["adapters"] = lora.adapter_memory(model, self.cfg.batch_size * self._window(), per_value)
+            parts["total"] += parts["adapters"]
+            flags["adapters"] = "--lora-rank"
+        return parts, flags
+
     def _sources(self):
         cfg, dist = self.cfg, self.dist
         args = (cfg.batch_size, self.device, cfg.seed, dist.rank, dist.world_size)
@@ -251,9 +266,11 @@ class FinetuneTrainer(Trainer):
 
 def finetune(ft: Finetune | None, values: dict | None = None, *, out: str | Path | None = None,
              resume: bool = False, overwrite: bool = False, quiet: bool = False,
-             stop_after: int | None = None) -> TrainResult:
-    """Finetune ft.base on ft.data into `out` (or continue that run with resume=True); see the module docstring."""
+             stop_after: int | None = None, force: bool = False) -> TrainResult:
+    """Finetune ft.base on ft.data into `out` (or continue that run with resume=True); see the module docstring.
+    force: start even where the memory forecast is more than is free."""
     plan, ft = plan_finetune(ft, values, out, resume, overwrite)
+    plan.force = force
     dist = Distributed.from_env()
     try:
         result = FinetuneTrainer(plan, ft, dist, quiet=quiet).fit(stop_after)

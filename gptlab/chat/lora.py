@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from gptlab.errors import GptlabError
 
-__all__ = ["TARGETS", "LoRALinear", "adapter_state", "add_lora", "load_adapter_state", "merge_lora",
+__all__ = ["TARGETS", "LoRALinear", "adapter_memory", "adapter_state", "add_lora", "load_adapter_state", "merge_lora",
            "merged_state_dict", "resolve_targets", "vocab_parameters"]
 
 # Groups a user may name, as suffixes of module names (GPT-2's naming); any other name is a suffix itself,
@@ -123,6 +123,15 @@ def vocab_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [wte.weight] + ([] if isinstance(head, LoRALinear) else list(head.parameters()))
 
 
+def adapter_memory(model: nn.Module, tokens: int, act_bytes: int) -> float:
+    """Bytes that a model's adapters add to a training step of `tokens` tokens: their weights, gradients and
+    AdamW's two values (fp32), and per token each adapter's bottleneck A x (rank values, in the matmuls' format of
+    act_bytes per value) and its gradient."""
+    layers = _wrapped(model).values()
+    params = sum(layer.lora_A.numel() + layer.lora_B.numel() for layer in layers)
+    return 16 * params + tokens * sum(2 * layer.rank * act_bytes for layer in layers)
+
+
 # --- adding and merging -------------------------------------------------------------------------------------------
 
 
@@ -146,6 +155,14 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: list[str]) -> l
     if _wrapped(model):
         raise GptlabError("the model already has LoRA adapters; merge them (merge_lora) before adding others")
     names = resolve_targets(model, targets)
+    sides = {name: min(model.get_submodule(name).in_features, model.get_submodule(name).out_features)
+             for name in names}
+    narrowest = min(sides, key=sides.get)
+    if rank > sides[narrowest]:
+        layer = model.get_submodule(narrowest)
+        raise GptlabError(f"LoRA rank {rank} is more than the smaller side of a matrix it adapts ({narrowest}: "
+                          f"{layer.out_features} x {layer.in_features}), where a rank of {sides[narrowest]} already "
+                          f"changes every weight; choose a rank from 1 to {sides[narrowest]}")
     for name in names:
         _replace(model, name, LoRALinear(model.get_submodule(name), rank, alpha))
     model.requires_grad_(False)

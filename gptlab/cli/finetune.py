@@ -12,7 +12,7 @@ from gptlab.errors import GptlabError, is_main_process
 from gptlab.training.config import train_fields
 
 DATA_FIELDS = {"corpus", "tokenizer", "vocab_size", "seq_len"}  # the data and the window are the base run's
-RUN_OPTIONS = {"command", "base", "data", "val_data", "out", "resume", "overwrite", "quiet", "lora_rank",
+RUN_OPTIONS = {"command", "base", "data", "val_data", "out", "resume", "overwrite", "force", "quiet", "lora_rank",
                "lora_alpha", "lora_targets"}
 
 
@@ -31,6 +31,8 @@ def add_parser(sub, argv: list[str]) -> None:
     run.add_argument("--out", default=None, help="the run folder (default: runs/BASE-chat)")
     run.add_argument("--resume", action="store_true", help="continue the finetune in --out")
     run.add_argument("--overwrite", action="store_true", help="start over in a folder that holds a run")
+    run.add_argument("--force", action="store_true", help="start even where the memory forecast is more than is "
+                                                          "free")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     adapters = p.add_argument_group("LoRA: train low-rank adapters instead of every weight",
                                     "With LoRA the defaults of --lr and --min-lr are 5e-3 and 5e-4.")
@@ -77,7 +79,8 @@ def run(args) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
     ft = _setup(args)
-    result = finetune(ft, overrides, out=args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    result = finetune(ft, overrides, out=args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                      force=args.force)
     if result.stopped_by == "interrupt":
         if is_main_process():
             print(f"stopped; resume with: gptlab finetune --out {result.run_dir} --resume", file=sys.stderr)

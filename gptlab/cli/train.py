@@ -20,7 +20,7 @@ from gptlab.training.config import DEFAULT_FAMILY, PRESET_HELP, PRESETS, default
 # Training values by section, each named by its first field (TrainConfig lists them in this order).
 SECTIONS = {"corpus": "data", "batch_size": "optimisation", "eval_interval": "evaluation, logging, checkpoints",
             "device": "system"}
-RUN_OPTIONS = {"command", "preset", "out", "resume", "overwrite", "mirror", "quiet", "print_config"}
+RUN_OPTIONS = {"command", "preset", "out", "resume", "overwrite", "force", "mirror", "quiet", "print_config"}
 
 
 def _peek(argv: list[str], flag: str) -> str | None:
@@ -80,6 +80,8 @@ def add_parser(sub, argv: list[str]) -> None:
     run.add_argument("--out", default=None, help="the run folder (default: runs/CORPUS-TOKENIZER)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     run.add_argument("--overwrite", action="store_true", help="start over in a folder that holds a run")
+    run.add_argument("--force", action="store_true", help="start even where the memory forecast is more than is "
+                                                          "free")
     run.add_argument("--mirror", default=None, help="read named corpora from this folder (default: $GPTLAB_MIRROR)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
@@ -116,7 +118,7 @@ def run(args) -> int:
     from gptlab.training.trainer import train
 
     result = train(overrides, preset=args.preset, out=args.out, resume=args.resume, overwrite=args.overwrite,
-                   mirror=args.mirror, quiet=args.quiet)
+                   mirror=args.mirror, quiet=args.quiet, force=args.force)
     if result.stopped_by == "interrupt":
         if is_main_process():
             print(f"stopped; resume with: gptlab train --out {result.run_dir} --resume", file=sys.stderr)

@@ -107,6 +107,20 @@ def training_memory(s: Shape, precision: str, batch: int, optimizer: str = "adam
     return parts
 
 
+def rough_training_memory(params: int, tokens: int, width: int, layers: int, vocab: int, precision: str,
+                          optimizer: str = "adamw") -> dict[str, float]:
+    """A rough forecast for a model the formulas above do not describe (a recurrent net): its parameters'
+    weights, gradients and optimizer state (AdamW's two values each, an upper bound for Muon) exactly, and per
+    token an allowance of eight values of the width per layer (a recurrent layer keeps its gates and states for
+    the backward pass) and three of the vocabulary (the logits, their softmax, its gradient), in fp32."""
+    p = PRECISIONS[precision]
+    parts = dict(weights=params * p.weight, gradients=params * p.weight, optimizer=2 * params * p.weight,
+                 weight_copies=params * p.copies, activations=tokens * 4 * (8 * width * layers + 2 * vocab),
+                 working=tokens * 4 * vocab)
+    parts["total"] = sum(parts.values())
+    return parts
+
+
 def gathered_bytes(s: Shape, p: Precision) -> float:
     """Sharded, a device gathers the whole weights of the block it computes, and of the next one ahead of time
     (FSDP's prefetch), in the format it computes in."""

@@ -37,17 +37,17 @@ def attention_path(on_cpu: bool, dtype: str, dropout: float) -> str:
 
 
 def training_need(name: str, model: dict, batch_size: int, optimizer: str, device_type: str,
-                  dtype: str) -> float | None:
-    """What a training run's tensors will take, before it starts (the trainer says it): weights, gradients,
-    optimizer state, copies, activations and working memory, in bytes; None for a family the formulas do not
-    describe (they are a GPT's)."""
+                  dtype: str) -> dict[str, float] | None:
+    """What a training run's tensors will take, before it starts (the trainer says it), in bytes by part:
+    weights, gradients, optimizer state, copies, activations and working memory, and their total; None for a
+    family the formulas do not describe (they are a GPT's)."""
     try:
         shape = gpt_shape(name, model)
     except GptlabError:
         return None
     on_cpu, dropout = device_type == "cpu", model.get("dropout", 0.0)
     return training_memory(shape, precision_of(dtype), batch_size, optimizer, attention_path(on_cpu, dtype, dropout),
-                           dropout, typed_masks=on_cpu)["total"]
+                           dropout, typed_masks=on_cpu)
 
 
 @dataclass

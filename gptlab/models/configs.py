@@ -27,6 +27,17 @@ def check_positive(config, names: tuple[str, ...]) -> None:
             raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
 
 
+def check_at_most(config, limits: dict[str, int]) -> None:
+    """ValueError for a size beyond anything a model of gptlab's can mean (a typo, or a value for another flag);
+    what fits the machine is the memory forecast's question."""
+    for name, high in limits.items():
+        if getattr(config, name) > high:
+            raise ValueError(f"{name} {getattr(config, name)} is beyond what a model here can use (at most {high:,})")
+
+
+# The largest sizes a config takes: far above any published model of the kind (GPT-3: 96 layers, 12,288 wide).
+SIZE_LIMITS = dict(vocab_size=2**22, block_size=2**20, n_layer=1024, n_head=1024, n_embd=2**16, n_hidden=2**16)
+
 POSITION_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh")  # gelu_tanh: GPT-2's tanh approximation of GELU
 
@@ -47,6 +58,7 @@ class GPTConfig:
 
     def __post_init__(self):
         check_positive(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
+        check_at_most(self, {k: v for k, v in SIZE_LIMITS.items() if k != "n_hidden"})
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         check_choices(self)
@@ -71,6 +83,7 @@ class RecurrentConfig:
 
     def __post_init__(self):
         check_positive(self, ("vocab_size", "n_layer", "n_embd", "n_hidden"))
+        check_at_most(self, {k: SIZE_LIMITS[k] for k in ("vocab_size", "n_layer", "n_embd", "n_hidden")})
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.tie_weights and self.n_embd != self.n_hidden:

@@ -9,6 +9,7 @@ A run's config.json holds both parts: {"train": {...}, "model": {"family": "gpt"
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import asdict, dataclass, fields
 
@@ -34,12 +35,17 @@ class TrainConfig:
     batch_size: int = setting(32, "sequences per micro-batch, in each process")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
     max_iters: int = setting(2000, "optimizer steps to train for (with --max-time: at most)")
-    max_time: str | None = setting(None, "a time budget (90s, 5m, 1h, or none), turned into --max-iters once, "
-                                         "from the measured speed of the first steps")
+    max_time: str | None = setting(None, "a time budget (90s, 5m, 1h, or none), turned into --max-iters from the "
+                                         "measured speed, and settled again as the run goes; --max-iters alone "
+                                         "leaves a preset's budget out")
     optimizer: str = setting("adamw", "adamw, or muon: Muon for hidden matrices, AdamW for the rest", OPTIMIZERS)
     lr: float = setting(1e-3, "AdamW's peak learning rate")
     min_lr: float = setting(1e-4, "AdamW's learning rate at the end of the cosine decay (Muon's decays alike)")
     warmup_iters: int = setting(100, "steps of linear learning-rate warmup")
+    schedule_ends: str | None = setting(None, "where a time budget moved the end of the decay, ITER:END,... (until "
+                                              "iteration ITER the decay aimed to end at END; then at the next END, "
+                                              "or --max-iters): a budgeted run records them, and --max-iters with "
+                                              "them replays it")
     weight_decay: float = setting(0.1, "AdamW's decoupled weight decay on matrices")
     beta1: float = setting(0.9, "AdamW's beta1")
     beta2: float = setting(0.99, "AdamW's beta2")
@@ -55,7 +61,8 @@ class TrainConfig:
                          ("auto", "float32", "bfloat16", "float16"))
     compile: bool = setting(False, "compile the model with torch.compile (falls back to eager if that fails)")
     seed: int = setting(1337, "random seed: initialisation, batches, dropout")
-    threads: int = setting(0, "CPU threads for torch (0 keeps torch's default)")
+    threads: int = setting(0, "CPU threads for torch (0: the cores other processes leave free, adjusted as "
+                                 "the run goes)")
 
 
 # Values for TrainConfig and the GPT together; a preset names only what differs from the defaults. Another
@@ -176,11 +183,21 @@ MINIMUMS = dict(max_iters=1, batch_size=1, grad_accum=1, eval_interval=1, eval_i
                 warmup_iters=0, threads=0, seed=0, min_lr=0.0, weight_decay=0.0, grad_clip=0.0)
 
 
+# Sizes beyond anything a run of gptlab's can mean (a typo, or a value meant for another flag): refused before
+# anything is allocated. What fits the machine's memory is checked separately, against gptlab cost's forecast.
+MAXIMUMS = dict(batch_size=2**20, grad_accum=2**20, vocab_size=2**22, seq_len=2**20, threads=4096,
+                eval_iters=10**6, max_iters=10**12)
+
+
 def check_values(cfg: TrainConfig, model: dict) -> None:
     """Values that would otherwise fail deep inside torch (or much later), as one clear message each."""
     for name, low in MINIMUMS.items():
         if not getattr(cfg, name) >= low:
             raise GptlabError(f"--{name.replace('_', '-')} must be at least {low}")
+    for name, high in MAXIMUMS.items():
+        if (getattr(cfg, name) or 0) > high:
+            raise GptlabError(f"--{name.replace('_', '-')} {getattr(cfg, name)} is beyond what a run can use "
+                              f"(at most {high:,})")
     if cfg.seed >= 2**63:
         raise GptlabError("--seed must be below 2**63")
     for name in ("lr", "muon_lr"):
@@ -195,6 +212,11 @@ def check_values(cfg: TrainConfig, model: dict) -> None:
     if cfg.seq_len is not None and cfg.seq_len < 1:
         raise GptlabError("--seq-len must be at least 1")
     parse_duration(cfg.max_time)
+    ends = parse_ends(cfg.schedule_ends)
+    if ends and not all(cfg.warmup_iters < it <= end for it, end in ends):
+        raise GptlabError("--schedule-ends: each ITER:END needs warmup < ITER <= END")
+    if any(a[0] >= b[0] for a, b in zip(ends, ends[1:])):
+        raise GptlabError("--schedule-ends: the iterations must increase")
     family, values = split_section(model)
     make_config(family, {**values, "vocab_size": 1})  # the model's own checks, before any data is read
 
@@ -209,6 +231,25 @@ def check_overrides(cfg: TrainConfig, model: dict, overrides: dict) -> None:
         raise GptlabError("--muon-lr applies to --optimizer muon")
     if "rope_base" in overrides and model.get("pos") != "rope":
         raise GptlabError("--rope-base applies to --pos rope")
+    if overrides.get("schedule_ends") and cfg.max_time is not None:
+        raise GptlabError("--schedule-ends replays a run's schedule with --max-iters; a time budget (--max-time) "
+                          "makes its own")
+
+
+@functools.cache
+def parse_ends(text: str | None) -> tuple[tuple[int, int], ...]:
+    """--schedule-ends "400:1360,450:1320" -> ((400, 1360), (450, 1320)); None or "" -> ()."""
+    if not text:
+        return ()
+    try:
+        return tuple((int(it), int(end)) for it, end in (pair.split(":") for pair in str(text).split(",")))
+    except ValueError:
+        raise GptlabError(f"cannot read --schedule-ends {text!r}; write it like 400:1360,450:1320") from None
+
+
+def add_end(text: str | None, it: int, end: int) -> str:
+    """The schedule's moved ends with one more: until iteration it, the decay aimed at end."""
+    return ",".join(f"{a}:{b}" for a, b in (*parse_ends(text), (it, end)))
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")

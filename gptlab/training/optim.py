@@ -7,8 +7,9 @@
   orthogonalized by a few Newton-Schulz iterations. Embeddings, the output head, norms and biases stay
   with AdamW, as in the fastest GPT training records.
 - Which tensor goes where is the model's call (model.param_groups()); nothing here knows a layer's name.
-- The schedule is `lr_factor`: linear warmup, then cosine decay to min_lr, a function of the iteration
-  alone. torch's LambdaLR applies it to every group's peak (`initial_lr`: lr for AdamW, muon_lr for Muon).
+- The schedule is `lr_factor`: linear warmup, then cosine decay to min_lr at max_iters, a function of the
+  iteration alone (and of the moves of its end that a time budget made, recorded in cfg.schedule_ends). torch's
+  LambdaLR applies it to every group's peak (`initial_lr`: lr for AdamW, muon_lr for Muon).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from gptlab.errors import GptlabError
 from gptlab.models.base import LanguageModel
+from gptlab.training.config import parse_ends
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW kernel runs (one pass over memory)
 MUON_MOMENTUM = 0.95
@@ -51,9 +53,23 @@ def lr_factor(it: int, cfg) -> float:
     """The multiplier of each group's peak learning rate at iteration `it` (0 is the first step)."""
     if it < cfg.warmup_iters:
         return (it + 1) / (cfg.warmup_iters + 1)
-    progress = min(1.0, (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+    progress = decay_progress(it, cfg.warmup_iters, cfg.max_iters, parse_ends(cfg.schedule_ends))
     floor = cfg.min_lr / cfg.lr
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def decay_progress(it: int, warmup: int, end: int, moves: tuple[tuple[int, int], ...] = ()) -> float:
+    """How far the cosine decay has gone at iteration it >= warmup: 0 at the end of warmup, 1 at `end`, linear in
+    between. moves: (iteration, the end aimed at until then) where a time budget moved the end; from each, the
+    progress runs on from where it had come to, toward the next end, so the learning rate never jumps."""
+    start, done = warmup, 0.0
+    for until, old_end in moves:
+        if it < until:
+            end = old_end
+            break
+        done += (1.0 - done) * min(1.0, (until - start) / max(1, old_end - start))
+        start = until
+    return min(1.0, done + (1.0 - done) * (it - start) / max(1, end - start))
 
 
 def schedulers(optimizers: list[torch.optim.Optimizer], cfg, it: int) -> list[LambdaLR]:

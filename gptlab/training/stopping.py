@@ -1,15 +1,24 @@
 """When a run stops: after --max-iters steps, when its time budget is spent, or when it is interrupted.
 
-A time budget (--max-time 5m) becomes an iteration budget at the start of the run. A few steps, an evaluation
-and a checkpoint are timed on a snapshot of the run, which is then put back exactly as it was, so the
-measurement leaves no trace in the weights, the optimizer, the data order or the random numbers. The time
-left divided by the measured cost of an iteration (a step, plus its share of an evaluation and a checkpoint)
-is the iteration count. A few steps are a noisy measure, so where warmup is long enough (REFINE_STEPS) the
-count is settled again at the end of warmup from the pace of the run's own steps: up to there the
-learning-rate schedule does not depend on the count. The count is recorded in the run's config.json
-(train.max_iters, with the measurement under "budget"), and the run follows iterations alone: the schedule
-ends where the budget does, a resumed run equals an uninterrupted one, and `--max-iters N --max-time none`
-replays the run exactly.
+A time budget (--max-time 5m) becomes an iteration count, which the run settles again as it goes:
+- At the start, a few steps, an evaluation and a checkpoint are timed on a snapshot of the run, which is then put
+  back exactly as it was (the measurement leaves no trace in the weights, the optimizer, the data order or the
+  random numbers). The time left divided by the measured cost of an iteration is the first count. Where that
+  count would end the run inside its warmup, the budget is shorter than the warmup would take: the warmup is
+  shortened to a quarter of the count, and the run says so.
+- At the end of warmup (where it lasts at least REFINE_STEPS steps), whatever the first count was, the count is
+  settled again from the pace of the run's own steps: up to there the learning-rate schedule does not depend on it.
+  Where warmup is shorter and no evaluation comes before the first count would end the run, the count is settled
+  after REFINE_STEPS steps instead.
+- At every evaluation, the count is settled again from the pace since the last settlement (steps, evaluations
+  and checkpoints together), where the run would otherwise end more than TOLERANCE of the budget early or late:
+  a machine that slows down or speeds up midway still ends the run on time. Past warmup, the cosine decay then
+  runs on from where it is to the new end (gptlab.training.optim.lr_factor), and the moved end is recorded in
+  the configuration (train.schedule_ends), so that the schedule stays a function of the iteration and the
+  recorded settlements.
+Every settlement is recorded in the run's config.json and its checkpoints ("budget"), and from it the run follows
+iterations alone: a resumed run equals the uninterrupted one, and `--max-iters N --max-time none` with the
+recorded --schedule-ends replays it exactly. A count the user gives on resuming (--max-iters) is never moved.
 
 Ctrl-C, or SIGTERM as torchrun and cluster schedulers send it, sets a flag that the loop reads between steps.
 """
@@ -21,11 +30,14 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 WARM_STEPS = 4  # untimed: the first steps allocate memory (and compile, with --compile), and run slower
 TIMED_STEPS = 6
 REFINE_STEPS = 20  # the fewest steps of the run itself whose pace may settle the count at the end of warmup
+TOLERANCE = 0.01  # an evaluation moves the count where the run would end more than this share of the budget off
+SHORT_WARMUP = 4  # a budget shorter than the warmup warms up over a quarter of its count instead
 
 
 class Cost(NamedTuple):
@@ -40,7 +52,7 @@ class Cost(NamedTuple):
 
 
 def measure(step: Callable[[], object], extras: list[tuple[Callable[[], object], float]],
-            sync: Callable[[], None], compiled: bool = False) -> Cost:
+            sync: Callable[[], None], compiled: bool = False, clock: Callable[[], float] = time.perf_counter) -> Cost:
     """The cost of an iteration: the median of TIMED_STEPS steps after WARM_STEPS (a slow step, say a page fault,
     does not count), and, for each (call, share) of extras, share times the call's time: an evaluation and a
     checkpoint come once every eval_interval steps. With a compiled model each extra is called once untimed
@@ -50,19 +62,19 @@ def measure(step: Callable[[], object], extras: list[tuple[Callable[[], object],
     sync()
     times = []
     for _ in range(TIMED_STEPS):
-        start = time.perf_counter()
+        start = clock()
         step()
         sync()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     overhead = 0.0
     for call, share in extras:
         if compiled:
             call()
             sync()
-        start = time.perf_counter()
+        start = clock()
         call()
         sync()
-        overhead += (time.perf_counter() - start) * share
+        overhead += (clock() - start) * share
     return Cost(statistics.median(times), overhead)
 
 
@@ -70,6 +82,58 @@ def iteration_budget(max_time: float, elapsed: float, it: int, per_iter: float, 
     """The iteration at which the time left runs out (at least one more step), and no later than cap."""
     left = max(0.0, max_time - elapsed)
     return min(cap, it + max(1, int(left / max(per_iter, 1e-9))))
+
+
+@dataclass
+class Budget:
+    """A time budget as an iteration count, and every settlement of it (config.json's "budget" record)."""
+
+    max_time: str  # as the user wrote it ("5m")
+    seconds: float
+    cap: int  # the most iterations it may give (--max-iters)
+    iters: int  # the count in force
+    seconds_per_iter: float  # the pace behind it
+    overhead_per_iter: float  # calibration's share of an evaluation and a checkpoint per iteration
+    measured_at_iter: int
+    final: bool  # True once the run's own pace has settled the count (or where calibration's count stands)
+    fixed: bool = False  # the user gave --max-iters on resuming: their count stays
+    settled_at_iter: int | None = None  # where the run's own pace first settled it
+    settlements: list[dict] = field(default_factory=list)  # {"iter", "iters", "seconds_per_iter"}, in order
+
+    @classmethod
+    def first(cls, max_time: str, seconds: float, cap: int, cost: Cost, elapsed: float, it: int) -> Budget:
+        """The count from calibration's measured cost of an iteration."""
+        iters = iteration_budget(seconds, elapsed, it, cost.per_iter, cap)
+        return cls(max_time, seconds, cap, iters, round(cost.per_iter, 6), round(cost.overhead, 6), it, final=True)
+
+    def settles_at(self, warmup: int) -> int:
+        """Where the run's own pace first settles calibration's count: at the end of warmup, where warmup leaves
+        REFINE_STEPS steps to measure and ends before the count; else after REFINE_STEPS steps."""
+        start = self.measured_at_iter + REFINE_STEPS
+        return warmup if start <= warmup < self.iters else start
+
+    def settle(self, it: int, elapsed: float, per_iter: float, least: int = 0, first: bool = False) -> int | None:
+        """The new count from the pace per_iter at iteration it (elapsed seconds), at least `least`; None where an
+        evaluation's count would stay within TOLERANCE of the budget (the first settlement on the run's own pace,
+        `first`, moves it regardless)."""
+        iters = max(least, iteration_budget(self.seconds, elapsed, it, per_iter, self.cap))
+        if not first and abs(iters - self.iters) * per_iter <= TOLERANCE * self.seconds:
+            return None
+        self.iters, self.seconds_per_iter = iters, round(per_iter, 6)
+        if first:
+            self.final, self.settled_at_iter = True, it
+        self.settlements.append(dict(iter=it, iters=iters, seconds_per_iter=round(per_iter, 6)))
+        return iters
+
+    def record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Budget:
+        """A budget from config.json (runs of earlier versions lack the newer fields)."""
+        known = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
+        known.setdefault("final", True)
+        return cls(**known)
 
 
 class StopFlag:

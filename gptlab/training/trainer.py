@@ -11,14 +11,17 @@ every process runs it in step with the others and only rank 0 writes.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from gptlab import rundir
+from gptlab.cores import Threads
 from gptlab.data.corpora import load_corpus
 from gptlab.data.tokenizer import load_tokenizer
 from gptlab.data.tokens import bits_per_char, check_length, get_tokenizer, prepare
@@ -27,9 +30,12 @@ from gptlab.errors import GptlabError
 from gptlab.models import build_model, config_to_dict, make_config, split_section
 from gptlab.training.batches import RandomWindows
 from gptlab.training.config import (
+    PRESETS,
     TrainConfig,
+    add_end,
     check_overrides,
     check_values,
+    default_preset,
     parse_duration,
     resolve,
     resume_values,
@@ -43,7 +49,7 @@ from gptlab.training.memory import MemoryMeter
 from gptlab.training.metrics import MetricsLog, ProgressLine, Timer, plot_losses
 from gptlab.training.optim import build_optimizers, load_state, schedulers
 from gptlab.training.step import Stepper
-from gptlab.training.stopping import REFINE_STEPS, StopFlag, iteration_budget, measure
+from gptlab.training.stopping import SHORT_WARMUP, Budget, Cost, StopFlag, measure
 
 STATE_FORMAT = 2  # trainer.pt: torch optimizers, the random-number state of every process
 
@@ -67,9 +73,11 @@ class Plan:
     model: dict  # the model section {"family": ..., its values}; vocab_size comes from the tokenizer
     run_dir: Path
     resume_from: Path | None = None  # the checkpoint a resumed run continues from
-    budget: dict | None = None  # how an earlier part of the run turned its time budget into iterations
+    budget: Budget | None = None  # how an earlier part of the run turned its time budget into iterations
     cap: int = 0  # the most iterations a time budget may give
     sections: dict = field(default_factory=dict)  # further sections of config.json (a finetune's, say)
+    stopping: str = ""  # what decides when the run ends, and who set it, for its first lines
+    force: bool = False  # start even where the memory forecast exceeds what is free
 
     @property
     def max_time(self) -> float | None:
@@ -82,13 +90,31 @@ def plan_run(values: dict | None = None, *, preset: str | None = None, out: str 
     overrides = dict(values or {})
     if resume:
         return _plan_resume(overrides, preset, out)
-    cfg, model = resolve(preset, overrides, pick_device(overrides.get("device", "auto")).type)
+    device_type = pick_device(overrides.get("device", "auto")).type
+    cfg, model = resolve(preset, overrides, device_type)
+    if "max_iters" in overrides and "max_time" not in overrides:
+        cfg.max_time = None  # a count the user gave is the count: a preset's budget does not cut it short
     check_overrides(cfg, model, overrides)
     run_dir = Path(out) if out is not None else rundir.default_run_dir(cfg)
     if check_folder:
         rundir.check_new(run_dir, overwrite)
     check_values(cfg, model)
-    return Plan(cfg, model, run_dir, cap=cfg.max_iters)
+    preset = preset or default_preset(device_type)
+    return Plan(cfg, model, run_dir, cap=cfg.max_iters,
+                stopping=stopping_note(cfg, overrides, f"preset {preset}", PRESETS.get(preset, {}).get("max_time")))
+
+
+def stopping_note(cfg: TrainConfig, given: dict, origin: str, origin_time: str | None = None) -> str:
+    """What decides when a new run ends, and who chose it: the user's flags, or `origin` (a preset, say, whose
+    own budget origin_time a count given alone leaves out)."""
+    def source(name: str) -> str:
+        return f"--{name.replace('_', '-')}" if name in given else origin
+
+    if cfg.max_time is not None:
+        return (f"stopping: when the time budget of {cfg.max_time} ({source('max_time')}) is spent, "
+                f"at most {cfg.max_iters:,} iterations ({source('max_iters')})")
+    left_out = f"; {origin}'s {origin_time} budget is left out" if origin_time and "max_time" not in given else ""
+    return f"stopping: after {cfg.max_iters:,} iterations ({source('max_iters')}){left_out}"
 
 
 def _plan_resume(overrides: dict, preset: str | None, out) -> Plan:
@@ -103,13 +129,18 @@ def _plan_resume(overrides: dict, preset: str | None, out) -> Plan:
     cfg, model = split_values(resume_values(values, overrides))
     check_values(cfg, model)
     record = saved.get("budget") if isinstance(saved.get("budget"), dict) else None
-    if record and "max_time" in overrides and parse_duration(overrides["max_time"]) == record.get("seconds"):
+    budget = Budget.from_record(record) if record else None
+    if budget and "max_time" in overrides and parse_duration(overrides["max_time"]) == budget.seconds:
         cfg.max_time = None  # the same budget again: its iterations are already in max_iters
-    cap = cfg.max_iters if "max_iters" in overrides or not record else record.get("cap", cfg.max_iters)
-    if record and "max_iters" in overrides:
-        record = {**record, "final": True}  # the count is the user's now: no settling at the end of warmup
+    cap = cfg.max_iters if "max_iters" in overrides or not budget else budget.cap
+    if budget and "max_iters" in overrides:
+        budget.final = budget.fixed = True  # the count is the user's now: no settling
     sections = {k: v for k, v in saved.items() if k not in ("train", "model", "budget")}
-    return Plan(cfg, model, Path(out), ckpt, record, cap, sections)
+    stopping = (f"stopping: after {cfg.max_iters:,} iterations" if cfg.max_time is None else
+                f"stopping: when the new time budget of {cfg.max_time} is spent")
+    if budget and not budget.fixed and cfg.max_time is None:
+        stopping = f"stopping: when the time budget of {budget.max_time} is spent (now {cfg.max_iters:,} iterations)"
+    return Plan(cfg, model, Path(out), ckpt, budget, cap, sections, stopping)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -130,17 +161,21 @@ def _to_cpu(obj):
 class Trainer:
     """The parts of one run, built once: data, model, optimizers, batch sources, the step, the log."""
 
-    def __init__(self, plan: Plan, dist: Distributed, mirror: str | Path | None = None, quiet: bool = False):
-        self.plan, self.cfg, self.dist = plan, plan.cfg, dist
+    def __init__(self, plan: Plan, dist: Distributed, mirror: str | Path | None = None, quiet: bool = False,
+                 clock: Callable[[], float] = time.perf_counter):
+        """clock: where the run reads the time (its budget and its log); tests give one of their own."""
+        self.plan, self.cfg, self.dist, self.clock = plan, plan.cfg, dist, clock
         cfg = self.cfg
-        device, self.dtype = setup(cfg.device, cfg.dtype, cfg.threads, cfg.seed + dist.rank)
+        device, self.dtype = setup(cfg.device, cfg.dtype, seed=cfg.seed + dist.rank)
         self.device = dist.device(device)
+        self.threads = Threads(cfg.threads, follow=self.device.type == "cpu")
         dist.start(self.device)
         self.progress = ProgressLine(quiet=quiet or not dist.is_main)
         with dist.main_first():
             self.tokenizer, self.data, self.corpus_name = self._data(mirror)
         self.meter = MemoryMeter(self.device)
         self.mem_base = self.meter.current()  # before the model: what the steps' peak is measured above
+        self.forecast = self.check_memory()  # before anything large is allocated
         self.model_config, self.model, self.seq_len = self._model()
         self.optimizers = build_optimizers(self.model, cfg)
         self.step = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
@@ -149,10 +184,11 @@ class Trainer:
         self.batches, self.eval_sources = self._sources()
         self.it, self.best_val, self.budget = 0, None, plan.budget
         self.tokens = 0  # tokens trained on so far, every process's (a resume with other processes counts right)
-        self.timer, self.metrics, self.last_log = Timer(), MetricsLog(None, enabled=False), (0.0, 0)
+        self.timer, self.metrics, self.last_log = Timer(clock=clock), MetricsLog(None, enabled=False), (0.0, 0)
         self.val_loss, self.last_ckpt, self.last_eval_iter, self.last_loss = None, None, None, None
         self.logged_memory = False
         self.eval_seconds = 0.0  # spent evaluating and saving, which the pace of the steps leaves out
+        self.pace_since = None  # (elapsed, iteration) where the pace an evaluation settles by is measured from
         if plan.resume_from is not None:
             self.load_weights(plan.resume_from)
             self.restore(rundir.load_trainer_state(plan.resume_from), plan.resume_from)
@@ -202,7 +238,8 @@ class Trainer:
         """This process's resumable state (live tensors: copy before changing anything)."""
         return dict(iter=self.it, tokens=self.tokens, elapsed=self.timer.elapsed(), best_val_loss=self.best_val,
                     optimizers=[o.state_dict() for o in self.optimizers], batches=self.batches.state_dict(),
-                    scaler=self.step.scaler.state_dict())
+                    scaler=self.step.scaler.state_dict(),
+                    pace_since=list(self.pace_since) if self.pace_since else None)
 
     def restore(self, state: dict, source: Path | None = None) -> None:
         """Continue from a checkpoint's state (source: its folder) or from calibration's snapshot."""
@@ -218,7 +255,9 @@ class Trainer:
         self.it, self.best_val = state["iter"], state["best_val_loss"]
         per_process = self.tokens_per_iter // self.dist.world_size  # older checkpoints: from the processes they had
         self.tokens = state.get("tokens", self.it * per_process * state.get("world_size", self.dist.world_size))
-        self.timer = Timer(state["elapsed"])
+        self.timer = Timer(state["elapsed"], self.clock)
+        saved_pace = state.get("pace_since") if source is not None else None  # (calibration starts it anew)
+        self.pace_since = tuple(saved_pace) if saved_pace else None
         self.step.schedulers = schedulers(self.optimizers, self.cfg, self.it)
         self.batches.load_state_dict(state["batches"])
         if state.get("scaler"):
@@ -255,7 +294,7 @@ class Trainer:
         config = to_dict(self.cfg, config_to_dict(self.plan.model["family"], self.model_config))
         config.update(self.plan.sections)
         if self.budget:
-            config["budget"] = self.budget
+            config["budget"] = self.budget.record()
         return config
 
     # --- the run ------------------------------------------------------------------------------------------------
@@ -281,56 +320,85 @@ class Trainer:
                            self.last_ckpt, stopped_by)
 
     def calibrate(self, max_time: float) -> None:
-        """Turn the time budget into an iteration count (gptlab.training.stopping), and record it."""
+        """Turn the time budget into a first iteration count (gptlab.training.stopping), and record it."""
         snapshot = _to_cpu(dict(self.state(), rng=[_rng_state(self.device)] * self.dist.world_size,
                                 model=self.model.state_dict()))
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         batches = min(2, self.cfg.eval_iters)  # an evaluation of `batches`, scaled to eval_iters, per eval_interval
         extras = [(lambda: self.evaluate(batches), self.cfg.eval_iters / batches / self.cfg.eval_interval),
                   (self._scratch_checkpoint, 1 / self.cfg.eval_interval)]
-        cost = measure(lambda: self.step(self.batches), extras, sync, compiled=self.cfg.compile)
-        step, overhead = self.dist.max(cost.step), self.dist.max(cost.overhead)  # every process: the same count
+        cost = measure(lambda: self.step(self.batches), extras, self._sync, self.cfg.compile, self.clock)
+        cost = Cost(self.dist.max(cost.step), self.dist.max(cost.overhead))  # every process: the same count
         elapsed = self.dist.max(self.timer.elapsed())
-        iters = iteration_budget(max_time, elapsed, self.it, step + overhead, self.plan.cap)
-        settle = self.it + REFINE_STEPS <= self.cfg.warmup_iters < iters  # settled again at the end of warmup
-        self.budget = dict(max_time=self.cfg.max_time, seconds=max_time, seconds_per_iter=round(step + overhead, 6),
-                           overhead_per_iter=round(overhead, 6), iters=iters, cap=self.plan.cap,
-                           measured_at_iter=self.it, final=not settle)
-        self.cfg.max_iters, self.cfg.max_time = iters, None  # from here on the run follows iterations
+        budget = Budget.first(self.cfg.max_time, max_time, self.plan.cap, cost, elapsed, self.it)
+        cfg, shortened = self.cfg, ""
+        if self.it == 0 and budget.iters <= cfg.warmup_iters < self.plan.cap:  # shorter than the warmup would take
+            shortened = f"; shorter than the warmup's {cfg.warmup_iters}, which is now {budget.iters // SHORT_WARMUP}"
+            cfg.warmup_iters = budget.iters // SHORT_WARMUP
+        at = budget.settles_at(cfg.warmup_iters)
+        first_evaluation = (self.it // cfg.eval_interval + 1) * cfg.eval_interval
+        in_time = at == cfg.warmup_iters or first_evaluation >= budget.iters  # else the evaluations settle it
+        budget.final = not (in_time and self.it < at < budget.iters)
+        cfg.max_iters, cfg.max_time, cfg.schedule_ends = budget.iters, None, None  # the run follows iterations
+        self.budget = budget
         self.model.load_state_dict(snapshot.pop("model"))
         self.restore(snapshot)  # the schedulers are rebuilt for the new max_iters
-        self.timer = Timer(elapsed)
-        later = f", to be settled at the end of warmup (iteration {self.cfg.warmup_iters})" if settle else \
-            f" (to replay: --max-iters {iters} --max-time none)"
-        self.progress.message(f"time budget {self.budget['max_time']}: {step + overhead:.4f} s per iteration, so "
-                              f"{'about ' if settle else ''}{iters} iterations{later}")
+        self.timer = Timer(elapsed, self.clock)
+        later = "" if budget.final else f", to be settled at iteration {budget.settles_at(cfg.warmup_iters)}"
+        self.progress.message(f"time budget {budget.max_time}: {cost.per_iter:.4f} s per iteration, so "
+                              f"{'about ' if not budget.final else ''}{budget.iters} iterations{later}{shortened}; "
+                              f"settled again at each evaluation")
 
-    def settle_budget(self, since: tuple[float, int, float]) -> None:
-        """At the end of warmup, where the schedule does not yet depend on the count, set the count again from
-        the pace of the run's own steps since `since` (elapsed, iteration, seconds spent evaluating then)."""
+    def settle_on_own_pace(self, since: tuple[float, int, float]) -> None:
+        """Set calibration's count again from the pace of the run's own steps since `since` (elapsed, iteration,
+        seconds spent evaluating then), and calibration's share of evaluations: at the end of warmup, where the
+        schedule does not yet depend on the count (stopping.Budget.settles_at)."""
         start, start_it, eval_start = since
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()  # the queued steps count too
-        elapsed = self.timer.elapsed()
-        step = (elapsed - start - (self.eval_seconds - eval_start)) / (self.it - start_it)
-        per_iter = self.dist.max(step) + self.budget["overhead_per_iter"]
-        elapsed = self.dist.max(elapsed)
-        iters = iteration_budget(self.budget["seconds"], elapsed, self.it, per_iter, self.plan.cap)
-        self.budget.update(seconds_per_iter=round(per_iter, 6), iters=iters, final=True, settled_at_iter=self.it)
-        self.cfg.max_iters = iters
+        self._sync()
+        step = (self.timer.elapsed() - start - (self.eval_seconds - eval_start)) / (self.it - start_it)
+        self._settle(self.dist.max(step) + self.budget.overhead_per_iter, f"over {self.it - start_it} steps",
+                     first=True)
+
+    def settle_at_evaluation(self) -> None:
+        """After an evaluation: the count again from the pace since the last settlement (steps, evaluations and
+        checkpoints together), where the run would end more than stopping.TOLERANCE off its budget."""
+        start, start_it = self.pace_since
+        if self.it == start_it:  # (the end of warmup has just settled it)
+            return
+        self._sync()
+        per_iter = (self.dist.max(self.timer.elapsed()) - start) / (self.it - start_it)
+        self._settle(per_iter, f"over the last {self.it - start_it} iterations")
+
+    def _settle(self, per_iter: float, over: str, first: bool = False) -> None:
+        """Move the count to what the pace per_iter gives (never inside warmup); past warmup, the decay runs on
+        from where it is to the new end, which the configuration records."""
+        cfg, elapsed = self.cfg, self.dist.max(self.timer.elapsed())
+        self.pace_since = (elapsed, self.it)
+        old = cfg.max_iters
+        iters = self.budget.settle(self.it, elapsed, per_iter, least=cfg.warmup_iters + 1, first=first)
+        if iters is None:
+            return
+        if self.it > cfg.warmup_iters and iters != old:
+            cfg.schedule_ends = add_end(cfg.schedule_ends, self.it, old)
+        cfg.max_iters = iters
+        self.step.schedulers = schedulers(self.optimizers, cfg, self.it)  # the next step's rate, on the new end
         if self.dist.is_main:
             rundir.write_run_files(self.plan.run_dir, self.config(), self.tokenizer)
-        self.progress.message(f"time budget {self.budget['max_time']}: {per_iter:.4f} s per iteration over "
-                              f"{self.it - start_it} steps, so {iters} iterations "
-                              f"(to replay: --max-iters {iters} --max-time none)")
+        ends = f" --schedule-ends {cfg.schedule_ends}" if cfg.schedule_ends else ""
+        self.progress.message(f"time budget {self.budget.max_time}: {per_iter:.4f} s per iteration {over}, so "
+                              f"{iters} iterations (to replay: --max-iters {iters} --max-time none{ends})")
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the queued steps count in the time too
 
     def _settles_at(self) -> int | None:
-        """The iteration at which a budget not yet final settles its count (None: it is final)."""
-        if not self.budget or self.budget.get("final", True):
+        """The iteration at which the run's own pace first settles the count (None: it does not, or did)."""
+        if not self.budget or self.budget.final or self.budget.fixed:
             return None
-        if self.cfg.warmup_iters - self.it >= REFINE_STEPS and self.cfg.warmup_iters < self.cfg.max_iters:
-            return self.cfg.warmup_iters
-        self.budget["final"] = True  # (a run resumed too close to the end of warmup keeps its count)
+        at = self.budget.settles_at(self.cfg.warmup_iters)
+        if self.it < at < self.cfg.max_iters:
+            return at
+        self.budget.final = True  # (a run resumed past that point keeps its count)
         return None
 
     def _scratch_checkpoint(self) -> None:
@@ -348,25 +416,55 @@ class Trainer:
         self.progress.message(
             f"global batch: {world} process(es) x {cfg.batch_size} sequences x {cfg.grad_accum} micro-batch(es) "
             f"x {self.seq_len} tokens = {self.tokens_per_iter:,} tokens per step")
+        self.progress.message(self.threads.note)
+        if self.plan.stopping:
+            self.progress.message(self.plan.stopping)
         self.announce_memory()
 
     def announce_memory(self) -> None:
-        """What the steps will take by gptlab cost's formulas (a GPT's), with a warning where that is more than is
-        free."""
-        from gptlab.cost.runs import training_need
-
-        model = config_to_dict(self.plan.model["family"], self.model_config)
-        dtype = str(self.dtype).removeprefix("torch.")
-        need = training_need(self.plan.run_dir.name, model, self.cfg.batch_size, self.cfg.optimizer,
-                             self.device.type, dtype)
-        if need is None:
-            return
         free = self.meter.available()
-        self.progress.message(f"memory: the steps will take about {need / 1e6:,.0f} MB for tensors (gptlab cost)"
-                              + (f", of {free / 1e6:,.0f} MB free" if free else ""))
-        if free and need > free:
-            self.progress.message("warning: that is more than is free; lower --batch-size (or the model's size), "
-                                  "or expect to run out of memory")
+        self.progress.message(f"memory: the steps will take about {self.forecast / 1e6:,.0f} MB for tensors "
+                              f"(gptlab cost)" + (f", of {free / 1e6:,.0f} MB free" if free else ""))
+
+    def check_memory(self) -> float:
+        """What the steps will take by gptlab cost's formulas (bytes), known before the model is built. A run that
+        would take more than is free (on a CPU, every process of this machine together) stops here, naming the
+        flag to change; plan.force (--force) starts it anyway."""
+        from gptlab.cost.report import size
+
+        parts, flags = self.memory_forecast()
+        free = self.meter.available()
+        sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.device.type == "cpu" else 1
+        if free and self.dist.any(parts["total"] * sharing > free) and not self.plan.force:
+            largest = max((k for k in parts if k != "total" and k in flags), key=lambda k: parts[k])
+            raise GptlabError(f"the steps would take about {size(parts['total'] * sharing)} for tensors (gptlab "
+                              f"cost's forecast, {largest.replace('_', ' ')} the most), more than the {size(free)} "
+                              f"free: lower {flags[largest]}, or pass --force to try anyway")
+        return parts["total"]
+
+    def memory_forecast(self) -> tuple[dict[str, float], dict[str, str]]:
+        """The steps' memory by part (gptlab.cost.memory: a GPT's formulas, or a rough forecast from the parameter
+        count for other families), and for each part the flags that make it smaller."""
+        from gptlab.cost.memory import rough_training_memory
+        from gptlab.cost.runs import precision_of, training_need
+        from gptlab.models import get_family
+
+        family, values = split_section(self.plan.model)
+        config = make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size})
+        cfg, dtype = self.cfg, str(self.dtype).removeprefix("torch.")
+        parts = training_need(self.plan.run_dir.name, config_to_dict(family, config), cfg.batch_size, cfg.optimizer,
+                              self.device.type, dtype)
+        if parts is None:
+            with torch.device("meta"):  # the parameters counted, none allocated
+                params = build_model(family, config).num_params(non_embedding=False)
+            width = getattr(config, get_family(family).width or "", 0)
+            parts = rough_training_memory(params, cfg.batch_size * (cfg.seq_len or 1), width,
+                                          getattr(config, "n_layer", 1), config.vocab_size, precision_of(dtype),
+                                          cfg.optimizer)
+        sizes = f"the model's size (--{(get_family(family).width or 'n_embd').replace('_', '-')}, --n-layer)"
+        per_token = "--batch-size (or the context)"
+        return parts, dict(weights=sizes, gradients=sizes, optimizer=sizes, weight_copies=sizes,
+                           activations=per_token, working=per_token)
 
     def begin(self) -> None:
         """Write the run folder's files (an overwritten run's are cleared only now) and open the log."""
@@ -389,13 +487,15 @@ class Trainer:
         cfg = self.cfg
         self.last_log = (self.timer.elapsed(), self.it)
         settle_at, since = self._settles_at(), (self.timer.elapsed(), self.it, self.eval_seconds)
+        if self.pace_since is None:  # (a resumed run goes on measuring from where its checkpoint had come to)
+            self.pace_since = (self.dist.max(since[0]), self.it)
         self.meter.reset()  # the peak memory logged is the steps' (evaluations and checkpoints reset it)
         while self.it < cfg.max_iters:
             self.last_loss = self.step(self.batches)
             self.it += 1
             self.tokens += self.tokens_per_iter
             if self.it == settle_at:
-                self.settle_budget(since)
+                self.settle_on_own_pace(since)
             if self.it % cfg.log_interval == 0 or self.it == cfg.max_iters:
                 self.log_step()
             if self.it % cfg.eval_interval == 0 and self.it < cfg.max_iters:
@@ -403,7 +503,7 @@ class Trainer:
             stopping = stop.set or (stop_after is not None and self.it >= stop_after)
             if self.it < cfg.max_iters and self.dist.any(stopping):
                 return "interrupt"
-        return "max_time" if self.budget and self.budget.get("iters") == cfg.max_iters else "max_iters"
+        return "max_time" if self.budget and self.budget.iters == cfg.max_iters else "max_iters"
 
     def finish(self, stopped_by: str) -> None:
         if stopped_by == "interrupt":
@@ -428,6 +528,9 @@ class Trainer:
                            tokens_per_s=round(tps, 1), step_s=round(self.tokens_per_iter / tps, 6),
                            time=round(now, 3), **self.measured_memory())
         self.progress.update(self.it, loss, tps, self.cfg.max_iters)
+        moved = self.threads.adjust()  # another process came or went: follow with the thread count
+        if moved:
+            self.progress.message(moved)
 
     def measured_memory(self) -> dict:
         """The steps' peak memory (bytes, the largest of the processes'), and once per process what it stands on:
@@ -464,6 +567,8 @@ class Trainer:
         shown = f"val {val:.4f} (bpc {record['val_bpc']:.3f})" if val is not None else "no validation split"
         self.progress.message(f"iter {self.it}: train {losses['train']:.4f}, {shown}, {self.timer.elapsed():.1f}s")
         self.val_loss = val
+        if self.budget and not self.budget.fixed and self.it < self.cfg.max_iters:
+            self.settle_at_evaluation()  # before the checkpoint, which a resumed run continues from
         self.save(val)
         self.meter.reset()
         self.last_log = (self.timer.elapsed(), self.it)  # tokens/s counts training alone
@@ -479,13 +584,15 @@ class Trainer:
 
 def train(values: dict | None = None, *, preset: str | None = None, out: str | Path | None = None,
           resume: bool = False, overwrite: bool = False, mirror: str | Path | None = None,
-          quiet: bool = False, stop_after: int | None = None) -> TrainResult:
+          quiet: bool = False, stop_after: int | None = None, force: bool = False) -> TrainResult:
     """Train a model from flat config values (the command line's flags, with underscores) and return what happened.
 
     Under torchrun every process calls this; each trains its share of the global batch and rank 0 writes.
     stop_after: pause after this many iterations as Ctrl-C would (save, return); for tests and demos.
+    force: start even where the memory forecast is more than is free.
     """
     plan = plan_run(values, preset=preset, out=out, resume=resume, overwrite=overwrite)
+    plan.force = force
     if "finetune" in plan.sections:
         raise GptlabError(f"{out} is a finetuned run; continue it with gptlab finetune --out {out} --resume")
     dist = Distributed.from_env()
