@@ -36,7 +36,7 @@ from typing import NamedTuple
 WARM_STEPS = 4  # untimed: the first steps allocate memory (and compile, with --compile), and run slower
 TIMED_STEPS = 6
 REFINE_STEPS = 20  # the fewest steps of the run itself whose pace may settle the count at the end of warmup
-TOLERANCE = 0.01  # an evaluation moves the count where the run would end more than this share of the budget off
+TOLERANCE = 0.02  # an evaluation moves the count where the run would end more than this share of the budget off
 SHORT_WARMUP = 4  # a budget shorter than the warmup warms up over a quarter of its count instead
 
 
