@@ -187,6 +187,15 @@ def test_print_config_of_a_run_to_resume(tmp_path, capsys):
     assert shown["model"] == saved
 
 
+def test_print_config_of_a_budgeted_run_shows_its_budget(tmp_path, capsys):
+    corpus, out = write_corpus(tmp_path), tmp_path / "run"
+    flags = [f for f in TINY_FLAGS if f not in ("--max-iters", "5")]
+    assert run_cli(capsys, "train", "--corpus", corpus, "--out", out, *flags, "--max-time", "0.5s", "--quiet")[0] == 0
+    code, stdout, _ = run_cli(capsys, "train", "--out", out, "--resume", "--print-config")
+    shown = json.loads(stdout)
+    assert code == 0 and shown["budget"]["max_time"] == "0.5s" and shown["budget"]["iters"] == shown["train"]["max_iters"]
+
+
 def test_help_answers_without_loading_torch(tmp_path):
     code = ("import sys, time; t = time.perf_counter(); from gptlab.cli import main\n"
             "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"

@@ -137,6 +137,6 @@ def _print_config(args, overrides: dict) -> int:
     shown = {"run_dir": str(plan.run_dir), "resume_from": str(plan.resume_from) if plan.resume_from else None,
              "train": asdict(plan.cfg), "model": plan.model}
     if plan.budget:
-        shown["budget"] = plan.budget
+        shown["budget"] = plan.budget.record()
     print(json.dumps(shown, indent=1))
     return 0

@@ -11,7 +11,8 @@ A time budget (--max-time 5m) becomes an iteration count, which the run settles 
   Where warmup is shorter and no evaluation comes before the first count would end the run, the count is settled
   after REFINE_STEPS steps instead.
 - At every evaluation, the count is settled again from the pace since the last settlement (steps, evaluations
-  and checkpoints together), where the run would otherwise end more than TOLERANCE of the budget early or late:
+  and checkpoints together), where the run would otherwise end more than TOLERANCE of the budget early or late
+  (until then the window grows, and its pace is less noisy):
   a machine that slows down or speeds up midway still ends the run on time. Past warmup, the cosine decay then
   runs on from where it is to the new end (gptlab.training.optim.lr_factor), and the moved end is recorded in
   the configuration (train.schedule_ends), so that the schedule stays a function of the iteration and the

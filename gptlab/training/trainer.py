@@ -360,23 +360,27 @@ class Trainer:
 
     def settle_at_evaluation(self) -> None:
         """After an evaluation: the count again from the pace since the last settlement (steps, evaluations and
-        checkpoints together), where the run would end more than stopping.TOLERANCE off its budget."""
+        checkpoints together), where the run would end more than stopping.TOLERANCE off its budget. The window
+        grows until then: a step's time varies by several percent on a shared machine, and a short window would
+        move the count back and forth."""
         start, start_it = self.pace_since
-        if self.it == start_it:  # (the end of warmup has just settled it)
-            return
         self._sync()
-        per_iter = (self.dist.max(self.timer.elapsed()) - start) / (self.it - start_it)
+        now = self.dist.max(self.timer.elapsed())
+        if self.it == start_it:  # the end of warmup has just settled it: measure from after this evaluation, so
+            self.pace_since = (now, self.it)  # that each window holds one evaluation per eval_interval steps
+            return
+        per_iter = (now - start) / (self.it - start_it)
         self._settle(per_iter, f"over the last {self.it - start_it} iterations")
 
     def _settle(self, per_iter: float, over: str, first: bool = False) -> None:
         """Move the count to what the pace per_iter gives (never inside warmup); past warmup, the decay runs on
         from where it is to the new end, which the configuration records."""
         cfg, elapsed = self.cfg, self.dist.max(self.timer.elapsed())
-        self.pace_since = (elapsed, self.it)
         old = cfg.max_iters
         iters = self.budget.settle(self.it, elapsed, per_iter, least=cfg.warmup_iters + 1, first=first)
         if iters is None:
-            return
+            return  # the pace goes on being measured over a longer window, and so with less noise
+        self.pace_since = (elapsed, self.it)
         if self.it > cfg.warmup_iters and iters != old:
             cfg.schedule_ends = add_end(cfg.schedule_ends, self.it, old)
         cfg.max_iters = iters
