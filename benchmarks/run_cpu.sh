@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU figure of benchmarks/README.md, written as JSON lines to benchmarks/results/DATE/cpu_*.json.
-# About 20 minutes on the 2-core project machine; run it on an otherwise idle machine.
+# About 25 minutes on the 2-core project machine; run it on an otherwise idle machine.
 #   bash benchmarks/run_cpu.sh [OUT_DIR] [NANOGPT_CHECKOUT]
 # With a nanoGPT checkout (default ../../shared/reference/nanogpt, when it exists) its CPU recipe is timed
 # between gptlab's runs, so that the ratios come from one sitting.
@@ -30,3 +30,4 @@ python time_to_quality.py --preset nanogpt-cpu --target 1.886 > "$out/cpu_ttq_na
 python time_to_quality.py --preset nanogpt-cpu --target 1.886 -- --dtype bfloat16 > "$out/cpu_ttq_nanogpt_bf16.json"
 python time_to_quality.py --preset cpu --target 1.886 --target 1.70 --target 1.60 > "$out/cpu_ttq_default.json"
 python cost_check.py --steps 30 > "$out/cpu_cost_check.json"
+python shared_machine.py --runs 2 > "$out/cpu_shared_machine.json"  # two default runs at once: 5 more minutes

@@ -193,7 +193,8 @@ def test_print_config_of_a_budgeted_run_shows_its_budget(tmp_path, capsys):
     assert run_cli(capsys, "train", "--corpus", corpus, "--out", out, *flags, "--max-time", "0.5s", "--quiet")[0] == 0
     code, stdout, _ = run_cli(capsys, "train", "--out", out, "--resume", "--print-config")
     shown = json.loads(stdout)
-    assert code == 0 and shown["budget"]["max_time"] == "0.5s" and shown["budget"]["iters"] == shown["train"]["max_iters"]
+    assert code == 0 and shown["budget"]["max_time"] == "0.5s"
+    assert shown["budget"]["iters"] == shown["train"]["max_iters"]
 
 
 def test_help_answers_without_loading_torch(tmp_path):

@@ -25,7 +25,7 @@ import torch
 from gptlab import rundir
 from gptlab.chat import lora
 from gptlab.chat.config import DEFAULTS, LORA_DEFAULTS, Finetune
-from gptlab.chat.data import load_conversations, origin_of
+from gptlab.chat.data import check_writable, load_conversations, origin_of
 from gptlab.chat.template import END, ChatTokenizer, render, with_chat_tokens
 from gptlab.data.tokenizer import load_tokenizer
 from gptlab.errors import GptlabError
@@ -139,11 +139,11 @@ def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Pa
                          "corpus": ft.data, "tokenizer": "chat"})
     model = {"family": family, **{k: v for k, v in asdict(config).items() if k != "vocab_size"}}
     check_values(cfg, model)
-    check_finetune(ft, family, config)
     run_dir = Path(out) if out is not None else Path("runs") / f"{Path(ft.base).name}-chat"
     if run_dir.resolve() == base.resolve() or run_dir.resolve() in base.resolve().parents:
         raise GptlabError(f"--out {run_dir} holds the base run; finetune into another folder")
     rundir.check_new(run_dir, overwrite)
+    check_finetune(ft, family, config, base)  # (the data last: reading and encoding it takes longest)
     stopping = stopping_note(cfg, values, "a finetune's default")
     return Plan(cfg, model, run_dir, cap=cfg.max_iters, sections={"finetune": asdict(ft)}, stopping=stopping), ft
 
@@ -152,16 +152,18 @@ def target_names(ft: Finetune) -> list[str]:
     return [name.strip() for name in ft.lora_targets.split(",") if name.strip()]
 
 
-def check_finetune(ft: Finetune, family: str, config) -> None:
-    """The LoRA settings (on the base model's shapes alone: torch's meta device) and every data line."""
+def check_finetune(ft: Finetune, family: str, config, base: Path) -> None:
+    """The LoRA settings (on the base model's shapes alone: torch's meta device) and every data line, in the
+    file's order: its shape, and text the base run's tokenizer (with the chat tokens) can write."""
     if ft.lora_rank < 0:
         raise GptlabError("--lora-rank must be 0 (off) or at least 1")
     if ft.lora_rank:
         with torch.device("meta"):  # the rank, alpha and targets, as add_lora will check them
             lora.add_lora(build_model(family, config), ft.lora_rank, ft.lora_alpha, target_names(ft))
-    load_conversations(ft.data, "train")  # a bad line is reported now, before anything is written
+    encode = with_chat_tokens(load_tokenizer(base / rundir.TOKENIZER)).encode
+    check_writable(load_conversations(ft.data, "train"), encode)  # reported now, before anything is written
     if ft.val_data:
-        load_conversations(ft.val_data, "test")
+        check_writable(load_conversations(ft.val_data, "test"), encode)
 
 
 class FinetuneTrainer(Trainer):

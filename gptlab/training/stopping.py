@@ -133,8 +133,7 @@ class Budget:
     def from_record(cls, record: dict) -> Budget:
         """A budget from config.json (runs of earlier versions lack the newer fields)."""
         known = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
-        known.setdefault("final", True)
-        return cls(**known)
+        return cls(**{"overhead_per_iter": 0.0, "measured_at_iter": 0, "final": True, **known})
 
 
 class StopFlag:

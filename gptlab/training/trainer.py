@@ -45,7 +45,7 @@ from gptlab.training.config import (
 )
 from gptlab.training.distributed import Distributed
 from gptlab.training.evaluate import evaluate
-from gptlab.training.memory import MemoryMeter
+from gptlab.training.memory import MemoryMeter, forecast
 from gptlab.training.metrics import MetricsLog, ProgressLine, Timer, plot_losses
 from gptlab.training.optim import build_optimizers, load_state, schedulers
 from gptlab.training.step import Stepper
@@ -447,28 +447,10 @@ class Trainer:
         return parts["total"]
 
     def memory_forecast(self) -> tuple[dict[str, float], dict[str, str]]:
-        """The steps' memory by part (gptlab.cost.memory: a GPT's formulas, or a rough forecast from the parameter
-        count for other families), and for each part the flags that make it smaller."""
-        from gptlab.cost.memory import rough_training_memory
-        from gptlab.cost.runs import precision_of, training_need
-        from gptlab.models import get_family
-
+        """The steps' memory by part, and the flags that make each part smaller (training.memory.forecast)."""
         family, values = split_section(self.plan.model)
         config = make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size})
-        cfg, dtype = self.cfg, str(self.dtype).removeprefix("torch.")
-        parts = training_need(self.plan.run_dir.name, config_to_dict(family, config), cfg.batch_size, cfg.optimizer,
-                              self.device.type, dtype)
-        if parts is None:
-            with torch.device("meta"):  # the parameters counted, none allocated
-                params = build_model(family, config).num_params(non_embedding=False)
-            width = getattr(config, get_family(family).width or "", 0)
-            parts = rough_training_memory(params, cfg.batch_size * (cfg.seq_len or 1), width,
-                                          getattr(config, "n_layer", 1), config.vocab_size, precision_of(dtype),
-                                          cfg.optimizer)
-        sizes = f"the model's size (--{(get_family(family).width or 'n_embd').replace('_', '-')}, --n-layer)"
-        per_token = "--batch-size (or the context)"
-        return parts, dict(weights=sizes, gradients=sizes, optimizer=sizes, weight_copies=sizes,
-                           activations=per_token, working=per_token)
+        return forecast(family, config, self.cfg, self.device.type, str(self.dtype).removeprefix("torch."))
 
     def begin(self) -> None:
         """Write the run folder's files (an overwritten run's are cleared only now) and open the log."""
