@@ -6,8 +6,9 @@ parallel region ends only when its slowest thread does, and a thread that shares
 arrives late every time (on 2 cores, a finetune beside a training run took 2,261 s instead of 241 s). So where
 the user names no thread count (--threads 0, and no OMP_NUM_THREADS), gptlab counts the cores it may use (its CPU
 affinity, and a cgroup's CPU quota where there is one), measures how much of them other processes used since the
-last look (Linux's /proc/stat, less this process's own CPU time), and takes the rest, at least one thread and at
-most torch's own default. A training run looks again as it goes (Threads.adjust) and follows the machine.
+last look (Linux's /proc/stat, or under a quota the cgroup's cpu.stat, less this process's own CPU time and its
+waited-for children's), and takes the rest, at least one thread and at most torch's own default. A training run
+looks again as it goes (Threads.adjust) and follows the machine.
 
     threads = Threads(requested=0)     # chooses, and sets torch's thread count
     threads.note                       # what was chosen and why, for the run's first lines
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -27,9 +29,19 @@ from pathlib import Path
 
 STAT = Path("/proc/stat")
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" in microseconds, or "max PERIOD"
+CPU_STAT = Path("/sys/fs/cgroup/cpu.stat")  # cgroup v2: "usage_usec N", the CPU time of the cgroup's processes
 TAKEN = 0.7  # a core counts as another process's when it keeps that much of it busy ...
 FREED = 0.4  # ... and as free again when it uses no more than this (between the two, nothing changes)
 MIN_WINDOW = 0.2  # seconds: a shorter look back is too coarse (the kernel counts CPU time in 10 ms ticks)
+
+
+def _quota() -> float | None:
+    """The cores' worth of CPU time a cgroup's quota allows this process (a container's --cpus), or None."""
+    try:
+        quota, period = CPU_MAX.read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 def usable_cores() -> int:
@@ -38,13 +50,8 @@ def usable_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    try:
-        quota, period = CPU_MAX.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
+    quota = _quota()
+    return cores if quota is None else min(cores, max(1, math.ceil(quota)))
 
 
 @cache
@@ -56,7 +63,15 @@ def default_threads() -> int:
 
 
 def _busy_seconds() -> float | None:
-    """CPU seconds the cores this process may use have been busy since boot (every process's), or None."""
+    """CPU seconds that the cores this process may use have been busy (every process's), or None. Under a cgroup
+    quota, the cgroup's own (cpu.stat): the other processes that count are those that share the quota, not the
+    host's other tenants."""
+    if _quota() is not None:
+        try:
+            usage = re.search(r"^usage_usec (\d+)", CPU_STAT.read_text(), re.MULTILINE)
+            return int(usage.group(1)) / 1e6 if usage else None
+        except OSError:
+            return None
     try:
         lines = STAT.read_text().splitlines()
         mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
@@ -126,7 +141,8 @@ class Threads:
         import torch
 
         self.auto = follow and requested == 0 and "OMP_NUM_THREADS" not in os.environ
-        self.cores, self.most = usable_cores(), default_threads()
+        self.cores = usable_cores()
+        self.most = min(default_threads(), self.cores)  # (torch counts the machine's cores, not a quota's)
         self.load = load or STARTUP
         self.others = self.load.others()
         self.count = self._fitting(self.most) if self.auto else requested or self.most

@@ -8,6 +8,10 @@ import pytest
 
 # Named corpora load from the checked-in mirror (<repo>/../shared/data) unless the caller chose another.
 os.environ.setdefault("GPTLAB_MIRROR", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+# A fixed thread count for every run of the suite (its children too): by default gptlab follows the machine's load
+# (gptlab.cores), and runs that must compute the same numbers need the same count. test_cores unsets it.
+os.environ.setdefault("OMP_NUM_THREADS", str(min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                 else os.cpu_count() or 1)))
 # Child processes (the CLI, torchrun's workers) import this checkout, whatever gptlab is installed.
 _ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)

@@ -375,6 +375,28 @@ def test_a_finetunes_defaults_and_time_budget(base, tmp_path):
         plan_finetune(Finetune(base=str(run_dir), data=str(data)), {"n_layer": 2}, tmp_path / "d")
 
 
+def test_loras_memory_forecast_counts_what_trains(base, tmp_path):
+    """With LoRA the frozen weights take no gradients or optimizer state: the forecast is below full finetuning's,
+    and it grows with the rank by the adapters' own part."""
+    from gptlab.chat.finetune import FinetuneTrainer
+
+    run_dir, data = base
+    forecasts = {}
+    for rank in (0, 2, 32):
+        plan, ft = plan_finetune(Finetune(base=str(run_dir), data=str(data), lora_rank=rank), dict(QUICK),
+                                 tmp_path / f"r{rank}")
+        dist = Distributed.from_env()
+        try:
+            forecasts[rank] = FinetuneTrainer(plan, ft, dist, quiet=True).memory_forecast()[0]
+        finally:
+            dist.close()
+    full, small, large = forecasts[0], forecasts[2], forecasts[32]
+    assert "adapters" not in full and 0 < small["adapters"] < large["adapters"]
+    assert small["gradients"] < full["gradients"] / 2 and small["optimizer"] < full["optimizer"] / 2
+    assert small["total"] < full["total"] and small["total"] < large["total"]
+    assert small["total"] == pytest.approx(sum(v for k, v in small.items() if k != "total"))
+
+
 def test_numbers_match_by_the_final_number_as_gsm8k_writes_it():
     reference = "She sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 1,018"
     assert final_number(reference) == "1018"

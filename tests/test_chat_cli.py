@@ -87,14 +87,14 @@ def test_plain_run_is_asked_in_the_plain_format(runs, capsys, monkeypatch):
 
 
 def test_a_message_longer_than_the_context_is_said_to_be_cut(runs, capsys, monkeypatch):
-    """A 32-token context with room for a 12-token reply reads the last 20 tokens of the prompt: the command says
-    so on stderr, and the reply still comes on stdout."""
+    """A 32-token context with room for a 12-token reply holds 20 tokens of prompt: a 63-token one is cut, the
+    command says so on stderr, and the reply still comes on stdout."""
     _, chat = runs
     code, out, err = chat_in_process(capsys, monkeypatch, "hi " * 20, chat, "--temperature", 0,
                                      "--max-new-tokens", 12)
     assert code == 0 and out.endswith("\n")
-    assert err == "(to fit the model's 32-token context: the prompt is 63 tokens, of which the model reads the last " \
-                  "20 (with room for the reply))\n"
+    assert err == "(to fit the model's 32-token context: the prompt is 63 tokens, more than the 20 that leave room " \
+                  "for the reply: the model reads at most its last 32, fewer as the reply grows)\n"
     code, out, err = chat_in_process(capsys, monkeypatch, "hi", chat, "--temperature", 0, "--max-new-tokens", 12)
     assert (code, out, err) == (0, HI + "\n", "")  # nothing cut: nothing said
 

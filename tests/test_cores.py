@@ -65,12 +65,27 @@ def test_a_run_follows_the_load_as_it_changes(four_cores):
     assert cores.Threads(4, load=Loads(0.0)).adjust() is None  # a count the user gave never moves
 
 
+def test_the_load_is_the_busy_time_less_this_process_and_its_children(monkeypatch):
+    """Between two looks: the cores' busy seconds, less this process's own CPU seconds (its waited-for children's
+    included), per second of wall time."""
+    wall, busy, own = iter([10.0, 12.0, 12.0]), iter([100.0, 104.5]), iter([50.0, 51.5])  # (a look, then two reads)
+    monkeypatch.setattr(cores.time, "monotonic", lambda: next(wall))
+    monkeypatch.setattr(cores, "_busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(cores, "_own_seconds", lambda: next(own))
+    assert cores.Load().others() == pytest.approx((4.5 - 1.5) / 2.0)
+
+
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="measures the load through Linux's /proc/stat")
-def test_the_load_is_other_processes_and_not_this_one_or_its_children():
-    """A busy process beside this one is about one core; this process's own work, and a child it waited for (the
-    process that draws loss.png, say), are none."""
+def test_a_busy_process_beside_this_one_is_about_one_core():
+    """Measured for real: a spinning process beside this one adds about one core to the load; this process's own
+    work, and a child it waited for (the process that draws loss.png, say), add none. Against the load measured
+    just before, so that the machine's own background does not count."""
     spin = "import time\nt = time.time()\nwhile time.time() - t < {}: pass"
     load = cores.Load()
+    time.sleep(0.5)
+    background = load.others()
+    if background > 0.5:
+        pytest.skip(f"other processes keep {background:.1f} cores busy: the measurement would be theirs too")
     busy = subprocess.Popen([sys.executable, "-c", spin.format(1.0)])
     try:
         time.sleep(0.2)
@@ -85,7 +100,25 @@ def test_the_load_is_other_processes_and_not_this_one_or_its_children():
         sum(range(1000))
     subprocess.run([sys.executable, "-c", spin.format(0.3)], check=True)  # a child it waits for
     mine = load.others()
-    assert 0.6 < beside < 1.5 and mine < 0.4, (beside, mine)
+    assert 0.6 < beside - background < 1.4 and mine - background < 0.4, (background, beside, mine)
+
+
+def test_a_quota_caps_the_threads_and_is_measured_by_its_cgroup(tmp_path, monkeypatch):
+    """In a container of 2 CPUs' quota on a machine of many cores, torch's default would be the machine's cores:
+    gptlab takes at most the quota, and the load that counts is the cgroup's (its cpu.stat), not the host's."""
+    (tmp_path / "cpu.max").write_text("200000 100000\n")
+    stat = tmp_path / "cpu.stat"
+    stat.write_text("usage_usec 5000000\nuser_usec 4000000\n")
+    monkeypatch.setattr(cores, "CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(cores, "CPU_STAT", stat)
+    monkeypatch.setattr(cores, "default_threads", lambda: 32)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert cores._busy_seconds() == 5.0
+        assert cores.Threads(load=Loads(0.0)).count == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="reads the CPU affinity (Linux)")

@@ -220,14 +220,15 @@ def test_bad_inputs_are_refused_in_one_line(kwargs, message):
 
 
 def test_the_rank_may_be_the_smaller_side_and_the_adapters_memory_is_counted():
-    """A rank up to the smaller side of every adapted matrix is taken; the memory they add is their weights,
-    gradients and AdamW's two values in fp32, and each adapter's bottleneck per token (and its gradient)."""
+    """A rank up to the smaller side of every adapted matrix is taken; the memory they add beside the gradients
+    and optimizer state of what trains is their fp32 weights, and each adapter's bottleneck per token (and its
+    gradient)."""
     model = tiny()
     add_lora(model, rank=16, alpha=4.0, targets=["attn", "mlp"])
     adapters = [m for m in model.modules() if isinstance(m, LoRALinear)]
     params = sum(m.lora_A.numel() + m.lora_B.numel() for m in adapters)
     assert len(adapters) == 8 and params == 2 * 16 * ((16 + 48) + (16 + 16) + (16 + 64) + (64 + 16))
-    assert adapter_memory(model, tokens=100, act_bytes=2) == 16 * params + 100 * 8 * 2 * 16 * 2
+    assert adapter_memory(model, tokens=100, act_bytes=2) == 4 * params + 100 * 8 * 2 * 16 * 2
 
 
 def test_adapters_are_added_once():

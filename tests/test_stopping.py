@@ -118,6 +118,16 @@ def test_max_iters_given_on_resume_is_not_settled_away(corpus, tmp_path):
     assert "settled_at_iter" not in run_config(tmp_path / "run")["budget"]
 
 
+def test_max_time_none_on_resume_keeps_the_count(corpus, tmp_path):
+    """--max-time none (as the command line gives it: a string) turns a budget off: the count stays where it is."""
+    values = tiny(corpus, max_time="1s", max_iters=10**6, eval_interval=5, log_interval=5, warmup_iters=40)
+    train(values, out=tmp_path / "run", quiet=True, stop_after=10)
+    count = run_config(tmp_path / "run")["train"]["max_iters"]
+    resumed = train({"max_time": "none"}, out=tmp_path / "run", resume=True, quiet=True)
+    budget = run_config(tmp_path / "run")["budget"]
+    assert resumed.iters == count and budget["fixed"] and "settled_at_iter" not in budget
+
+
 def test_a_budgeted_run_resumed_equals_its_replay(corpus, tmp_path):
     """The default preset's case: interrupted at iteration 30 and resumed, the run follows its iterations."""
     values = tiny(corpus, max_time="1s", max_iters=10**6, eval_interval=25, log_interval=5, warmup_iters=10)
@@ -187,16 +197,21 @@ def paced(monkeypatch):
     return clock
 
 
-def train_on(clock, values: dict, out, resume: bool = False, stop_after: int | None = None):
+def train_on(clock, values: dict, out, resume: bool = False, stop_after: int | None = None, quiet: bool = True):
     """gptlab.train with the run's time read from `clock`."""
     from gptlab.training.distributed import Distributed
     from gptlab.training.trainer import Trainer, plan_run
 
     dist = Distributed.from_env()
     try:
-        return Trainer(plan_run(values, out=out, resume=resume), dist, quiet=True, clock=clock).fit(stop_after)
+        return Trainer(plan_run(values, out=out, resume=resume), dist, quiet=quiet, clock=clock).fit(stop_after)
     finally:
         dist.close()
+
+
+def flags(values: dict) -> list[str]:
+    """Config values as the command line's flags."""
+    return [item for k, v in values.items() if v is not None for item in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def lrs(run_dir) -> dict[int, float]:
@@ -312,3 +327,59 @@ def test_a_count_given_alone_is_the_count():
     assert preset.cfg.max_time == "5m" and "time budget of 5m (preset cpu)" in preset.stopping
     with pytest.raises(GptlabError, match="--schedule-ends replays"):
         plan_run({"schedule_ends": "100:200"}, preset="cpu", check_folder=False)
+
+
+def test_the_printed_replay_runs_on_the_command_line(corpus, tmp_path, paced, capsys):
+    """Calibration's slow steps give a count shorter than the warmup (which is shortened); the evaluations then
+    settle it on the real pace, moving the end of the decay. The last line's replay flags, typed on the command
+    line with `--max-time none`, compute the same run."""
+    from helpers import run_cli
+
+    paced.pace = lambda c: 1.0 if c.steps <= 10 else 0.1
+    values = tiny(corpus, max_time="30s", max_iters=10**6, eval_interval=20, log_interval=5, warmup_iters=50,
+                  threads=1)
+    train_on(paced, values, tmp_path / "run", quiet=False)
+    err = capsys.readouterr().err
+    replayed = err.rsplit("(to replay: ", 1)[1].split(")", 1)[0].split()
+    assert "--warmup-iters" in replayed and "--schedule-ends" in replayed and "none" in replayed, replayed
+    given = {k: v for k, v in values.items() if k not in ("max_time", "max_iters", "warmup_iters")}
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "replay", *flags(given), *replayed)
+    assert code == 0 and "stopping: after" in err and "(--max-iters)" in err
+    assert run_config(tmp_path / "replay")["train"]["max_time"] is None
+    assert untimed(tmp_path / "run") == untimed(tmp_path / "replay")
+
+
+def test_a_budget_never_runs_past_max_iters(corpus, tmp_path, paced):
+    """--max-iters caps a budget's count, even where warmup is longer than the cap (a choice of the user's)."""
+    values = tiny(corpus, max_time="20s", max_iters=30, eval_interval=10, warmup_iters=40, threads=1)
+    result = train_on(paced, values, tmp_path / "run")
+    assert result.iters == 30 and run_config(tmp_path / "run")["budget"]["cap"] == 30
+
+
+def test_a_run_resumed_near_the_end_of_warmup_measures_its_own_pace_first(corpus, tmp_path, paced):
+    """Resumed 4 steps before the end of warmup, its first step slow (a fresh process allocates, or compiles):
+    the count is settled after 20 steps of its own, without the first steps' one-off time, and the run still
+    ends on time instead of after the few iterations that one slow step would give."""
+    values = tiny(corpus, max_time="30s", max_iters=10**6, eval_interval=250, log_interval=5, warmup_iters=40,
+                  threads=1)
+    assert train_on(paced, values, tmp_path / "run", stop_after=36).stopped_by == "interrupt"
+    resumed_at = paced.steps
+    paced.pace = lambda c: 10.0 if c.steps == resumed_at + 1 else 0.1
+    result = train_on(paced, {}, tmp_path / "run", resume=True)
+    budget = run_config(tmp_path / "run")["budget"]
+    assert budget["settled_at_iter"] == 56 and result.iters > 100
+    assert result.stopped_by == "max_time" and abs(result.elapsed - 30) <= 0.05 * 30, result.elapsed
+
+
+def test_budget_records_of_earlier_versions_resume():
+    """A record without the newer fields: its seconds from max_time, its cap from the count, an unsettled count
+    settled at the end of warmup; a record without its count is one clear error."""
+    from gptlab.training.stopping import Budget
+
+    old = Budget.from_record({"max_time": "5m", "iters": 900, "seconds_per_iter": 0.3, "final": False}, 50, 10**5)
+    assert (old.seconds, old.cap, old.settle_at, old.final) == (300.0, 10**5, 50, False)
+    settled = Budget.from_record({"max_time": "5m", "seconds": 300, "iters": 900, "seconds_per_iter": 0.3,
+                                  "cap": 10**5, "final": True}, 50, 900)
+    assert settled.final and settled.record()["final"] is True
+    with pytest.raises(GptlabError, match="time budget record is incomplete"):
+        Budget.from_record({"max_time": "5m"}, 50, 900)

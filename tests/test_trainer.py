@@ -245,6 +245,34 @@ def test_a_run_stopped_before_its_first_checkpoint_is_reported_alike_everywhere(
     assert run_cli(capsys, "train", "--corpus", corpus, "--out", out, *TINY_FLAGS, "--overwrite", "--quiet")[0] == 0
 
 
+def test_a_run_shares_the_cores_and_follows_the_load(corpus, tmp_path, monkeypatch, capsys):
+    """Without --threads (or OMP_NUM_THREADS), a run computes with the cores other processes leave free, says so
+    in its first lines, and follows the load at its log lines: here another process keeps one of two cores busy
+    at the start, and then leaves."""
+    from gptlab import cores
+
+    class Loads:
+        def __init__(self, *values):
+            self.values = list(values)
+
+        def others(self):
+            return self.values.pop(0) if len(self.values) > 1 else self.values[0]
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 2)
+    monkeypatch.setattr(cores, "default_threads", lambda: 2)
+    monkeypatch.setattr(cores, "STARTUP", Loads(1.0, 1.0, 0.0))
+    before = torch.get_num_threads()
+    try:
+        train(tiny(corpus, max_iters=6, log_interval=2), out=tmp_path / "run")
+        during = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert "warning: other processes keep 1.0 of the 2 cores busy: computing with 1 of 2 threads" in err
+    assert "threads: now 2, as 0.0 of the 2 cores are busy with other processes" in err and during == 2
+
+
 def test_huge_lr_gives_a_clean_error(corpus, tmp_path):
     with pytest.raises(GptlabError, match="training loss is nan.*No checkpoint was written yet.*--lr"):
         train(tiny(corpus, lr=1e6, grad_clip=0.0, warmup_iters=0), out=tmp_path / "run", quiet=True)

@@ -31,7 +31,7 @@ from gptlab.data.tokenizer import load_tokenizer
 from gptlab.errors import GptlabError
 from gptlab.models import build_model, config_from_dict, make_config, split_section
 from gptlab.training.batches import RandomRows
-from gptlab.training.config import UNBOUNDED_ITERS, TrainConfig, check_values, train_fields
+from gptlab.training.config import UNBOUNDED_ITERS, TrainConfig, check_values, parse_duration, train_fields
 from gptlab.training.distributed import Distributed
 from gptlab.training.trainer import Plan, Trainer, TrainResult, stopping_note
 
@@ -137,6 +137,7 @@ def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Pa
 
     cfg = TrainConfig(**{**defaults, "seq_len": base_train.get("seq_len"), **values,
                          "corpus": ft.data, "tokenizer": "chat"})
+    cfg.max_time = cfg.max_time if parse_duration(cfg.max_time) else None  # ("none" is no budget)
     model = {"family": family, **{k: v for k, v in asdict(config).items() if k != "vocab_size"}}
     check_values(cfg, model)
     run_dir = Path(out) if out is not None else Path("runs") / f"{Path(ft.base).name}-chat"
@@ -220,17 +221,23 @@ class FinetuneTrainer(Trainer):
         return model.config, model.to(self.device), self._window()
 
     def memory_forecast(self) -> tuple[dict[str, float], dict[str, str]]:
-        """The engine's forecast for the whole model (an upper bound where LoRA freezes it), plus the adapters."""
+        """The engine's forecast, with LoRA: gradients and optimizer state only for what trains (the adapters and
+        the layers sized by the vocabulary), and the adapters' own weights and activations added."""
         parts, flags = super().memory_forecast()
-        if self.ft.lora_rank:
-            family, values = split_section(self.plan.model)
-            with torch.device("meta"):  # counted, not allocated
-                model = build_model(family, make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size}))
-                lora.add_lora(model, self.ft.lora_rank, self.ft.lora_alpha, target_names(self.ft))
-            per_value = 4 if self.dtype == torch.float32 else 2
-            parts["adapters"] = lora.adapter_memory(model, self.cfg.batch_size * self._window(), per_value)
-            parts["total"] += parts["adapters"]
-            flags["adapters"] = "--lora-rank"
+        if not self.ft.lora_rank:
+            return parts, flags
+        family, values = split_section(self.plan.model)
+        with torch.device("meta"):  # counted, not allocated
+            model = build_model(family, make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size}))
+            total = sum(p.numel() for p in model.parameters())
+            lora.add_lora(model, self.ft.lora_rank, self.ft.lora_alpha, target_names(self.ft))
+        trains = sum(p.numel() for p in model.parameters() if p.requires_grad) / total  # adapters included
+        per_value = 4 if self.dtype == torch.float32 else 2
+        parts["gradients"] *= trains
+        parts["optimizer"] *= trains
+        parts["adapters"] = lora.adapter_memory(model, self.cfg.batch_size * self._window(), per_value)
+        parts["total"] = sum(v for k, v in parts.items() if k != "total")
+        flags["adapters"] = "--lora-rank"
         return parts, flags
 
     def _sources(self):

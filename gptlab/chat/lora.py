@@ -124,12 +124,12 @@ def vocab_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def adapter_memory(model: nn.Module, tokens: int, act_bytes: int) -> float:
-    """Bytes that a model's adapters add to a training step of `tokens` tokens: their weights, gradients and
-    AdamW's two values (fp32), and per token each adapter's bottleneck A x (rank values, in the matmuls' format of
-    act_bytes per value) and its gradient."""
+    """Bytes that a model's adapters add to a training step of `tokens` tokens beside the gradients and optimizer
+    state of everything that trains (counted with the model's): their fp32 weights, and per token each adapter's
+    bottleneck A x (rank values, in the matmuls' format of act_bytes per value) and its gradient."""
     layers = _wrapped(model).values()
     params = sum(layer.lora_A.numel() + layer.lora_B.numel() for layer in layers)
-    return 16 * params + tokens * sum(2 * layer.rank * act_bytes for layer in layers)
+    return 4 * params + tokens * sum(2 * layer.rank * act_bytes for layer in layers)
 
 
 # --- adding and merging -------------------------------------------------------------------------------------------

@@ -72,11 +72,16 @@ def fit_and_say(messages: list[dict], fmt, context: int | None, room: int) -> tu
     dropped = (len(messages) - len(kept)) // 2
     if dropped:
         cut.append(f"the {dropped} oldest exchange{'s' if dropped > 1 else ''} left out")
-    limit = None if context is None else context - min(room, context // 2)
+    limit = prompt_limit(context, room)
     if limit is not None and len(ids) > limit:
-        cut.append(f"the prompt is {len(ids)} tokens, of which the model reads the last {limit} (with room for "
-                   f"the reply)")
+        cut.append(f"the prompt is {len(ids)} tokens, more than the {limit} that leave room for the reply: the "
+                   f"model reads at most its last {min(len(ids), context)}, fewer as the reply grows")
     return ids, (f"to fit the model's {context}-token context: " + "; ".join(cut)) if cut else None
+
+
+def prompt_limit(context: int | None, room: int) -> int | None:
+    """The most prompt tokens that leave room for a reply of `room` tokens (at most half the context) inside it."""
+    return None if context is None else context - min(room, context // 2)
 
 
 def trim(messages: list[dict], fmt, context: int | None, room: int) -> list[dict]:
@@ -84,7 +89,7 @@ def trim(messages: list[dict], fmt, context: int | None, room: int) -> list[dict
     together) until room for the reply is left inside the context (at most half of it). A last turn that is
     still too long stays whole: generation keeps the newest tokens of a prompt longer than the context."""
     messages = list(messages)
-    limit = None if context is None else context - min(room, context // 2)
+    limit = prompt_limit(context, room)
     first = 1 if messages and messages[0]["role"] == "system" else 0
     while limit is not None and len(messages) - first > 1 and len(fmt.prompt(messages)) > limit:
         del messages[first:first + 2]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 from gptlab.errors import GptlabError, is_main_process
+from gptlab.training.config import MAXIMUMS
 
 HELP = ("CPU threads for torch (default: 0, the cores that other processes leave free; a run adjusts as they "
         "come and go)")
-MOST = 4096
 
 
 def add_flag(parser) -> None:
@@ -19,8 +19,8 @@ def use(requested: int):
     """Set torch's thread count for this command (gptlab.cores.Threads); a shared machine is said on stderr."""
     from gptlab.cores import Threads
 
-    if not 0 <= requested <= MOST:
-        raise GptlabError(f"--threads must be 0 (choose) or from 1 to {MOST}, not {requested}")
+    if not 0 <= requested <= MAXIMUMS["threads"]:
+        raise GptlabError(f"--threads must be 0 (choose) or from 1 to {MAXIMUMS['threads']}, not {requested}")
     threads = Threads(requested)
     if threads.note.startswith("warning") and is_main_process():
         print(f"gptlab: {threads.note}", file=sys.stderr)

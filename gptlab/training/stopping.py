@@ -9,7 +9,8 @@ A time budget (--max-time 5m) becomes an iteration count, which the run settles 
 - At the end of warmup (where it lasts at least REFINE_STEPS steps), whatever the first count was, the count is
   settled again from the pace of the run's own steps: up to there the learning-rate schedule does not depend on it.
   Where warmup is shorter and no evaluation comes before the first count would end the run, the count is settled
-  after REFINE_STEPS steps instead.
+  after REFINE_STEPS steps instead (a shorter count: at its last step but one). A resumed run measures at least
+  REFINE_STEPS steps of its own first, leaving out the one-off time of its first WARM_STEPS steps.
 - At every evaluation, the count is settled again from the pace since the last settlement (steps, evaluations
   and checkpoints together), where the run would otherwise end more than TOLERANCE of the budget early or late
   (until then the window grows, and its pace is less noisy):
@@ -33,6 +34,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
+
+from gptlab.errors import GptlabError
+from gptlab.training.config import parse_duration
 
 WARM_STEPS = 4  # untimed: the first steps allocate memory (and compile, with --compile), and run slower
 TIMED_STEPS = 6
@@ -94,46 +98,78 @@ class Budget:
     cap: int  # the most iterations it may give (--max-iters)
     iters: int  # the count in force
     seconds_per_iter: float  # the pace behind it
-    overhead_per_iter: float  # calibration's share of an evaluation and a checkpoint per iteration
-    measured_at_iter: int
-    final: bool  # True once the run's own pace has settled the count (or where calibration's count stands)
-    fixed: bool = False  # the user gave --max-iters on resuming: their count stays
+    overhead_per_iter: float = 0.0  # calibration's share of an evaluation and a checkpoint per iteration
+    measured_at_iter: int = 0
+    settle_at: int | None = None  # where the run's own pace first settles the count (None: done, or not due)
+    fixed: bool = False  # the user gave --max-iters (or --max-time none) on resuming: the count stays
     settled_at_iter: int | None = None  # where the run's own pace first settled it
+    warmup_from: int | None = None  # the warmup that a budget shorter than it shortened
     settlements: list[dict] = field(default_factory=list)  # {"iter", "iters", "seconds_per_iter"}, in order
+
+    @property
+    def final(self) -> bool:
+        """Whether the count no longer waits for its first settlement on the run's own pace."""
+        return self.settle_at is None
 
     @classmethod
     def first(cls, max_time: str, seconds: float, cap: int, cost: Cost, elapsed: float, it: int) -> Budget:
         """The count from calibration's measured cost of an iteration."""
         iters = iteration_budget(seconds, elapsed, it, cost.per_iter, cap)
-        return cls(max_time, seconds, cap, iters, round(cost.per_iter, 6), round(cost.overhead, 6), it, final=True)
+        return cls(max_time, seconds, cap, iters, round(cost.per_iter, 6), round(cost.overhead, 6), it)
 
-    def settles_at(self, warmup: int) -> int:
-        """Where the run's own pace first settles calibration's count: at the end of warmup, where warmup leaves
-        REFINE_STEPS steps to measure and ends before the count; else after REFINE_STEPS steps."""
+    def fit_warmup(self, warmup: int) -> int:
+        """The warmup the run keeps: where the first count would end a new run inside it, the budget is shorter
+        than the warmup would take, and the warmup becomes a quarter of the count (a count that --max-iters cut
+        short is the user's own choice, and keeps it)."""
+        if self.measured_at_iter > 0 or not self.iters <= warmup < self.cap:
+            return warmup
+        self.warmup_from = warmup
+        return self.iters // SHORT_WARMUP
+
+    def plan(self, warmup: int, eval_interval: int) -> None:
+        """Where the run's own pace first settles the count: at the end of warmup, where warmup leaves
+        REFINE_STEPS steps to measure and ends before the count; else, where no evaluation comes before the count
+        would end the run, after REFINE_STEPS steps (or the step before the last, for a shorter count); else the
+        evaluations settle it."""
         start = self.measured_at_iter + REFINE_STEPS
-        return warmup if start <= warmup < self.iters else start
+        first_evaluation = (self.measured_at_iter // eval_interval + 1) * eval_interval
+        early = min(start, self.iters - 1)
+        if start <= warmup < self.iters:
+            self.settle_at = warmup
+        elif self.measured_at_iter < early and self.iters <= first_evaluation:
+            self.settle_at = early
+        else:
+            self.settle_at = None
 
     def settle(self, it: int, elapsed: float, per_iter: float, least: int = 0, first: bool = False) -> int | None:
-        """The new count from the pace per_iter at iteration it (elapsed seconds), at least `least`; None where an
-        evaluation's count would stay within TOLERANCE of the budget (the first settlement on the run's own pace,
-        `first`, moves it regardless)."""
-        iters = max(least, iteration_budget(self.seconds, elapsed, it, per_iter, self.cap))
+        """The new count from the pace per_iter at iteration it (elapsed seconds), at least `least` and at most
+        the cap; None where an evaluation's count would stay within TOLERANCE of the budget (the first settlement
+        on the run's own pace, `first`, moves it regardless)."""
+        iters = min(self.cap, max(least, iteration_budget(self.seconds, elapsed, it, per_iter, self.cap)))
         if not first and abs(iters - self.iters) * per_iter <= TOLERANCE * self.seconds:
             return None
         self.iters, self.seconds_per_iter = iters, round(per_iter, 6)
         if first:
-            self.final, self.settled_at_iter = True, it
+            self.settle_at, self.settled_at_iter = None, it
         self.settlements.append(dict(iter=it, iters=iters, seconds_per_iter=round(per_iter, 6)))
         return iters
 
     def record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {**{k: v for k, v in asdict(self).items() if v is not None}, "final": self.final}
 
     @classmethod
-    def from_record(cls, record: dict) -> Budget:
-        """A budget from config.json (runs of earlier versions lack the newer fields)."""
+    def from_record(cls, record: dict, warmup: int, max_iters: int) -> Budget:
+        """A budget from config.json. Records of earlier versions may lack the newer fields: the seconds (from
+        max_time), the cap (the count), and where an unsettled count settles (at the end of warmup)."""
         known = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
-        return cls(**{"overhead_per_iter": 0.0, "measured_at_iter": 0, "final": True, **known})
+        known.setdefault("seconds", parse_duration(record.get("max_time")))
+        known.setdefault("cap", max_iters)
+        if "settle_at" not in record and record.get("final") is False:
+            known["settle_at"] = warmup
+        try:
+            return cls(**known)
+        except TypeError:
+            raise GptlabError("the run's time budget record is incomplete; resume it with --max-iters N") from None
 
 
 class StopFlag:

@@ -49,7 +49,7 @@ from gptlab.training.memory import MemoryMeter, forecast
 from gptlab.training.metrics import MetricsLog, ProgressLine, Timer, plot_losses
 from gptlab.training.optim import build_optimizers, load_state, schedulers
 from gptlab.training.step import Stepper
-from gptlab.training.stopping import SHORT_WARMUP, Budget, Cost, StopFlag, measure
+from gptlab.training.stopping import REFINE_STEPS, WARM_STEPS, Budget, Cost, StopFlag, measure
 
 STATE_FORMAT = 2  # trainer.pt: torch optimizers, the random-number state of every process
 
@@ -94,6 +94,7 @@ def plan_run(values: dict | None = None, *, preset: str | None = None, out: str 
     cfg, model = resolve(preset, overrides, device_type)
     if "max_iters" in overrides and "max_time" not in overrides:
         cfg.max_time = None  # a count the user gave is the count: a preset's budget does not cut it short
+    cfg.max_time = cfg.max_time if parse_duration(cfg.max_time) else None  # ("none" is no budget)
     check_overrides(cfg, model, overrides)
     run_dir = Path(out) if out is not None else rundir.default_run_dir(cfg)
     if check_folder:
@@ -129,12 +130,13 @@ def _plan_resume(overrides: dict, preset: str | None, out) -> Plan:
     cfg, model = split_values(resume_values(values, overrides))
     check_values(cfg, model)
     record = saved.get("budget") if isinstance(saved.get("budget"), dict) else None
-    budget = Budget.from_record(record) if record else None
-    if budget and "max_time" in overrides and parse_duration(overrides["max_time"]) == budget.seconds:
-        cfg.max_time = None  # the same budget again: its iterations are already in max_iters
+    budget = Budget.from_record(record, cfg.warmup_iters, cfg.max_iters) if record else None
+    seconds = parse_duration(cfg.max_time)
+    if seconds is None or (budget and seconds == budget.seconds):
+        cfg.max_time = None  # no budget ("none"), or the same one again: its iterations are already in max_iters
     cap = cfg.max_iters if "max_iters" in overrides or not budget else budget.cap
-    if budget and "max_iters" in overrides:
-        budget.final = budget.fixed = True  # the count is the user's now: no settling
+    if budget and ("max_iters" in overrides or "max_time" in overrides and seconds is None):
+        budget.settle_at, budget.fixed = None, True  # the count is the user's now: no settling
     sections = {k: v for k, v in saved.items() if k not in ("train", "model", "budget")}
     stopping = (f"stopping: after {cfg.max_iters:,} iterations" if cfg.max_time is None else
                 f"stopping: when the new time budget of {cfg.max_time} is spent")
@@ -330,28 +332,25 @@ class Trainer:
         cost = Cost(self.dist.max(cost.step), self.dist.max(cost.overhead))  # every process: the same count
         elapsed = self.dist.max(self.timer.elapsed())
         budget = Budget.first(self.cfg.max_time, max_time, self.plan.cap, cost, elapsed, self.it)
-        cfg, shortened = self.cfg, ""
-        if self.it == 0 and budget.iters <= cfg.warmup_iters < self.plan.cap:  # shorter than the warmup would take
-            shortened = f"; shorter than the warmup's {cfg.warmup_iters}, which is now {budget.iters // SHORT_WARMUP}"
-            cfg.warmup_iters = budget.iters // SHORT_WARMUP
-        at = budget.settles_at(cfg.warmup_iters)
-        first_evaluation = (self.it // cfg.eval_interval + 1) * cfg.eval_interval
-        in_time = at == cfg.warmup_iters or first_evaluation >= budget.iters  # else the evaluations settle it
-        budget.final = not (in_time and self.it < at < budget.iters)
+        cfg = self.cfg
+        cfg.warmup_iters = budget.fit_warmup(cfg.warmup_iters)
+        budget.plan(cfg.warmup_iters, cfg.eval_interval)
         cfg.max_iters, cfg.max_time, cfg.schedule_ends = budget.iters, None, None  # the run follows iterations
         self.budget = budget
         self.model.load_state_dict(snapshot.pop("model"))
         self.restore(snapshot)  # the schedulers are rebuilt for the new max_iters
         self.timer = Timer(elapsed, self.clock)
-        later = "" if budget.final else f", to be settled at iteration {budget.settles_at(cfg.warmup_iters)}"
-        self.progress.message(f"time budget {budget.max_time}: {cost.per_iter:.4f} s per iteration, so "
-                              f"{'about ' if not budget.final else ''}{budget.iters} iterations{later}{shortened}; "
-                              f"settled again at each evaluation")
+        shortened = "" if budget.warmup_from is None else \
+            f"; shorter than the warmup's {budget.warmup_from}, which is now {cfg.warmup_iters}"
+        later = f"about {budget.iters} iterations, to be settled at iteration {budget.settle_at}" if \
+            budget.settle_at else f"{budget.iters} iterations (to replay: {self.replay_flags()})"
+        self.progress.message(f"time budget {budget.max_time}: {cost.per_iter:.4f} s per iteration, so {later}"
+                              f"{shortened}; settled again at each evaluation")
 
     def settle_on_own_pace(self, since: tuple[float, int, float]) -> None:
         """Set calibration's count again from the pace of the run's own steps since `since` (elapsed, iteration,
         seconds spent evaluating then), and calibration's share of evaluations: at the end of warmup, where the
-        schedule does not yet depend on the count (stopping.Budget.settles_at)."""
+        schedule does not yet depend on the count (stopping.Budget.plan)."""
         start, start_it, eval_start = since
         self._sync()
         step = (self.timer.elapsed() - start - (self.eval_seconds - eval_start)) / (self.it - start_it)
@@ -387,23 +386,40 @@ class Trainer:
         self.step.schedulers = schedulers(self.optimizers, cfg, self.it)  # the next step's rate, on the new end
         if self.dist.is_main:
             rundir.write_run_files(self.plan.run_dir, self.config(), self.tokenizer)
-        ends = f" --schedule-ends {cfg.schedule_ends}" if cfg.schedule_ends else ""
         self.progress.message(f"time budget {self.budget.max_time}: {per_iter:.4f} s per iteration {over}, so "
-                              f"{iters} iterations (to replay: --max-iters {iters} --max-time none{ends})")
+                              f"{iters} iterations (to replay: {self.replay_flags()})")
+
+    def replay_flags(self) -> str:
+        """The flags that replay the run without its budget: the count, and what the budget changed of the
+        schedule (a shortened warmup, the moved ends of the decay)."""
+        cfg = self.cfg
+        warmup = "" if self.budget.warmup_from is None else f" --warmup-iters {cfg.warmup_iters}"
+        ends = f" --schedule-ends {cfg.schedule_ends}" if cfg.schedule_ends else ""
+        return f"--max-iters {cfg.max_iters} --max-time none{warmup}{ends}"
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # the queued steps count in the time too
 
     def _settles_at(self) -> int | None:
-        """The iteration at which the run's own pace first settles the count (None: it does not, or did)."""
-        if not self.budget or self.budget.final or self.budget.fixed:
+        """The iteration at which the run's own pace first settles the count (None: it does not, or did). A
+        resumed run measures at least REFINE_STEPS steps of its own first."""
+        budget = self.budget
+        if not budget or budget.final or budget.fixed:
             return None
-        at = self.budget.settles_at(self.cfg.warmup_iters)
-        if self.it < at < self.cfg.max_iters:
+        at = budget.settle_at if self.it == budget.measured_at_iter else max(budget.settle_at, self.it + REFINE_STEPS)
+        if at < self.cfg.max_iters:
             return at
-        self.budget.final = True  # (a run resumed past that point keeps its count)
+        budget.settle_at = None  # (too close to its end to measure: the count stays)
         return None
+
+    def _discount_warm_steps(self, started: float, since: tuple) -> tuple:
+        """A resumed process's first WARM_STEPS steps allocate memory (and compile, with --compile): the time they
+        take beyond the run's pace is a one-off, left out of the pace that settles the count (the budget still
+        pays for it). Returns the own-pace window `since`, moved alike."""
+        excess = max(0.0, self.dist.max(self.timer.elapsed()) - started - WARM_STEPS * self.budget.seconds_per_iter)
+        self.pace_since = (self.pace_since[0] + excess, self.pace_since[1])
+        return (since[0] + excess, *since[1:])
 
     def _scratch_checkpoint(self) -> None:
         """A checkpoint written to a temporary folder and removed: what saving costs, for the time budget."""
@@ -439,7 +455,8 @@ class Trainer:
         parts, flags = self.memory_forecast()
         free = self.meter.available()
         sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.device.type == "cpu" else 1
-        if free and self.dist.any(parts["total"] * sharing > free) and not self.plan.force:
+        too_much = bool(free) and parts["total"] * sharing > free
+        if self.dist.any(too_much) and not self.plan.force:  # (every process decides alike)
             largest = max((k for k in parts if k != "total" and k in flags), key=lambda k: parts[k])
             raise GptlabError(f"the steps would take about {size(parts['total'] * sharing)} for tensors (gptlab "
                               f"cost's forecast, {largest.replace('_', ' ')} the most), more than the {size(free)} "
@@ -473,13 +490,18 @@ class Trainer:
         cfg = self.cfg
         self.last_log = (self.timer.elapsed(), self.it)
         settle_at, since = self._settles_at(), (self.timer.elapsed(), self.it, self.eval_seconds)
-        if self.pace_since is None:  # (a resumed run goes on measuring from where its checkpoint had come to)
+        warm_until = None  # a resumed run goes on measuring its pace from where its checkpoint had come to
+        if self.pace_since is None:
             self.pace_since = (self.dist.max(since[0]), self.it)
+        elif self.budget and not self.budget.fixed:
+            warm_until, started = self.it + WARM_STEPS, self.dist.max(since[0])
         self.meter.reset()  # the peak memory logged is the steps' (evaluations and checkpoints reset it)
         while self.it < cfg.max_iters:
             self.last_loss = self.step(self.batches)
             self.it += 1
             self.tokens += self.tokens_per_iter
+            if self.it == warm_until:
+                since = self._discount_warm_steps(started, since)
             if self.it == settle_at:
                 self.settle_on_own_pace(since)
             if self.it % cfg.log_interval == 0 or self.it == cfg.max_iters:
