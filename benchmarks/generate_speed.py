@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from gptlab.generate import generate
+from gptlab.inference import generate
 from gptlab.models import build_model, make_config
 from gptlab.training.config import resolve
 

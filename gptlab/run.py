@@ -12,7 +12,7 @@ from gptlab import rundir
 from gptlab.data.tokenizer import Tokenizer, load_tokenizer
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
-from gptlab.generate import StreamDecoder, generate
+from gptlab.inference import Engine, Request, Sampling
 from gptlab.models import build_model, config_from_dict
 
 
@@ -27,15 +27,15 @@ class Run:
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                use_cache: bool = True) -> Iterator[str]:
         """Yield pieces of generated text as they are sampled (the prompt itself is not repeated)."""
-        ids = self.prompt_ids(prompt)
-        decoder = StreamDecoder(self.tokenizer, context=ids)  # text after the prompt's, as decode(all ids) has it
-        for token in generate(self.model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
-            piece = decoder.push(int(token[0]))
-            if piece:
-                yield piece
-        tail = decoder.flush()
-        if tail:
-            yield tail
+        engine = self.engine(slots=1, use_cache=use_cache)
+        engine.add(Request(self.prompt_ids(prompt), max_new_tokens, Sampling(temperature, top_k, top_p, seed)))
+        for event in engine.run():
+            if event.text:
+                yield event.text
+
+    def engine(self, slots: int = 8, use_cache: bool = True) -> Engine:
+        """An inference engine on this run's model and tokenizer (gptlab.inference), for several sequences at once."""
+        return Engine(self.model, self.tokenizer, slots=slots, use_cache=use_cache)
 
     def generate(self, prompt: str = "", **kwargs) -> str:
         """The generated continuation of `prompt` as one string (see stream for the options)."""

@@ -12,7 +12,7 @@ import torch
 from helpers import tiny, tiny_model, write_corpus
 
 from gptlab.device import autocast
-from gptlab.generate import generate
+from gptlab.inference import generate
 from gptlab.run import load_run
 from gptlab.training.trainer import train
 

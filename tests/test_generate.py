@@ -11,7 +11,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from gptlab.cli import build_parser
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer
 from gptlab.errors import GptlabError
-from gptlab.generate import StreamDecoder, check_sampling, filter_logits, generate, sample_next
+from gptlab.inference import StreamDecoder, check_sampling, filter_logits, generate, sample_next
 from gptlab.run import Run
 
 BLOCK = 16

@@ -13,7 +13,7 @@ from helpers import tiny_model, write_corpus
 from gptlab import models
 from gptlab.cli import main
 from gptlab.errors import GptlabError
-from gptlab.models.base import Capture, LanguageModel, capture, lm_loss, split_params
+from gptlab.models.base import Capture, LanguageModel, NoState, capture, lm_loss, split_params
 from gptlab.models.configs import setting
 from gptlab.run import load_run
 from gptlab.training.trainer import train
@@ -43,9 +43,9 @@ class Bigram(LanguageModel):
         return logits, lm_loss(logits, targets, loss_mask) if targets is not None else None
 
     def new_state(self, batch_size):
-        return {}
+        return NoState()  # it carries nothing from one token to the next
 
-    def step(self, idx, state):
+    def step(self, idx, state, rows=None):
         return self.table(idx[:, -1]) * self.config.scale
 
 

@@ -9,7 +9,7 @@ from helpers import latest_name, losses, untimed, write_corpus
 
 from gptlab.cli import main
 from gptlab.errors import GptlabError
-from gptlab.generate import generate
+from gptlab.inference import generate
 from gptlab.models.configs import RecurrentConfig
 from gptlab.models.recurrent import GRU, LSTM, RNN, unroll
 from gptlab.run import load_run

@@ -18,12 +18,10 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
-import torch
-import torch.nn.functional as F
-
 from gptlab.chat.data import check_writable
-from gptlab.chat.reply import format_for, reply, trim
+from gptlab.chat.reply import format_for, replies, trim
 from gptlab.errors import GptlabError
+from gptlab.inference import score
 
 
 @dataclass
@@ -81,18 +79,6 @@ def with_shots(prompt: list[dict], pool: list[list[dict]], shots: int, rng: rand
     return system + examples + prompt[len(system):]
 
 
-@torch.no_grad()
-def answer_loss(model, prompt_ids: list[int], answer_ids: list[int]) -> tuple[float, int]:
-    """Summed cross-entropy (nats) of the answer's tokens after the prompt, in the model's window, and how many."""
-    ids = prompt_ids + answer_ids
-    if model.max_context:
-        ids = ids[-(model.max_context + 1):]
-    idx = torch.tensor([ids], device=next(model.parameters()).device)
-    logits, _ = model(idx[:, :-1])
-    n = min(len(answer_ids), idx.size(1) - 1)
-    return F.cross_entropy(logits[0, -n:].float(), idx[0, -n:], reduction="sum").item(), n
-
-
 def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]] | None = None, shots: int = 0,
                  max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, show=None,
                  match: str = "exact") -> Score:
@@ -101,7 +87,7 @@ def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]]
         raise GptlabError(f"--few-shot {shots} needs a pool of at least {shots} solved examples")
     check_writable(tests + (pool if shots else []), run.tokenizer.encode)  # before any scoring, by file and line
     fmt, rng, started = format_for(run.tokenizer), random.Random(seed), time.perf_counter()
-    right, loss, tokens, kept = 0, 0.0, 0, 0
+    prompts, answers, kept = [], [], 0
     for i, conversation in enumerate(tests):
         prompt, reference = split_last(conversation)
         if not any(m["role"] == "user" for m in prompt):
@@ -111,14 +97,18 @@ def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]]
         full = with_shots(prompt, pool or [], shots, rng)
         messages = trim(full, fmt, run.model.max_context, len(expected))
         kept += max(0, shots - (len(full) - len(messages)) // 2)  # the oldest turns go first: the examples
-        ids = fmt.prompt(messages)
-        answer = reply(run.model, fmt, ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                       seed=seed + i).strip()
-        ok = matches(answer, reference, match)
+        prompts.append(fmt.prompt(messages))
+        answers.append(expected)
+    # Every prompt's reply generated together (prompt i seeded seed + i), then the references' losses scored together.
+    said = replies(run.model, fmt, prompts, max_new_tokens, temperature, seed)
+    losses = score(run.model, list(zip(prompts, answers)))
+    right = 0
+    for conversation, answer in zip(tests, said):
+        prompt, reference = split_last(conversation)
+        ok = matches(answer.strip(), reference, match)
         right += ok
-        nats, n = answer_loss(run.model, ids, expected)
-        loss, tokens = loss + nats, tokens + n
         if show:
-            show(prompt, reference, answer, ok)
-    return Score(name, fmt.name, shots, kept / len(tests), len(tests), right / len(tests), loss / max(tokens, 1),
+            show(prompt, reference, answer.strip(), ok)
+    nats, tokens = -sum(s.logprob for s in losses), sum(s.tokens for s in losses)
+    return Score(name, fmt.name, shots, kept / len(tests), len(tests), right / len(tests), nats / max(tokens, 1),
                  round(time.perf_counter() - started, 2))

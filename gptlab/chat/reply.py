@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from gptlab.chat.template import END, ChatTokenizer, render
-from gptlab.generate import StreamDecoder, generate
+from gptlab.inference import Engine, Request, Sampling, Sequence
 
 
 class ChatFormat:
@@ -96,32 +96,40 @@ def trim(messages: list[dict], fmt, context: int | None, room: int) -> list[dict
     return messages
 
 
+def request(fmt, prompt: list[int], max_new_tokens: int, sampling: Sampling) -> Request:
+    """The engine's request for a reply in this format: it ends at the format's stop tokens or stop text."""
+    return Request(prompt, max_new_tokens, sampling, stop=[fmt.stop_text] if fmt.stop_text else [],
+                   stop_tokens=frozenset(fmt.stop_tokens))
+
+
+def shown(fmt, pieces: Iterator[str]) -> Iterator[str]:
+    """A reply's pieces as shown: the plain format's space after "A:" is left out."""
+    started = fmt.name != "plain"
+    for piece in pieces:
+        if not started and piece:
+            piece, started = piece.removeprefix(" "), True
+        if piece:
+            yield piece
+
+
 def stream_reply(model, fmt, prompt: list[int], max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> Iterator[str]:
     """The reply's text, piece by piece as it is generated, up to where the format says it ends (not included)."""
-    decoder, raw, shown = StreamDecoder(fmt.tokenizer, context=prompt), "", 0
-    for token in generate(model, prompt, max_new_tokens, temperature, top_k, top_p, seed):
-        if int(token[0]) in fmt.stop_tokens:
-            break
-        raw += decoder.push(int(token[0]))
-        text, done = visible(raw, fmt)
-        if len(text) > shown:
-            yield text[shown:]
-            shown = len(text)
-        if done:
-            return
-    text, _ = visible(raw + decoder.flush(), fmt)
-    if len(text) > shown:
-        yield text[shown:]
+    engine = Engine(model, fmt.tokenizer, slots=1)
+    engine.add(request(fmt, prompt, max_new_tokens, Sampling(temperature, top_k, top_p, seed)))
+    yield from shown(fmt, (event.text for event in engine.run()))
 
 
-def visible(raw: str, fmt) -> tuple[str, bool]:
-    """The reply as shown, and whether it has ended: cut at the format's stop text; the plain format's space
-    after "A:" left out."""
-    done = bool(fmt.stop_text) and fmt.stop_text in raw
-    if done:
-        raw = raw[:raw.index(fmt.stop_text)]
-    return (raw.removeprefix(" ") if fmt.name == "plain" else raw), done
+def replies(model, fmt, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+            seed: int | None = None, slots: int = 32) -> list[str]:
+    """The replies to many prompts, generated together (prompt i sampled with seed + i)."""
+    engine = Engine(model, fmt.tokenizer, slots=min(slots, max(1, len(prompts))))
+    seqs = [engine.add(request(fmt, ids, max_new_tokens, Sampling(temperature, seed=None if seed is None else
+                                                                  seed + i)))[0] for i, ids in enumerate(prompts)]
+    texts: dict[Sequence, list[str]] = {seq: [] for seq in seqs}
+    for event in engine.run():
+        texts[event.seq].append(event.text)
+    return ["".join(shown(fmt, texts[seq])) for seq in seqs]
 
 
 def reply(model, fmt, prompt: list[int], **kwargs) -> str:

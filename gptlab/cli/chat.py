@@ -47,7 +47,7 @@ def add_parser(sub, argv: list[str]) -> None:
 
 def run(args) -> int:
     from gptlab.chat.reply import format_for
-    from gptlab.generate import check_sampling
+    from gptlab.inference.sampling import check_sampling
     from gptlab.run import load_run
 
     check_sampling(args.temperature, args.top_k, args.top_p)
@@ -192,7 +192,7 @@ class Chat:
 
     def command(self, line: str) -> str | None:
         """Carry out a /command; a bad one or a bad value is one line on stderr. Returns "quit" to leave."""
-        from gptlab.generate import check_sampling
+        from gptlab.inference.sampling import check_sampling
 
         name, _, value = line.strip().partition(" ")
         value = value.strip()

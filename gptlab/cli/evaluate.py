@@ -33,7 +33,7 @@ def add_parser(sub, argv: list[str]) -> None:
 
 
 def _check(args) -> None:
-    from gptlab.generate import check_sampling
+    from gptlab.inference.sampling import check_sampling
 
     check_sampling(args.temperature, None, None)
     if args.few_shot < 0:

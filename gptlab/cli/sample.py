@@ -8,6 +8,8 @@ from pathlib import Path
 from gptlab.cli import threads
 from gptlab.errors import GptlabError
 
+MAX_SLOTS = 64  # samples generated at once; more wait for a free slot
+
 
 def add_parser(sub, argv: list[str]) -> None:
     s = sub.add_parser("sample", help="generate text from a trained run",
@@ -31,7 +33,7 @@ def add_parser(sub, argv: list[str]) -> None:
 
 def run(args) -> int:
     from gptlab.data.corpora import read_text_file
-    from gptlab.generate import check_sampling
+    from gptlab.inference import Request, Sampling, check_sampling
     from gptlab.run import load_run
 
     if args.num_samples < 1 or args.max_new_tokens < 0:
@@ -42,18 +44,44 @@ def run(args) -> int:
     prompt = read_text_file(Path(args.prompt_file)) if args.prompt_file else args.prompt
     threads.use(args.threads)
     run = load_run(args.run, device=args.device)
-    run.prompt_ids(prompt)  # fail on unknown characters before printing anything
-    out = sys.stdout
-    for i in range(args.num_samples):
-        if i:
-            out.write("\n\n---\n\n")
-        out.write(prompt)
-        out.flush()
-        seed = None if args.seed is None else args.seed + i
-        for piece in run.stream(prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed,
-                                use_cache=not args.no_cache):
-            out.write(piece)
-            out.flush()
-    out.write("\n")
-    out.flush()
+    ids = run.prompt_ids(prompt)  # fail on unknown characters before printing anything
+    engine = run.engine(slots=min(args.num_samples, MAX_SLOTS), use_cache=not args.no_cache)
+    samples = [engine.add(Request(ids, args.max_new_tokens, Sampling(
+        args.temperature, args.top_k, args.top_p, None if args.seed is None else args.seed + i)))[0]
+        for i in range(args.num_samples)]
+    printer = InOrder(samples, prompt, sys.stdout)
+    for event in engine.run():
+        printer.add(event)
+    printer.add(None)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
     return 0
+
+
+class InOrder:
+    """The samples, generated together, printed one after another: the first as it is generated, each next one
+    (what it has so far, then the rest as it comes) once the one before has ended."""
+
+    def __init__(self, samples: list, prompt: str, out):
+        self.samples, self.prompt, self.out = samples, prompt, out
+        self.texts, self.ended = {seq: [] for seq in samples}, set()
+        self.current, self.written = 0, 0  # the sample being printed, and how many of its pieces are
+        out.write(prompt)
+
+    def add(self, event) -> None:
+        """Take an event (None: generation is over) and print what can be printed."""
+        if event is not None:
+            self.texts[event.seq].append(event.text)
+            if event.finish:
+                self.ended.add(event.seq)
+        while self.current < len(self.samples):
+            seq = self.samples[self.current]
+            pieces = self.texts[seq]
+            self.out.write("".join(pieces[self.written:]))
+            self.written = len(pieces)
+            if seq not in self.ended and event is not None:
+                break
+            self.current, self.written = self.current + 1, 0
+            if self.current < len(self.samples):
+                self.out.write("\n\n---\n\n" + self.prompt)
+        self.out.flush()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from gptlab.cli import threads
 from gptlab.errors import GptlabError
+
+MAX_SLOTS = 1024
 
 
 def add_parser(sub, argv: list[str]) -> None:
@@ -20,6 +24,10 @@ def add_parser(sub, argv: list[str]) -> None:
     p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
     p.add_argument("--api-key", default=None, help="require this Bearer token on every request (default: none)")
     p.add_argument("--max-tokens", type=int, default=1024, help="the most tokens one reply may have (default: 1024)")
+    p.add_argument("--slots", type=int, default=16, help="sequences each model generates at once; more requests "
+                                                         "wait for a free slot (default: 16)")
+    p.add_argument("--batch-size", type=int, default=None, help="the most sequences in one forward pass (default: "
+                                                                "all of them, --slots)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     threads.add_flag(p)
 
@@ -45,15 +53,23 @@ def run(args) -> int:
         raise GptlabError("--port must be between 1 and 65535")
     if args.max_tokens < 1:
         raise GptlabError("--max-tokens must be at least 1")
-    import uvicorn
-
+    if not 1 <= args.slots <= MAX_SLOTS or (args.batch_size is not None and not 1 <= args.batch_size <= args.slots):
+        raise GptlabError(f"--slots must be from 1 to {MAX_SLOTS}, and --batch-size from 1 to --slots")
     from gptlab.run import load_run
-    from gptlab.serve.app import create_app
-    from gptlab.serve.engine import Served
+    from gptlab.serve.app import create_app, listen
+    from gptlab.serve.engine import Served, drive
 
     threads.use(args.threads)
-    served = {name: Served(name, load_run(path, device=args.device)) for name, path in named(args.runs).items()}
+    served = {name: Served(name, load_run(path, device=args.device), args.slots, args.batch_size)
+              for name, path in named(args.runs).items()}
     app = create_app(served, api_key=args.api_key, max_tokens=args.max_tokens)
+    server, _ = listen(app, args.host, args.port)
     print(f"serving {', '.join(served)} on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        drive(list(served.values()), stop)  # the models are stepped in this, the main thread (see drive)
+    except KeyboardInterrupt:
+        pass
+    server.should_exit = True
     return 0

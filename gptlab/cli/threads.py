@@ -16,12 +16,13 @@ def add_flag(parser) -> None:
 
 
 def use(requested: int):
-    """Set torch's thread count for this command (gptlab.cores.Threads); a shared machine is said on stderr."""
+    """Set torch's thread count for this command (gptlab.cores.Threads); fewer threads than usual, because other
+    processes keep cores busy, are said on stderr."""
     from gptlab.cores import Threads
 
     if not 0 <= requested <= MAXIMUMS["threads"]:
         raise GptlabError(f"--threads must be 0 (choose) or from 1 to {MAXIMUMS['threads']}, not {requested}")
     threads = Threads(requested)
-    if threads.note.startswith("warning") and is_main_process():
+    if threads.auto and threads.count < threads.most and is_main_process():  # (a count the user set is not argued)
         print(f"gptlab: {threads.note}", file=sys.stderr)
     return threads

@@ -5,8 +5,10 @@ Training, evaluation, sampling and the views use a model only through this inter
     logits, loss = model(idx, targets, loss_mask)   # (B, T, vocab); mean cross-entropy over the counted tokens
     model.num_params(), model.flops_per_token(T)
     groups = model.param_groups()                    # which tensors take Muon, which take weight decay
-    state = model.new_state(batch_size)              # a KV cache, a hidden state, ...
-    logits = model.step(idx, state)                  # (B, vocab) for the last of idx (B, T), fed after state
+    state = model.new_state(batch_size)              # a KV cache, a hidden state, ...: a row per sequence
+    logits = model.step(idx, state, rows)            # (B, vocab) for the last of idx (B, T), each row of idx fed
+                                                     # after what its row of the state holds (rows: which ones)
+    state.clear(rows); state.copy(source, rows)      # rows emptied for new sequences; a row given to others
     model.max_context                                # the longest context it takes, None if unbounded
     wte, head = model.vocab_layers()                 # the layers sized by the vocabulary (grow_vocab uses them)
 
@@ -124,9 +126,21 @@ class LanguageModel(nn.Module):
         head.out_features = vocab_size
         self.config.vocab_size = vocab_size
 
-    def step(self, idx: torch.Tensor, state) -> torch.Tensor:
-        """Feed idx (B, T) after what state holds (updating it); the logits (B, vocab) of the last position."""
+    def step(self, idx: torch.Tensor, state, rows: list[int] | None = None) -> torch.Tensor:
+        """Feed idx (B, T) after what the state's `rows` hold (by default its first B), updating them; the logits
+        (B, vocab) of each row's last position. The rows may hold sequences of different lengths (gptlab.inference
+        generates many sequences together, each in a row of its own)."""
         raise NotImplementedError
+
+
+class NoState:
+    """The generation state of a model that carries nothing from one token to the next (a bigram table, say)."""
+
+    def clear(self, rows: list[int]) -> None:
+        pass
+
+    def copy(self, source: int, rows: list[int]) -> None:
+        pass
 
 
 class Capture(nn.Identity):

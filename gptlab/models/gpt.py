@@ -13,6 +13,7 @@ Shapes in comments: B batch, T time (sequence), C channels (n_embd), nh heads, h
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -24,26 +25,86 @@ from gptlab.models.configs import POSITION_ENCODINGS, GPTConfig
 __all__ = ["GPT", "GPTConfig", "KVCache", "POSITION_ENCODINGS"]
 
 
-class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to block_size."""
+@dataclass
+class Placement:
+    """Where a batch's new tokens go in a KV cache: its rows (a slice where they are consecutive, else an index),
+    each row's first new position, the new tokens' positions (T,) where the rows are equally long (else each row's,
+    (S, T)), and which keys each new token may see: visible (S or 1, 1, T, K), or None where that is every key (one
+    new token after equally long rows) or the causal mask of new rows (`causal`)."""
 
-    def __init__(self, n_layer: int, batch_size: int, n_head: int, head_size: int, max_len: int,
-                 device, dtype):
-        shape = (batch_size, n_head, max_len, head_size)
+    rows: slice | torch.Tensor
+    starts: list[int]
+    at: torch.Tensor
+    visible: torch.Tensor | None
+    causal: bool
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to block_size: one row per
+    sequence (a slot), each filled to its own length, so that sequences of different lengths share a batch."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, head_size: int, max_len: int, device, dtype):
+        shape = (batch_size, n_head, max_len, head_size)  # a row per sequence
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.pos = 0  # how many positions are filled
+        self.lengths = [0] * batch_size  # how many positions of each row are filled
         self.max_len = max_len
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) at positions pos..pos+T; return all keys and values so far."""
-        T = k.size(2)
-        self.k[layer][:, :, self.pos:self.pos + T] = k
-        self.v[layer][:, :, self.pos:self.pos + T] = v
-        end = self.pos + T
+    @property
+    def pos(self) -> int:
+        """How many positions are filled: the longest row's (every row's, where they began together)."""
+        return max(self.lengths)
+
+    def place(self, rows: list[int], T: int, device) -> Placement:
+        """Where T new tokens of each of `rows` go (after the row's tokens so far), and what each may see."""
+        starts = [self.lengths[r] for r in rows]
+        end = max(starts) + T
+        if end > self.max_len:
+            raise ValueError(f"sequence of {end} tokens is longer than block_size {self.max_len}")
+        together = len(set(starts)) == 1  # every row as long as the others: one set of positions, no row's own mask
+        if together:
+            at, visible = torch.arange(starts[0], end, device=device), None  # (T,)
+            if T > 1 and starts[0] > 0:
+                visible = torch.ones(T, end, dtype=torch.bool, device=device).tril(diagonal=starts[0])
+        else:
+            at = torch.tensor(starts, device=device)[:, None] + torch.arange(T, device=device)  # (S, T) positions
+            # Query i of row b (at position at[b, i]) may look at keys 0..at[b, i] of its own row.
+            visible = (torch.arange(end, device=device) <= at[:, :, None])[:, None]  # (S, 1, T, K)
+        consecutive = rows == list(range(rows[0], rows[0] + len(rows)))
+        index = slice(rows[0], rows[0] + len(rows)) if consecutive else torch.tensor(rows, device=device)
+        return Placement(index, starts, at, visible, together and starts[0] == 0 and T > 1)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor, where: Placement | None = None):
+        """Store k, v (S, nh, T, hs) where `where` says (by default: the first S rows, after what they hold);
+        return each row's keys and values so far (S, nh, K, hs), K the longest row's length (where.visible masks
+        what a shorter row has not)."""
+        where = where or self.place(list(range(k.size(0))), k.size(2), k.device)
+        T, starts = k.size(2), where.starts
+        end = max(starts) + T
+        if len(set(starts)) == 1:  # one start for every row (a single sequence, or a batch that began together)
+            self.k[layer][where.rows, :, starts[0]:end] = k
+            self.v[layer][where.rows, :, starts[0]:end] = v
+        else:
+            rows = where.rows if isinstance(where.rows, torch.Tensor) else \
+                torch.arange(where.rows.start, where.rows.stop, device=k.device)
+            self.k[layer][rows[:, None], :, where.at] = k.transpose(1, 2)  # indexed as (S, T, nh, hs)
+            self.v[layer][rows[:, None], :, where.at] = v.transpose(1, 2)
         if layer == len(self.k) - 1:
-            self.pos = end
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+            rows = range(where.rows.start, where.rows.stop) if isinstance(where.rows, slice) else where.rows.tolist()
+            for r, s in zip(rows, starts):
+                self.lengths[r] = s + T
+        return self.k[layer][where.rows, :, :end], self.v[layer][where.rows, :, :end]
+
+    def clear(self, rows: list[int]) -> None:
+        """Forget what `rows` hold: their slots start empty again."""
+        for r in rows:
+            self.lengths[r] = 0
+
+    def copy(self, source: int, rows: list[int]) -> None:
+        """Give `rows` what row `source` holds (several continuations of one prompt share its prefill)."""
+        for k, v in zip(self.k, self.v):
+            k[rows], v[rows] = k[source].clone(), v[source].clone()
+        for r in rows:
+            self.lengths[r] = self.lengths[source]
 
 
 def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
@@ -80,30 +141,29 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.probs = Capture()  # the attention weights (B, nh, T, start+T), for the views
 
-    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0, where: Placement | None = None):
+        """x (B, T, C); with a cache, the B sequences and positions that `where` says (KVCache.place)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B,nh,T,hs)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        start = 0
+        visible, causal = None, T > 1  # without a cache: the causal mask of T tokens from position 0
         if cache is not None:
-            start = cache.pos
-            k, v = cache.append(layer, k, v)  # (B, nh, start+T, hs)
-        # Query i (at absolute position start+i) may look at keys 0..start+i.
+            k, v = cache.append(layer, k, v, where)  # (B, nh, K, hs): each row's keys so far
+            visible, causal = where.visible, where.causal  # (B, 1, T, K), or None: see Placement
         # The explicit form is the same function as torch's fused kernel; it is used when the weights are
         # captured, and for bf16 on a CPU, where torch's flash kernel is several times slower than plain matmuls.
         if not self.probs.active and not (x.device.type == "cpu" and q.dtype == torch.bfloat16):
-            mask = None
-            if start > 0 and T > 1:
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                is_causal=mask is None and start == 0 and T > 1)
+                q, k, v, attn_mask=visible, dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
         else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, start+T)
-            visible = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            att = self.probs(att.masked_fill(~visible, float("-inf")).softmax(dim=-1))
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, K)
+            if visible is None and causal:
+                visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if visible is not None:
+                att = att.masked_fill(~visible, float("-inf"))
+            att = self.probs(att.softmax(dim=-1))
             att = F.dropout(att, self.dropout, self.training)
             y = att.to(v.dtype) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
@@ -133,8 +193,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), rope, cache, layer)
+    def forward(self, x, rope=None, cache=None, layer=0, where=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer, where)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -180,23 +240,30 @@ class GPT(LanguageModel):
     def max_context(self) -> int:
         return self.config.block_size
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Final hidden states (B, T, C) for tokens idx (B, T) that follow the cache's tokens, if any."""
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, rows: list[int] | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) for tokens idx (B, T) that follow, in each row of the cache (`rows`, by
+        default the first B), the tokens that row holds already; without a cache, from position 0."""
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        where = None
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+            pos = torch.arange(T, device=idx.device)  # (T,)
+        else:
+            where = cache.place(list(range(B)) if rows is None else rows, T, idx.device)
+            pos = where.at  # (T,), or (B, T) where the rows' lengths differ
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos == "learned":
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.transformer.wpe(pos)
         elif self.config.pos == "sinusoidal":
-            x = x + self.pos_table[start:start + T].to(x.dtype)
-        elif self.config.pos == "rope":
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            x = x + self.pos_table[pos].to(x.dtype)
+        elif self.config.pos == "rope":  # (T, hs/2), or per row (B, 1, T, hs/2) to meet (B, nh, T, hs/2)
+            rope = (self.rope_cos[pos], self.rope_sin[pos]) if pos.dim() == 1 else \
+                (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, rope, cache, layer)
+            x = block(x, rope, cache, layer, where)
         return self.transformer.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None):
@@ -230,10 +297,12 @@ class GPT(LanguageModel):
         return split_params(self, heads=(self.lm_head.weight,))
 
     def new_state(self, batch_size: int) -> KVCache:
+        """An empty KV cache of batch_size rows, one per sequence."""
         c = self.config
         p = self.lm_head.weight
         return KVCache(c.n_layer, batch_size, c.n_head, c.n_embd // c.n_head, c.block_size, p.device, p.dtype)
 
-    def step(self, idx: torch.Tensor, state: KVCache) -> torch.Tensor:
-        """Feed idx (B, T) after the cached tokens; return the logits (B, vocab) of the last position."""
-        return self.lm_head(self.hidden(idx, state)[:, -1])
+    def step(self, idx: torch.Tensor, state: KVCache, rows: list[int] | None = None) -> torch.Tensor:
+        """Feed idx (B, T) after the tokens the cache's `rows` hold (by default its first B); return the logits
+        (B, vocab) of each row's last position."""
+        return self.lm_head(self.hidden(idx, state, rows)[:, -1])

@@ -94,6 +94,48 @@ def unroll(module: nn.RNNBase, x: torch.Tensor, state=None):
 # --- the language model ------------------------------------------------------------------------------------------
 
 
+class HiddenState:
+    """What a recurrent net carries from token to token, a row per sequence (a slot): every layer's hidden state
+    h (n_layer, rows, H), and an LSTM's cell state c too. A row starts at zero, as torch's modules do."""
+
+    def __init__(self, rnn: nn.RNNBase, batch_size: int):
+        p = next(rnn.parameters())
+        self.h = torch.zeros(rnn.num_layers, batch_size, rnn.hidden_size, device=p.device, dtype=p.dtype)
+        self.c = torch.zeros_like(self.h) if isinstance(rnn, nn.LSTM) else None
+
+    def __getitem__(self, key: str):
+        """state["h"]: the whole state as torch's module takes it (h, or (h, c) for an LSTM)."""
+        if key != "h":
+            raise KeyError(key)
+        return self.h if self.c is None else (self.h, self.c)
+
+    def get(self, rows: list[int]):
+        index = torch.tensor(rows, device=self.h.device)
+        return self.h[:, index] if self.c is None else (self.h[:, index], self.c[:, index])
+
+    def put(self, rows: list[int], hx) -> None:
+        index = torch.tensor(rows, device=self.h.device)
+        if self.c is None:
+            self.h[:, index] = hx
+        else:
+            self.h[:, index], self.c[:, index] = hx
+
+    def clear(self, rows: list[int]) -> None:
+        """Rows whose sequences have ended start from zero again."""
+        self.put(rows, self._zeros(len(rows)))
+
+    def copy(self, source: int, rows: list[int]) -> None:
+        """Give `rows` what row `source` has seen (several continuations of one prompt)."""
+        def copies(t: torch.Tensor) -> torch.Tensor:
+            return t[:, source:source + 1].expand(-1, len(rows), -1).clone()
+
+        self.put(rows, copies(self.h) if self.c is None else (copies(self.h), copies(self.c)))
+
+    def _zeros(self, n: int):
+        zeros = self.h.new_zeros(self.h.size(0), n, self.h.size(2))
+        return zeros if self.c is None else (zeros, zeros)
+
+
 class RecurrentLM(LanguageModel):
     """Embedding, n_layer recurrent layers (dropout between them), dropout, and a linear head over the vocabulary."""
 
@@ -148,12 +190,15 @@ class RecurrentLM(LanguageModel):
     def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
         return self.wte, self.lm_head
 
-    def new_state(self, batch_size: int) -> dict:
-        return {"h": None}  # None: the zero state torch starts from
+    def new_state(self, batch_size: int) -> HiddenState:
+        return HiddenState(self.rnn, batch_size)
 
-    def step(self, idx: torch.Tensor, state: dict) -> torch.Tensor:
-        """Feed idx (B, T) after the state's tokens; the logits (B, vocab) of the last. Constant cost per token."""
-        out, state["h"] = self.run(idx, state["h"])
+    def step(self, idx: torch.Tensor, state: HiddenState, rows: list[int] | None = None) -> torch.Tensor:
+        """Feed idx (B, T) after what the state's `rows` (by default its first B) have seen; the logits (B, vocab)
+        of each row's last token. Constant cost per token."""
+        rows = list(range(idx.size(0))) if rows is None else rows
+        out, hx = self.run(idx, state.get(rows))
+        state.put(rows, hx)
         return self.lm_head(out[:, -1])
 
 

@@ -23,24 +23,32 @@ from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gptlab.serve.engine import RequestError, Sampling, Served
+from gptlab.serve.engine import Options, RequestError, Served
 
 MAX_BODY = 1 << 20  # bytes a request body may have
 STATIC = Path(__file__).with_name("static")  # the playground page: served by gptlab itself, no CDN
 
 
-class Message(BaseModel):
+class Strict(BaseModel):
+    """A request body read as sent: a value of the wrong type ("max_tokens": "4", "stream": "yes") is refused, not
+    converted, and so is a parameter gptlab does not know."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Message(Strict):
     role: Literal["system", "user", "assistant"]
     content: str
+    name: str | None = None  # (accepted, as OpenAI's; the chat template has no place for it)
 
 
-class Common(BaseModel):
+class Common(Strict):
     model: str
     max_tokens: int | None = None
     temperature: float | None = None  # (None: 1)
@@ -51,15 +59,26 @@ class Common(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict | None = None  # {"include_usage": true}: a last chunk with the usage
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string, as JSON keys are) -> bias
+    user: str | None = None  # (accepted: an end user's id, which OpenAI uses for abuse monitoring)
 
-    def sampling(self, logprobs: int | None, default_tokens: int) -> Sampling:
+    def options(self, logprobs: int | None, default_tokens: int) -> Options:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         tokens = default_tokens if self.max_tokens is None else self.max_tokens
         temperature = 1.0 if self.temperature is None else self.temperature
-        return Sampling(tokens, temperature, self.top_p, self.top_k, self.n, self.seed, stop, logprobs)
+        try:
+            bias = {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None
+        except ValueError:
+            raise RequestError("logit_bias maps token ids to biases: its keys must be whole numbers",
+                               "logit_bias") from None
+        return Options(tokens, temperature, self.top_p, self.top_k, self.n, self.seed, stop, logprobs,
+                       presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
+                       logit_bias=bias)
 
 
-class NextRequest(BaseModel):
+class NextRequest(Strict):
     model: str
     prompt: str
     temperature: float = 1.0
@@ -68,7 +87,7 @@ class NextRequest(BaseModel):
     k: int = Field(default=10, ge=1, le=100)
 
 
-class AttentionRequest(BaseModel):
+class AttentionRequest(Strict):
     model: str
     prompt: str
     layer: int = Field(default=0, ge=0)
@@ -81,11 +100,9 @@ class CompletionRequest(Common):
     echo: bool = False  # the options below change what a reply is; gptlab refuses them rather than ignore them
     suffix: str | None = None
     best_of: int | None = None
-    logit_bias: dict | None = None
 
     def unsupported(self) -> str | None:
-        used = {"echo": self.echo, "suffix": self.suffix is not None, "best_of": self.best_of not in (None, 1),
-                "logit_bias": bool(self.logit_bias)}
+        used = {"echo": self.echo, "suffix": self.suffix is not None, "best_of": self.best_of not in (None, 1)}
         return next((name for name, on in used.items() if on), None)
 
 
@@ -93,6 +110,27 @@ class ChatRequest(Common):
     messages: list[Message] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = None
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+    # What a reply cannot be here: a small model of gptlab's writes text, and neither follows a JSON schema nor
+    # calls tools. Refused with a 400 naming the parameter, not ignored.
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list | None = None
+    function_call: str | dict | None = None
+
+    def unsupported(self) -> str | None:
+        text = self.response_format is None or self.response_format.get("type") == "text"
+        used = {"response_format": not text, "tools": bool(self.tools), "tool_choice": self.tool_choice is not None,
+                "parallel_tool_calls": self.parallel_tool_calls is not None, "functions": bool(self.functions),
+                "function_call": self.function_call is not None}
+        return next((name for name, on in used.items() if on), None)
+
+    def tokens(self) -> int | None:
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise RequestError("give max_completion_tokens or max_tokens, not both", "max_completion_tokens")
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 class Guard:
@@ -182,22 +220,27 @@ def create_app(served: dict[str, Served], api_key: str | None = None, max_tokens
         model = _model(app, body.model)
         if body.unsupported():
             raise RequestError(f"{body.unsupported()} is not supported by gptlab serve", body.unsupported())
-        sampling = body.sampling(body.logprobs, 16)
-        sampling.check(app.state.cap)
+        options = body.options(body.logprobs, 16)
+        options.check(app.state.cap, model.run.tokenizer.vocab_size)
         ids = model.completion_ids(body.prompt)
-        return await _respond(request, model, ids, sampling, body.stream, chat=False, usage=_wants_usage(body))
+        return await _respond(request, model, ids, options, body.stream, chat=False, usage=_wants_usage(body))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         model = _model(app, body.model)
+        if body.unsupported():
+            raise RequestError(f"{body.unsupported()} is not supported by gptlab serve: its models write plain text",
+                               body.unsupported())
         if body.top_logprobs is not None and not body.logprobs:
             raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        sampling = body.sampling(logprobs, app.state.cap)
-        sampling.logprobs_param = "top_logprobs"
-        sampling.check(app.state.cap)
-        ids = model.chat_ids([m.model_dump() for m in body.messages], sampling.max_tokens)
-        return await _respond(request, model, ids, sampling, body.stream, chat=True, usage=_wants_usage(body))
+        body.max_tokens = body.tokens()
+        options = body.options(logprobs, app.state.cap)
+        options.logprobs_param = "top_logprobs"
+        options.check(app.state.cap, model.run.tokenizer.vocab_size)
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        ids = model.chat_ids(messages, options.max_tokens)
+        return await _respond(request, model, ids, options, body.stream, chat=True, usage=_wants_usage(body))
 
     return app
 
@@ -213,6 +256,8 @@ def _errors(app: FastAPI) -> None:
         where = [str(p) for p in first.get("loc", ()) if p != "body"]
         if first.get("type") == "json_invalid":
             return error(400, "the request body is not valid JSON")
+        if first.get("type") == "extra_forbidden":
+            return error(400, f"{'.'.join(where)} is not a parameter gptlab serve knows", where[-1] if where else None)
         return error(400, f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid')}", where[0] if where else None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -232,44 +277,67 @@ def _model(app: FastAPI, name: str) -> Served:
     return app.state.served[name]
 
 
-async def _watch(request: Request, gone: threading.Event) -> None:
-    """Set `gone` when the client disconnects (a request that is not streamed is generated in a thread)."""
-    while not gone.is_set():
-        if await request.is_disconnected():
-            gone.set()
-        await asyncio.sleep(0.1)
+async def _pieces(model: Served, ids: list[int], options: Options):
+    """(choice, piece) as the model's scheduler makes them, the choices interleaved; when the caller stops
+    listening (a client that went away), the request's sequences are cancelled and their slots freed."""
+    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+    handle = model.submit(ids, options, lambda choice, piece: loop.call_soon_threadsafe(queue.put_nowait,
+                                                                                        (choice, piece)))
+    try:
+        remaining = options.n
+        while remaining:
+            choice, piece = await queue.get()
+            remaining -= piece.finish is not None
+            yield choice, piece
+    finally:
+        handle.cancel()
 
 
-async def _respond(request: Request, model: Served, ids: list[int], s: Sampling, stream: bool, chat: bool,
+async def _respond(request: Request, model: Served, ids: list[int], s: Options, stream: bool, chat: bool,
                    usage: bool = False):
     meta = dict(id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", created=int(time.time()),
                 model=model.name)
     if stream:
         return StreamingResponse(_events(request, model, ids, s, chat, meta, usage), media_type="text/event-stream")
-    choices, used, gone = [], 0, threading.Event()
-    watcher = asyncio.create_task(_watch(request, gone))
+    collected = Collected(s.n, asyncio.get_running_loop())
+    handle = model.submit(ids, s, collected)
     try:
-        for i in range(s.n):
-            pieces = await run_in_threadpool(lambda i=i: list(model.pieces(ids, s, _seed(s, i), gone)))
-            used += len(pieces)
-            choices.append(_choice(i, pieces, chat, s, model))
+        while not collected.done.done():  # a client that goes away stops its generation
+            await asyncio.wait([collected.done], timeout=0.1)
+            if not collected.done.done() and await request.is_disconnected():
+                return Response(status_code=499)
     finally:
-        gone.set()
-        watcher.cancel()
+        handle.cancel()
+    failed = next((p.error for choice in collected.pieces for p in choice if p.finish == "error"), None)
+    if failed:
+        return error(500, f"the server failed: {failed}", kind="server_error")
+    used = sum(len(choice) for choice in collected.pieces)
+    choices = [_choice(i, choice, chat, s, model) for i, choice in enumerate(collected.pieces)]
     usage = {"prompt_tokens": len(ids), "completion_tokens": used, "total_tokens": len(ids) + used}
     kind = "chat.completion" if chat else "text_completion"
     return {**meta, "object": kind, "choices": choices, "usage": usage}
+
+
+class Collected:
+    """A request that is not streamed: its pieces gathered on the scheduler's thread, and the event loop woken
+    once, when every choice has ended (not at every token)."""
+
+    def __init__(self, n: int, loop: asyncio.AbstractEventLoop):
+        self.pieces: list[list] = [[] for _ in range(n)]
+        self.left, self.loop, self.done = n, loop, loop.create_future()
+
+    def __call__(self, choice: int, piece) -> None:
+        self.pieces[choice].append(piece)
+        self.left -= piece.finish is not None
+        if not self.left:
+            self.loop.call_soon_threadsafe(lambda: self.done.done() or self.done.set_result(None))
 
 
 def _wants_usage(body: Common) -> bool:
     return bool(body.stream_options and body.stream_options.get("include_usage"))
 
 
-def _seed(s: Sampling, i: int) -> int | None:
-    return None if s.seed is None else (s.seed + i) % 2**63
-
-
-def _choice(i: int, pieces: list, chat: bool, s: Sampling, model: Served, offset: int = 0) -> dict:
+def _choice(i: int, pieces: list, chat: bool, s: Options, model: Served, offset: int = 0) -> dict:
     text = "".join(p.text for p in pieces)
     finish = pieces[-1].finish if pieces else "length"
     kept = [p for p in pieces if p.logprob is not None]
@@ -293,34 +361,39 @@ def _chat_logprob(p, model: Served) -> dict:
             "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in (p.top or {}).items()]}
 
 
-async def _events(request: Request, model: Served, ids: list[int], s: Sampling, chat: bool, meta: dict,
+async def _events(request: Request, model: Served, ids: list[int], s: Options, chat: bool, meta: dict,
                   usage: bool):
-    """Server-sent events, one per piece, as OpenAI's streams send them; stops when the client goes away. A failure
-    mid-stream (the status is already sent) is an error event, then the end."""
-    kind, used = "chat.completion.chunk" if chat else "text_completion", 0
-    try:
+    """Server-sent events, one per piece, as OpenAI's streams send them (the choices of n > 1 interleaved, each
+    chunk naming its index); stops when the client goes away. A failure mid-stream (the status is already sent) is
+    an error event, then the end."""
+    kind, used, offsets = "chat.completion.chunk" if chat else "text_completion", 0, [0] * s.n
+    if chat:
         for i in range(s.n):
-            if chat:
-                yield _event({**meta, "object": kind, "choices": [
-                    {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-            offset = 0
-            async for piece in iterate_in_threadpool(model.pieces(ids, s, _seed(s, i))):
-                if await request.is_disconnected():
-                    return
-                used += 1
-                yield _event({**meta, "object": kind, "choices": [_chunk(i, piece, chat, s, model, offset)]})
-                offset += len(piece.text)
-        if usage:
-            yield _event({**meta, "object": kind, "choices": [],
-                          "usage": {"prompt_tokens": len(ids), "completion_tokens": used,
-                                    "total_tokens": len(ids) + used}})
-    except Exception as e:  # noqa: BLE001 - the client gets OpenAI's error object, the server stays up
-        yield _event({"error": {"message": f"the server failed: {type(e).__name__}", "type": "server_error",
-                                "param": None, "code": None}})
+            yield _event({**meta, "object": kind, "choices": [
+                {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    pieces = _pieces(model, ids, s)
+    try:
+        async for i, piece in pieces:
+            if piece.finish == "error":
+                yield _event({"error": {"message": f"the server failed: {piece.error}", "type": "server_error",
+                                        "param": None, "code": None}})
+                break
+            if await request.is_disconnected():
+                return
+            used += 1
+            yield _event({**meta, "object": kind, "choices": [_chunk(i, piece, chat, s, model, offsets[i])]})
+            offsets[i] += len(piece.text)
+        else:
+            if usage:
+                yield _event({**meta, "object": kind, "choices": [],
+                              "usage": {"prompt_tokens": len(ids), "completion_tokens": used,
+                                        "total_tokens": len(ids) + used}})
+    finally:
+        await pieces.aclose()  # (cancels the request's sequences if they are still going)
     yield "data: [DONE]\n\n"
 
 
-def _chunk(i: int, piece, chat: bool, s: Sampling, model: Served, offset: int) -> dict:
+def _chunk(i: int, piece, chat: bool, s: Options, model: Served, offset: int) -> dict:
     if not chat:
         choice = _choice(i, [piece], False, s, model, offset)
         choice["finish_reason"] = piece.finish
@@ -344,6 +417,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def listen(app: FastAPI, host: str = "127.0.0.1", port: int | None = None, timeout: float = 20.0):
+    """uvicorn serving the app from a thread of its own; (its server object, the thread). GptlabError where it
+    cannot listen (a port in use, say)."""
+    import uvicorn
+
+    from gptlab.errors import GptlabError
+
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="gptlab-http")
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        server.should_exit = True
+        raise GptlabError(f"could not listen on {host}:{port} (is the port in use?)")
+    return server, thread
+
+
 @contextmanager
 def serving(app: FastAPI, host: str = "127.0.0.1", port: int | None = None, timeout: float = 20.0):
     """The app served by uvicorn in a background thread, for tests, benchmarks and notebooks:
@@ -351,19 +444,9 @@ def serving(app: FastAPI, host: str = "127.0.0.1", port: int | None = None, time
         with serving(create_app(served)) as url:     # "http://127.0.0.1:PORT"
             ...
     """
-    import uvicorn
-
-    port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if not server.started:
-        raise RuntimeError(f"the server did not start on {host}:{port}")
+    server, thread = listen(app, host, port, timeout)
     try:
-        yield f"http://{host}:{port}"
+        yield f"http://{host}:{server.config.port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

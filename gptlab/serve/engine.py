@@ -1,24 +1,27 @@
-"""What the server does with one request: check its sampling values, turn its prompt into ids, and generate, one
-token at a time, under a lock per model that is held for a single step, so that concurrent requests take turns
-token by token and a long generation does not hold the others back.
+"""What the server does with requests: check a request's values, turn its prompt into ids, and hand it to the
+model's scheduler, which generates all of that model's requests together and streams each one its pieces.
 
-    served = Served("shakespeare", run)
-    for piece in served.pieces(prompt_ids, Sampling(max_tokens=50, temperature=0.8, stop=["\\n\\n"])):
-        piece.text, piece.logprob, piece.top     # the text it adds, log p of its token, the top alternatives
+    served = Served("shakespeare", run, slots=16)
+    handle = served.submit(prompt_ids, Options(max_tokens=50, temperature=0.8, stop=["\\n\\n"], n=2), deliver)
+    # deliver(choice, piece) is called from the scheduler's thread: piece.text, .logprob, .top, .finish
+    handle.cancel()    # the client went away: its sequences end at the next step, and their slots are free
+
+One scheduler per model owns its inference engine (gptlab.inference.Engine): a thread that admits waiting
+requests into free slots between steps (continuous batching) and steps all of them in one forward pass at a
+time. The `n` choices of a request share one prefill. A step, and each of the playground's views, holds the
+model's lock: one computation on a model at a time.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
 
 from gptlab.chat.reply import ChatFormat, format_for, trim
 from gptlab.errors import GptlabError
-from gptlab.generate import StreamDecoder, check_sampling, generate
+from gptlab.inference import Engine, Event, Request, Sampling, check_sampling
 
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's API allows
 
@@ -32,7 +35,9 @@ class RequestError(GptlabError):
 
 
 @dataclass
-class Sampling:
+class Options:
+    """What a request asks of its generation."""
+
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float | None = None
@@ -42,8 +47,11 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # alternatives per token to report (None: no log-probabilities)
     logprobs_param: str = "logprobs"  # what the request called it (chat: top_logprobs)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
 
-    def check(self, cap: int) -> None:
+    def check(self, cap: int, vocab_size: int) -> None:
         """Every value in range, or a RequestError naming the parameter."""
         if not 1 <= self.max_tokens <= cap:
             raise RequestError(f"max_tokens must be between 1 and {cap}", "max_tokens")
@@ -55,11 +63,22 @@ class Sampling:
             raise RequestError("stop takes up to 4 non-empty strings", "stop")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise RequestError("seed must be a non-negative integer below 2**63", "seed")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise RequestError(f"{name} must be between -2 and 2", name)
+        bias = self.logit_bias or {}
+        if any(not 0 <= token < vocab_size for token in bias) or any(not -100 <= b <= 100 for b in bias.values()):
+            raise RequestError(f"logit_bias maps token ids (0 to {vocab_size - 1}) to values from -100 to 100",
+                               "logit_bias")
         try:
             check_sampling(self.temperature, self.top_k, self.top_p)
         except GptlabError as e:
             param = "top_k" if "top-k" in str(e) else "top_p" if "top-p" in str(e) else "temperature"
             raise RequestError(str(e), param) from None
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_k, self.top_p, self.seed, self.presence_penalty,
+                        self.frequency_penalty, self.logit_bias)
 
 
 @dataclass
@@ -68,18 +87,31 @@ class Piece:
     token: int
     logprob: float | None = None
     top: dict[str, float] | None = None  # the most likely tokens' text -> log-probability
-    finish: str | None = None  # set on the last piece: "stop" or "length"
+    finish: str | None = None  # set on the last piece: "stop", "length", or "error"
+    error: str | None = None  # with finish "error": why generation failed
+
+
+class Handle:
+    """A submitted request's sequences, to cancel together."""
+
+    def __init__(self, seqs: list):
+        self.seqs = seqs
+
+    def cancel(self) -> None:
+        for seq in self.seqs:
+            seq.cancel()
 
 
 class Served:
-    """One run behind a model id."""
+    """One run behind a model id, with the scheduler that generates its requests."""
 
-    def __init__(self, name: str, run):
+    def __init__(self, name: str, run, slots: int = 16, batch_size: int | None = None):
         self.name, self.run = name, run
         self.fmt = format_for(run.tokenizer)
         self.chat = isinstance(self.fmt, ChatFormat)
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one computation on the model at a time: an engine step, or a view
         self.steps = 0  # tokens generated since the server started, every request's
+        self.scheduler = Scheduler(self, Engine(run.model, run.tokenizer, slots, batch_size))
 
     def describe(self) -> dict:
         """What the playground needs to know of the model: chat or not, its context, its attention's shape."""
@@ -126,46 +158,17 @@ class Served:
                                param)
         return ids
 
-    def pieces(self, ids: list[int], s: Sampling, seed: int | None = None,
-               cancel: threading.Event | None = None) -> Iterator[Piece]:
-        """The reply's pieces; the last one says why it ended. Each step holds the model's lock. Text that may be
-        the start of a stop string is held back until the next tokens show whether it is."""
-        tokens = generate(self.run.model, ids, s.max_tokens, s.temperature, s.top_k, s.top_p, seed,
-                          with_logits=True)
-        decoder, text, shown, stop_tokens = StreamDecoder(self.run.tokenizer, context=ids), "", 0, self._stop_tokens()
-        for n in range(s.max_tokens):
-            if cancel is not None and cancel.is_set():  # the client has gone
-                return
-            with self.lock:
-                token, logits = next(tokens)
-                self.steps += 1
-            token = int(token[0])
-            if token in stop_tokens:
-                yield Piece(text[shown:], token, finish="stop")
-                return
-            text += decoder.push(token)
-            cut = _first_stop(text, s.stop)
-            last = n == s.max_tokens - 1
-            end = cut if cut is not None else len(text) if last else len(text) - _held(text, s.stop)
-            piece = Piece(text[shown:end], token, *self._logprobs(logits[0], token, s.logprobs))
-            piece.finish = "stop" if cut is not None else "length" if last else None
-            shown = end
-            yield piece
-            if cut is not None:
-                return
+    def submit(self, ids: list[int], options: Options, deliver: Callable[[int, Piece], None]) -> Handle:
+        """Generate options.n continuations of ids; deliver(choice, piece) gets each piece as it is made."""
+        stops = frozenset(self.fmt.stop_tokens) if self.chat else frozenset()
+        request = Request(ids, options.max_tokens, options.sampling(), options.stop, stops, options.logprobs)
+        return self.scheduler.submit(request, options.n, deliver)
 
-    def _stop_tokens(self) -> set[int]:
-        return set(self.fmt.stop_tokens) if self.chat else set()
-
-    def _logprobs(self, logits: torch.Tensor, token: int, k: int | None):
-        if k is None:
-            return None, None
-        logp = logits.float().log_softmax(-1)
-        best = logp.topk(min(k, logp.numel())) if k else None
-        top = {} if best is None else {self.label(i): max(float(v), -9999.0)
-                                       for v, i in zip(best.values.tolist(), best.indices.tolist())}
-        value = float(logp[token])
-        return (value if math.isfinite(value) else -9999.0), top
+    def piece(self, event: Event) -> Piece:
+        """An engine's event as the API reports it: log-probabilities of tokens named by their text."""
+        top = None if event.top is None else {self.label(t): max(v, -9999.0) for t, v in event.top.items()}
+        logprob = event.logprob if event.logprob is None or math.isfinite(event.logprob) else -9999.0
+        return Piece(event.text, event.token, logprob, top, event.finish)
 
     def label(self, token: int) -> str:
         """A token's own text, distinct for byte-level pieces (views/inside.py's labels)."""
@@ -174,13 +177,68 @@ class Served:
         return label(self.run.tokenizer, token)
 
 
-def _held(text: str, stops: list[str]) -> int:
-    """How many characters at the end of text could begin a stop string (to hold back until they are known)."""
-    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
-               default=0)
+class Scheduler:
+    """A model's engine, stepped while any of its requests is waiting or being generated: by a thread of its own
+    (started at its first request), or by drive() in a thread the caller chooses."""
+
+    def __init__(self, served: Served, engine: Engine):
+        self.served, self.engine = served, engine
+        self.listeners: dict = {}  # sequence -> (deliver, choice)
+        self.wake = threading.Event()  # set when a request comes (drive() gives its schedulers one to share)
+        self.thread: threading.Thread | None = None
+        self.driven = False  # stepped by drive(): no thread of its own
+        self.failure = ""
+
+    def submit(self, request: Request, copies: int, deliver: Callable[[int, Piece], None]) -> Handle:
+        if copies > self.engine.slots:
+            raise RequestError(f"n must be at most the server's {self.engine.slots} slots", "n")
+        with self.served.lock:
+            try:
+                seqs = self.engine.add(request, copies)
+            except GptlabError as e:
+                raise RequestError(str(e), "prompt") from None
+            for choice, seq in enumerate(seqs):
+                self.listeners[seq] = (deliver, choice)
+            if self.thread is None and not self.driven:
+                self.thread = threading.Thread(target=drive, args=([self.served],), daemon=True,
+                                               name=f"gptlab-{self.served.name}")
+                self.thread.start()
+        self.wake.set()
+        return Handle(seqs)
+
+    def step(self) -> bool:
+        """One step of the engine, and its pieces delivered; False where there was nothing to do."""
+        with self.served.lock:
+            if not self.engine.busy:
+                return False
+            try:
+                out = [(event, *self.listeners[event.seq]) for event in self.engine.step()]
+            except Exception as e:  # noqa: BLE001 - every client of the model is told; the server goes on
+                out = self._fail(e)
+            self.served.steps += sum(1 for event, _, _ in out if event is not None)
+            for seq in [s for s in self.listeners if s.done]:
+                del self.listeners[seq]
+        for event, deliver, choice in out:  # (outside the lock: a slow client does not hold the model)
+            deliver(choice, self.served.piece(event) if event is not None else
+                    Piece("", -1, finish="error", error=self.failure))
+        return True
+
+    def _fail(self, error: Exception) -> list:
+        """A step that failed (a model whose logits went NaN, say) ends every sequence it was generating."""
+        self.failure = f"{type(error).__name__}: {error}"
+        seqs = list(self.listeners)
+        self.engine.drop(seqs)
+        return [(None, *self.listeners[seq]) for seq in seqs]
 
 
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    """Where the first stop string begins in text, or None."""
-    found = [text.find(s) for s in stops if s in text]
-    return min(found) if found else None
+def drive(models: list[Served], stop: threading.Event | None = None) -> None:
+    """Step the models' schedulers in this thread, each busy one in turn, until `stop` is set; waits for
+    requests while none has work. `gptlab serve` calls it in its main thread: torch's parallel regions (OpenMP)
+    are several times slower in a thread it starts later, on a CPU."""
+    wake = threading.Event()
+    for model in models:
+        model.scheduler.wake, model.scheduler.driven = wake, True
+    while stop is None or not stop.is_set():
+        wake.clear()  # (before looking: a request that comes after this sets it again)
+        if not any([model.scheduler.step() for model in models]):
+            wake.wait(timeout=0.5)

@@ -15,7 +15,7 @@ import math
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.generate import check_sampling, filter_logits
+from gptlab.inference.sampling import check_sampling, filter_logits
 from gptlab.models.base import capture
 
 ATTENTION = ".attn.probs"  # the capture points of attention weights (a GPT's, (B, n_head, T, T) each)
