@@ -198,3 +198,23 @@ def test_batched_scores_equal_each_pair_alone(family):
     assert scores[-1].greedy and scores[-1].tokens == 3
     with pytest.raises(GptlabError, match="at least one token"):
         score(model, [([], [1])])
+
+
+def test_a_rows_draw_is_torch_multinomials():
+    """sample_rows draws each row as torch.multinomial would from that row alone with its generator (the
+    exponential-race form of it, vectorized over the rows): a seeded request keeps the tokens it had."""
+    from gptlab.inference.sampling import _probabilities, sample_rows
+
+    logits = torch.randn(6, 40, generator=torch.Generator().manual_seed(0)) * 3
+    settings = [Sampling(temperature=t, top_k=k, top_p=p) for t, k, p in
+                [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.9), (0.0, None, None), (2.0, 3, 0.8), (1.0, 40, 1.0)]]
+    seeds = [torch.Generator().manual_seed(i) for i in range(6)]
+    again = [torch.Generator().manual_seed(i) for i in range(6)]
+    for _ in range(20):
+        drawn = sample_rows(logits, settings, seeds).tolist()
+        for i, s in enumerate(settings):
+            if s.temperature == 0:
+                assert drawn[i] == int(logits[i].argmax())
+                continue
+            probs = _probabilities(logits[i:i + 1], [s.temperature], [s.top_k], [s.top_p])
+            assert drawn[i] == int(torch.multinomial(probs, 1, generator=again[i])[0, 0])

@@ -162,6 +162,9 @@ def test_the_command_serves_named_runs_on_localhost(app, tmp_path):
             except httpx.TransportError:
                 time.sleep(0.1)
         assert models and [m["id"] for m in models["data"]] == ["shakespeare"]
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=30,  # generated in the main thread
+                       json={"model": "shakespeare", "prompt": "the", "max_tokens": 5, "n": 2, "seed": 1})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 10
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -237,3 +240,51 @@ def test_a_client_that_leaves_a_request_that_is_not_streamed_stops_it(server, ap
     stopped = served.steps
     time.sleep(0.5)
     assert served.steps == stopped and stopped - before < 20_000
+
+
+def test_what_current_openai_clients_send_is_done_or_refused(client):
+    """max_completion_tokens, presence and frequency penalties and logit_bias change the reply; response_format,
+    tools and the like are refused naming the parameter; wrongly typed values and unknown parameters are 400s."""
+    c, http = client
+    r = c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "the cat"}], temperature=0,
+                                  max_completion_tokens=2)
+    assert r.usage.completion_tokens == 2 and r.choices[0].finish_reason == "length"
+    forced = c.completions.create(model="base", prompt="the", max_tokens=6, temperature=0, logit_bias={"5": 100})
+    assert forced.choices[0].text == app_label(http, 5) * 6
+    plain = c.completions.create(model="base", prompt="the", max_tokens=12, temperature=0).choices[0].text
+    fresh = c.completions.create(model="base", prompt="the", max_tokens=12, temperature=0, frequency_penalty=2.0,
+                                 presence_penalty=2.0).choices[0].text
+    assert len(set(fresh)) > len(set(plain))
+    for body, param, message in [
+        ({"response_format": {"type": "json_object"}}, "response_format", "not supported by gptlab serve"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+        ({"max_tokens": "4"}, "max_tokens", "valid integer"), ({"stream": "yes"}, "stream", "valid boolean"),
+        ({"temperature": "0.5"}, "temperature", "valid number"), ({"bogus": 1}, "bogus", "not a parameter"),
+        ({"presence_penalty": 3}, "presence_penalty", "between -2 and 2"),
+        ({"logit_bias": {"x": 1}}, "logit_bias", "token ids"), ({"logit_bias": {"99999": 1}}, "logit_bias", "0 to"),
+        ({"max_tokens": 3, "max_completion_tokens": 4}, "max_completion_tokens", "not both")]:
+        r = http.post("/v1/chat/completions", json={"model": "chat", "messages": [{"role": "user", "content": "x"}],
+                                                    **body})
+        assert r.status_code == 400, (body, r.text)
+        err = r.json()["error"]
+        assert err["param"] == param and message in err["message"], (body, err)
+
+
+def app_label(http, token: int) -> str:
+    """The text of a token of the base run (its tokenizer is a char one: one character per token)."""
+    r = http.post("/v1/completions", json={"model": "base", "prompt": "the", "max_tokens": 1, "temperature": 0,
+                                           "logit_bias": {str(token): 100}, "logprobs": 0})
+    return r.json()["choices"][0]["logprobs"]["tokens"][0]
+
+
+def test_n_choices_share_a_prefill_and_stream_interleaved(client):
+    """n = 3 streamed: every choice's chunks come (interleaved, each naming its index), and each choice equals
+    the same request with seed + i and n = 1."""
+    c, _ = client
+    chunks = list(c.completions.create(model="base", prompt="the", max_tokens=8, n=3, seed=4, temperature=1.0,
+                                       stream=True))
+    texts = ["".join(ch.choices[0].text for ch in chunks if ch.choices[0].index == i) for i in range(3)]
+    for i, text in enumerate(texts):
+        alone = c.completions.create(model="base", prompt="the", max_tokens=8, seed=4 + i, temperature=1.0)
+        assert alone.choices[0].text == text
+    assert {ch.choices[0].finish_reason for ch in chunks if ch.choices[0].finish_reason} == {"length"}

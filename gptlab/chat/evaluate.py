@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from gptlab.chat.data import check_writable
 from gptlab.chat.reply import format_for, replies, trim
 from gptlab.errors import GptlabError
-from gptlab.inference import score
 
 
 @dataclass
@@ -99,9 +98,9 @@ def evaluate_run(run, name: str, tests: list[list[dict]], pool: list[list[dict]]
         kept += max(0, shots - (len(full) - len(messages)) // 2)  # the oldest turns go first: the examples
         prompts.append(fmt.prompt(messages))
         answers.append(expected)
-    # Every prompt's reply generated together (prompt i seeded seed + i), then the references' losses scored together.
-    said = replies(run.model, fmt, prompts, max_new_tokens, temperature, seed)
-    losses = score(run.model, list(zip(prompts, answers)))
+    # Every prompt's reply generated together (prompt i seeded seed + i), and the reference scored after the same
+    # prefill of its prompt.
+    said, losses = replies(run.model, fmt, prompts, max_new_tokens, temperature, seed, answers)
     right = 0
     for conversation, answer in zip(tests, said):
         prompt, reference = split_last(conversation)

@@ -121,15 +121,19 @@ def stream_reply(model, fmt, prompt: list[int], max_new_tokens: int = 200, tempe
 
 
 def replies(model, fmt, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
-            seed: int | None = None, slots: int = 32) -> list[str]:
-    """The replies to many prompts, generated together (prompt i sampled with seed + i)."""
-    engine = Engine(model, fmt.tokenizer, slots=min(slots, max(1, len(prompts))))
-    seqs = [engine.add(request(fmt, ids, max_new_tokens, Sampling(temperature, seed=None if seed is None else
-                                                                  seed + i)))[0] for i, ids in enumerate(prompts)]
-    texts: dict[Sequence, list[str]] = {seq: [] for seq in seqs}
+            seed: int | None = None, answers: list[list[int]] | None = None, slots: int = 32):
+    """The replies to many prompts, generated together (prompt i sampled with seed + i); and with answers, how
+    likely the model finds answer i after prompt i (a Score, from the prompt's own prefill), else None each."""
+    engine = Engine(model, fmt.tokenizer, slots=min(slots, 2 * max(1, len(prompts))))
+    groups = [engine.add(request(fmt, ids, max_new_tokens, Sampling(temperature, seed=None if seed is None else
+                                                                    seed + i)), given=[answers[i]] if answers else [])
+              for i, ids in enumerate(prompts)]
+    texts: dict[Sequence, list[str]] = {group[0]: [] for group in groups}
     for event in engine.run():
-        texts[event.seq].append(event.text)
-    return ["".join(shown(fmt, texts[seq])) for seq in seqs]
+        if event.seq in texts:
+            texts[event.seq].append(event.text)
+    return ["".join(shown(fmt, texts[group[0]])) for group in groups], \
+        [group[1].score if answers else None for group in groups]
 
 
 def reply(model, fmt, prompt: list[int], **kwargs) -> str:

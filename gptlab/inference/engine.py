@@ -29,6 +29,7 @@ import torch
 
 from gptlab.errors import GptlabError
 from gptlab.inference.sampling import Sampling, adjust, sample_rows
+from gptlab.inference.score import Score
 from gptlab.inference.text import TextStream
 
 
@@ -42,6 +43,7 @@ class Request:
     stop: list[str] = field(default_factory=list)  # text that ends the sequence (needs the engine's tokenizer)
     stop_tokens: frozenset[int] = frozenset()  # tokens that end it and are not part of its text
     logprobs: int | None = None  # report each token's log-probability and this many top alternatives
+    given: list[int] | None = None  # tokens to take in turn instead of sampling: the sequence is scored by them
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Sequence:
         self.logits: torch.Tensor | None = None  # (vocab,) for the next token
         self.finish: str | None = None
         self.cancelled = False
+        self.score = Score(0.0, 0, True)  # the log-likelihood of the given tokens taken so far
 
     @property
     def done(self) -> bool:
@@ -117,18 +120,23 @@ class Engine:
     def busy(self) -> bool:
         return bool(self.waiting or self.active)
 
-    def add(self, request: Request, copies: int = 1) -> list[Sequence]:
-        """Queue a request, or `copies` continuations of it that share one prefill (copy i is seeded seed + i)."""
+    def add(self, request: Request, copies: int = 1, given: list[list[int]] = ()) -> list[Sequence]:
+        """Queue a request: `copies` continuations of its prompt (copy i seeded seed + i), and after them one
+        sequence for each list of tokens in `given`, which takes those tokens in turn and is scored by them (its
+        .score); all of them share one prefill of the prompt."""
         if not request.prompt:
             raise GptlabError("the prompt is empty after tokenization; give at least one token")
         if request.stop and self.tokenizer is None:
             raise GptlabError("stop strings need the engine to have the run's tokenizer")
-        if not 1 <= copies <= self.slots:
+        if not 1 <= copies + len(given) <= self.slots:
             raise GptlabError(f"an engine of {self.slots} slots generates 1 to {self.slots} copies at once")
         request.sampling.check()
         seed = request.sampling.seed
+        scored = [Request(request.prompt, len(tokens), Sampling(temperature=0), given=list(tokens))
+                  for tokens in given]  # (greedy: a given token draws no random number)
         group = [Sequence(request, self.tokenizer, self.context, self.device,
                           None if seed is None else (seed + i) % 2**63) for i in range(copies)]
+        group += [Sequence(r, None, self.context, self.device, None) for r in scored]
         for seq in group:
             if request.max_new_tokens < 1:
                 seq.finish = "length"
@@ -147,6 +155,13 @@ class Engine:
         logits = torch.stack([s.logits for s in seqs])  # (S, vocab)
         chosen = adjust(logits, [s.request.sampling for s in seqs], [s.new for s in seqs])
         tokens = sample_rows(chosen, [s.request.sampling for s in seqs], [s.generator for s in seqs]).tolist()
+        given = [i for i, s in enumerate(seqs) if s.request.given]
+        if given:  # teacher forcing: the given token, and its log-probability added to the sequence's score
+            logp = logits[given].float().log_softmax(-1)
+            for row, i in enumerate(given):
+                tokens[i] = seqs[i].request.given[len(seqs[i].new)]
+                seqs[i].score = Score(seqs[i].score.logprob + float(logp[row, tokens[i]]), seqs[i].score.tokens + 1,
+                                      seqs[i].score.greedy and int(logp[row].argmax()) == tokens[i])
         events = [seq.accept(token, *self._logprobs(logits[i], token, seq.request.logprobs))
                   for i, (seq, token) in enumerate(zip(seqs, tokens))]
         self._release([s for s in seqs if s.done])
@@ -168,27 +183,37 @@ class Engine:
 
     def _admit(self) -> None:
         """Waiting requests into free slots, as long as a whole group fits: its prompt is fed into the first
-        copy's slot, and the others share what it holds."""
+        copy's slot (the prompts of every request admitted now together, where their lengths agree), and the
+        other copies share what it holds."""
+        groups = []
         while self.waiting and len(self.waiting[0]) <= len(self.free):
             group = [s for s in self.waiting.popleft() if not s.cancelled]
-            if not group:
-                continue
             for seq in group:
                 seq.slot = self.free.pop(0)
-            first = group[0]
-            self._prefill([first])
-            if self.use_cache and len(group) > 1:
-                self.state.copy(first.slot, [s.slot for s in group[1:]])
-            for seq in group[1:]:
+            groups += [group] if group else []
+        self._prefill([group[0] for group in groups])
+        for first, *others in groups:
+            if self.use_cache and others:
+                self.state.copy(first.slot, [s.slot for s in others])
+            for seq in others:
                 seq.logits = first.logits
-            self.active += group
+            self.active += [first, *others]
 
     def _release(self, seqs: list[Sequence]) -> None:
+        """Free the slots of sequences that ended. The slots in use stay the first ones: the sequence in the last
+        of them moves into the gap (its row of the state is copied), so that a step reads the rows it computes as
+        one block rather than gathering them."""
         for seq in seqs:
-            if seq in self.active:
-                self.active.remove(seq)
-                self.free.append(seq.slot)
-                seq.slot, seq.logits = None, None
+            if seq not in self.active:
+                continue
+            self.active.remove(seq)
+            slot, seq.slot, seq.logits = seq.slot, None, None
+            last = max((s for s in self.active), key=lambda s: s.slot, default=None)
+            if self.use_cache and last is not None and last.slot > slot:
+                self.state.copy(last.slot, [slot])
+                last.slot, slot = slot, last.slot
+            self.free.append(slot)
+        self.free.sort()
 
     def _advance(self, seqs: list[Sequence]) -> None:
         """The next logits of each sequence: its new token fed into its slot (all together), or, where its window
@@ -201,6 +226,7 @@ class Engine:
             seqs = [s for s in seqs if s not in sliding]
         if not self.use_cache:
             return self._prefill(seqs)
+        seqs = sorted(seqs, key=lambda s: s.slot)  # (consecutive rows, read as one block)
         for i in range(0, len(seqs), self.batch_size):
             batch = seqs[i:i + self.batch_size]
             idx = torch.tensor([[s.tokens[-1]] for s in batch], device=self.device)  # (S, 1)

@@ -106,12 +106,13 @@ def sample_rows(logits: torch.Tensor, settings: list[Sampling],
     rows = logits if len(drawn) == len(settings) else logits[drawn]
     probs = _probabilities(rows, [settings[i].temperature for i in drawn], [settings[i].top_k for i in drawn],
                            [settings[i].top_p for i in drawn])
-    free = [row for row, i in enumerate(drawn) if generators[i] is None]  # rows of no seed: drawn in one go
-    if free:
-        tokens[[drawn[row] for row in free]] = torch.multinomial(probs[free], 1).squeeze(-1)
+    # torch.multinomial's own method, a row at a time for the random numbers: the token is argmax p / q with q
+    # exponentially distributed (the Gumbel-max trick), so row i's draw equals torch.multinomial(probs[i:i+1], 1,
+    # generator=generators[i]) and depends on nothing else.
+    q = torch.empty_like(probs)
     for row, i in enumerate(drawn):
-        if generators[i] is not None:
-            tokens[i] = torch.multinomial(probs[row:row + 1], 1, generator=generators[i])[0, 0]
+        q[row].exponential_(1, generator=generators[i])
+    tokens[drawn] = (probs / q).argmax(dim=-1)
     return tokens
 
 

@@ -179,7 +179,10 @@ class Served:
 
 class Scheduler:
     """A model's engine, stepped while any of its requests is waiting or being generated: by a thread of its own
-    (started at its first request), or by drive() in a thread the caller chooses."""
+    (started when a request comes, ended after a second without work), or by drive() in a thread the caller
+    chooses."""
+
+    IDLE = 1.0  # seconds without work after which the scheduler's own thread ends (its OpenMP threads with it)
 
     def __init__(self, served: Served, engine: Engine):
         self.served, self.engine = served, engine
@@ -200,11 +203,22 @@ class Scheduler:
             for choice, seq in enumerate(seqs):
                 self.listeners[seq] = (deliver, choice)
             if self.thread is None and not self.driven:
-                self.thread = threading.Thread(target=drive, args=([self.served],), daemon=True,
-                                               name=f"gptlab-{self.served.name}")
+                self.thread = threading.Thread(target=self._run, daemon=True, name=f"gptlab-{self.served.name}")
                 self.thread.start()
         self.wake.set()
         return Handle(seqs)
+
+    def _run(self) -> None:
+        """The scheduler's own thread: step while there is work; end after IDLE seconds without any (a thread
+        that lingers keeps its OpenMP threads, which slow down torch's work in other threads)."""
+        while True:
+            self.wake.clear()  # (before looking: a request that comes after this sets it again)
+            if self.step() or self.wake.wait(timeout=self.IDLE):
+                continue
+            with self.served.lock:  # (a request submitted meanwhile either is seen here or starts a new thread)
+                if not self.engine.busy:
+                    self.thread = None
+                    return
 
     def step(self) -> bool:
         """One step of the engine, and its pieces delivered; False where there was nothing to do."""
