@@ -5,8 +5,9 @@ one sitting.
     python benchmarks/inference_speed.py --run runs/base --chat runs/words
     python benchmarks/inference_speed.py --run runs/base --chat runs/words --code /tmp/old
 
-One JSON line per measurement. Sampling's tokens/s counts from the first generated character to the end (the
-process's start, torch's import and the loading of the run are left out; `seconds` is the whole process).
+One JSON line per measurement. Sampling's tokens/s counts from the first generated character to the last (the
+process's start, torch's import, the loading of the run and the exit are left out; `seconds` is the whole
+process).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def gptlab(code: Path, *argv: str, **kwargs) -> subprocess.Popen:
     """`python -m gptlab ARGV` of the checkout `code` (run from its folder: python -m puts that first on the path)."""
-    return subprocess.Popen([sys.executable, "-m", "gptlab", *argv], cwd=code, text=True,
+    return subprocess.Popen([sys.executable, "-m", "gptlab", *argv], cwd=code,
                             env={**os.environ, "PYTHONPATH": str(code)}, **kwargs)
 
 
@@ -34,9 +35,9 @@ def sample(code: Path, run: str, samples: int, tokens: int) -> dict:
     proc = gptlab(code, "sample", run, "--prompt", prompt, "--num-samples", str(samples), "--max-new-tokens",
                   str(tokens), "--seed", "0", stdout=subprocess.PIPE)
     proc.stdout.read(len(prompt) + 1)  # the prompt, then the first generated character
-    first = time.perf_counter()
-    proc.stdout.read()
-    end = time.perf_counter()
+    first = end = time.perf_counter()
+    while proc.stdout.read1(65536):  # until the last text comes (the process's exit is not generation)
+        end = time.perf_counter()
     proc.wait()
     return {"bench": "inference_speed", "command": "sample", "samples": samples, "tokens": tokens,
             "tokens_per_s": round(samples * tokens / (end - first), 1), "seconds": round(end - started, 2),
@@ -47,7 +48,7 @@ def evaluate(code: Path, runs: list[str], shots: int) -> dict:
     started = time.perf_counter()
     proc = gptlab(code, "eval", *runs, "--data", "builtin:words", "--few-shot", str(shots), "--json",
                   stdout=subprocess.PIPE)
-    scores = json.loads(proc.communicate()[0])
+    scores = json.loads(proc.communicate()[0].decode())
     return {"bench": "inference_speed", "command": "eval", "shots": shots, "seconds": round(time.perf_counter() -
             started, 2), "runs": {s["run"]: {"seconds": s["seconds"], "exact_match": s["exact_match"],
                                              "answer_loss": round(s["answer_loss"], 4)} for s in scores},

@@ -121,10 +121,11 @@ def stream_reply(model, fmt, prompt: list[int], max_new_tokens: int = 200, tempe
 
 
 def replies(model, fmt, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
-            seed: int | None = None, answers: list[list[int]] | None = None, slots: int = 32):
-    """The replies to many prompts, generated together (prompt i sampled with seed + i); and with answers, how
-    likely the model finds answer i after prompt i (a Score, from the prompt's own prefill), else None each."""
-    engine = Engine(model, fmt.tokenizer, slots=min(slots, 2 * max(1, len(prompts))))
+            seed: int | None = None, answers: list[list[int]] | None = None, slots: int = 128):
+    """The replies to many prompts, generated together (prompt i sampled with seed + i, in as many of `slots` as
+    a gigabyte of generation state holds); and with answers, how likely the model finds answer i after prompt i
+    (a Score, from the prompt's own prefill), else None each."""
+    engine = Engine(model, fmt.tokenizer, slots=Engine.fitting(model, min(slots, 2 * max(1, len(prompts)))))
     groups = [engine.add(request(fmt, ids, max_new_tokens, Sampling(temperature, seed=None if seed is None else
                                                                     seed + i)), given=[answers[i]] if answers else [])
               for i, ids in enumerate(prompts)]

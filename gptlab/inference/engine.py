@@ -120,6 +120,16 @@ class Engine:
     def busy(self) -> bool:
         return bool(self.waiting or self.active)
 
+    @staticmethod
+    def fitting(model, wanted: int, budget: int = 2**30) -> int:
+        """How many of `wanted` slots a generation state of at most `budget` bytes holds (at least one): a GPT's
+        KV cache takes 2 x layers x context x width numbers a slot."""
+        row = model.new_state(1)
+        tensors = [t for v in vars(row).values() for t in (v if isinstance(v, list) else [v])
+                   if isinstance(t, torch.Tensor)]
+        per_slot = sum(t.numel() * t.element_size() for t in tensors)
+        return max(1, min(wanted, budget // per_slot if per_slot else wanted))
+
     def add(self, request: Request, copies: int = 1, given: list[list[int]] = ()) -> list[Sequence]:
         """Queue a request: `copies` continuations of its prompt (copy i seeded seed + i), and after them one
         sequence for each list of tokens in `given`, which takes those tokens in turn and is scored by them (its
@@ -200,19 +210,23 @@ class Engine:
             self.active += [first, *others]
 
     def _release(self, seqs: list[Sequence]) -> None:
-        """Free the slots of sequences that ended. The slots in use stay the first ones: the sequence in the last
-        of them moves into the gap (its row of the state is copied), so that a step reads the rows it computes as
-        one block rather than gathering them."""
+        """Free the slots of sequences that ended."""
         for seq in seqs:
-            if seq not in self.active:
-                continue
-            self.active.remove(seq)
-            slot, seq.slot, seq.logits = seq.slot, None, None
-            last = max((s for s in self.active), key=lambda s: s.slot, default=None)
-            if self.use_cache and last is not None and last.slot > slot:
-                self.state.copy(last.slot, [slot])
-                last.slot, slot = slot, last.slot
-            self.free.append(slot)
+            if seq in self.active:
+                self.active.remove(seq)
+                self._vacate(seq)
+                seq.logits = None
+
+    def _vacate(self, seq: Sequence) -> None:
+        """Free a sequence's slot. The slots in use stay the first ones: the sequence in the last of them moves
+        into the gap (its row of the state is copied), so that a step reads the rows it computes as one block
+        rather than gathering them."""
+        slot, seq.slot = seq.slot, None
+        last = max((s for s in self.active if s.slot is not None), key=lambda s: s.slot, default=None)
+        if self.use_cache and last is not None and last.slot > slot:
+            self.state.copy(last.slot, [slot])
+            last.slot, slot = slot, last.slot
+        self.free.append(slot)
         self.free.sort()
 
     def _advance(self, seqs: list[Sequence]) -> None:
@@ -220,8 +234,11 @@ class Engine:
         would grow past the model's context, its newest context // 2 + 1 tokens fed into the emptied slot."""
         if self.context:
             sliding = [s for s in seqs if len(s.tokens) - s.start > self.context]
-            for seq in sliding:
+            for seq in sliding:  # (into the last slots, so that the others' rows stay one block)
                 seq.start = len(seq.tokens) - (self.context // 2 + 1)
+                self._vacate(seq)
+            for seq in sliding:
+                seq.slot = self.free.pop(0)
             self._prefill(sliding)
             seqs = [s for s in seqs if s not in sliding]
         if not self.use_cache:
@@ -235,21 +252,23 @@ class Engine:
                 seq.logits = row
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        """Each sequence's window fed into its emptied slot; windows of the same length together, in one pass."""
-        windows: dict[int, list[Sequence]] = {}
-        for seq in seqs:
-            windows.setdefault(len(seq.tokens) - seq.start, []).append(seq)
-        for group in windows.values():
-            for i in range(0, len(group), self.batch_size):
-                batch = group[i:i + self.batch_size]
-                idx = torch.tensor([s.tokens[s.start:] for s in batch], device=self.device)  # (S, T)
-                if self.use_cache:
-                    self.state.clear([s.slot for s in batch])
-                    logits = self.model.step(idx, self.state, [s.slot for s in batch])
-                else:
-                    logits = self.model(idx)[0][:, -1]
-                for seq, row in zip(batch, logits):
-                    seq.logits = row
+        """Each sequence's window fed into its emptied slot: up to batch_size of them at once, right-padded to
+        the longest (similar lengths together)."""
+        seqs = sorted(seqs, key=lambda s: len(s.tokens) - s.start)
+        for i in range(0, len(seqs), self.batch_size):
+            batch = seqs[i:i + self.batch_size]
+            lengths = [len(s.tokens) - s.start for s in batch]
+            idx = torch.zeros(len(batch), max(lengths), dtype=torch.long)
+            for b, seq in enumerate(batch):
+                idx[b, :lengths[b]] = torch.tensor(seq.tokens[seq.start:])
+            idx = idx.to(self.device)
+            if self.use_cache:
+                self.state.clear([s.slot for s in batch])
+                logits = self.model.prefill(idx, lengths, self.state, [s.slot for s in batch])
+            else:  # (the whole window again: a causal model's last real position never sees the padding)
+                logits = self.model(idx)[0][torch.arange(len(batch)), torch.tensor(lengths) - 1]
+            for seq, row in zip(batch, logits):
+                seq.logits = row
 
     @staticmethod
     def _logprobs(logits: torch.Tensor, token: int, k: int | None) -> tuple[float | None, dict | None]:

@@ -8,6 +8,7 @@ Training, evaluation, sampling and the views use a model only through this inter
     state = model.new_state(batch_size)              # a KV cache, a hidden state, ...: a row per sequence
     logits = model.step(idx, state, rows)            # (B, vocab) for the last of idx (B, T), each row of idx fed
                                                      # after what its row of the state holds (rows: which ones)
+    logits = model.prefill(idx, lengths, state, rows)   # right-padded prompts fed into emptied rows at once
     state.clear(rows); state.copy(source, rows)      # rows emptied for new sequences; a row given to others
     model.max_context                                # the longest context it takes, None if unbounded
     wte, head = model.vocab_layers()                 # the layers sized by the vocabulary (grow_vocab uses them)
@@ -131,6 +132,17 @@ class LanguageModel(nn.Module):
         (B, vocab) of each row's last position. The rows may hold sequences of different lengths (gptlab.inference
         generates many sequences together, each in a row of its own)."""
         raise NotImplementedError
+
+    def prefill(self, idx: torch.Tensor, lengths: list[int], state, rows: list[int]) -> torch.Tensor:
+        """Feed the first lengths[b] tokens of each row b of idx (B, T; the rest is padding) into the emptied rows
+        `rows` of the state; the logits (B, vocab) of each row's last token. This default feeds the rows of one
+        length at a time through step(); a family may feed them all at once."""
+        out: dict[int, torch.Tensor] = {}
+        for length in set(lengths):
+            members = [b for b, n in enumerate(lengths) if n == length]
+            logits = self.step(idx[members, :length], state, [rows[b] for b in members])
+            out.update(zip(members, logits))
+        return torch.stack([out[b] for b in range(len(lengths))])
 
 
 class NoState:

@@ -306,3 +306,11 @@ class GPT(LanguageModel):
         """Feed idx (B, T) after the tokens the cache's `rows` hold (by default its first B); return the logits
         (B, vocab) of each row's last position."""
         return self.lm_head(self.hidden(idx, state, rows)[:, -1])
+
+    def prefill(self, idx: torch.Tensor, lengths: list[int], state: KVCache, rows: list[int]) -> torch.Tensor:
+        """Right-padded prompts into emptied rows in one pass: causal attention keeps each row's tokens from
+        seeing its padding, and the rows' lengths are then their own (what lies past them is overwritten)."""
+        h = self.hidden(idx, state, rows)  # (B, T, C)
+        for row, n in zip(rows, lengths):
+            state.lengths[row] = n
+        return self.lm_head(h[torch.arange(len(lengths), device=idx.device), torch.tensor(lengths) - 1])

@@ -201,6 +201,16 @@ class RecurrentLM(LanguageModel):
         state.put(rows, hx)
         return self.lm_head(out[:, -1])
 
+    def prefill(self, idx: torch.Tensor, lengths: list[int], state: HiddenState, rows: list[int]) -> torch.Tensor:
+        """Right-padded prompts into emptied rows in one pass: torch's packed sequences stop each row's state at
+        its own last token."""
+        x = nn.utils.rnn.pack_padded_sequence(self.drop(self.wte(idx)), torch.tensor(lengths), batch_first=True,
+                                              enforce_sorted=False)
+        out, hx = self.rnn(x, state.get(rows))
+        out = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)[0]  # (B, T, H)
+        state.put(rows, hx)
+        return self.lm_head(self.drop(out)[torch.arange(len(lengths)), torch.tensor(lengths) - 1])
+
 
 class RNN(RecurrentLM):
     kind = nn.RNN  # tanh
