@@ -101,8 +101,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=8, help="requests per client (default: 8)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default: 64)")
     p.add_argument("--code", type=Path, default=ROOT, help="the gptlab checkout that serves (default: this one)")
+    p.add_argument("--flags", default="", help="more flags for gptlab serve, e.g. '--threads 1'")
     args = p.parse_args()
-    with gptlab_serve(args.run, args.code.resolve(), ("--max-tokens", "4096")) as (_, url):
+    with gptlab_serve(args.run, args.code.resolve(), ("--max-tokens", "4096", *args.flags.split())) as (_, url):
         print(json.dumps({"bench": "serve_load", "code": str(args.code),
                           "first_token_s": round(first_token(url, args.max_tokens), 3)}))
         for n in (int(c) for c in args.clients.split(",")):

@@ -101,8 +101,10 @@ class KVCache:
 
     def copy(self, source: int, rows: list[int]) -> None:
         """Give `rows` what row `source` holds (several continuations of one prompt share its prefill)."""
+        n = self.lengths[source]  # (only the positions it has filled)
         for k, v in zip(self.k, self.v):
-            k[rows], v[rows] = k[source].clone(), v[source].clone()
+            for r in rows:
+                k[r, :, :n], v[r, :, :n] = k[source, :, :n], v[source, :, :n]
         for r in rows:
             self.lengths[r] = self.lengths[source]
 
