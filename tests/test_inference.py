@@ -133,6 +133,22 @@ def test_cancelling_frees_the_slot_for_the_next_request():
     assert [e.seq for e in events] == [second] and first.slot is None and len(first.new) == 1
 
 
+def test_a_failed_prefill_leaves_no_slot_taken(monkeypatch):
+    model = gpt("none")
+    engine = Engine(model, slots=2)
+    seqs = engine.add(Request([1, 2], 5, Sampling(temperature=0)), copies=2)
+    real = model.prefill
+    monkeypatch.setattr(model, "prefill", lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.raises(RuntimeError):
+        engine.step()
+    engine.drop(seqs)  # (what the server does with the sequences of a step that failed)
+    assert sorted(engine.free) == [0, 1] and not engine.busy
+    monkeypatch.setattr(model, "prefill", real)
+    again = engine.add(Request([1, 2], 5, Sampling(temperature=0)), copies=2)
+    list(engine.run())
+    assert [len(s.new) for s in again] == [5, 5] and sorted(engine.free) == [0, 1]
+
+
 def test_stop_tokens_budgets_and_bad_requests():
     model = gpt("learned")
     greedy = greedy_one_by_one(model, [1, 2, 3], 10)

@@ -201,13 +201,13 @@ class Engine:
             for seq in group:
                 seq.slot = self.free.pop(0)
             groups += [group] if group else []
+            self.active += group  # (before the prefill: a prefill that fails leaves them for drop() to free)
         self._prefill([group[0] for group in groups])
         for first, *others in groups:
             if self.use_cache and others:
                 self.state.copy(first.slot, [s.slot for s in others])
             for seq in others:
                 seq.logits = first.logits
-            self.active += [first, *others]
 
     def _release(self, seqs: list[Sequence]) -> None:
         """Free the slots of sequences that ended."""
