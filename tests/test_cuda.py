@@ -106,3 +106,18 @@ def test_finetuning_with_lora_on_cuda_resumes_exactly(tmp_path):
     assert untimed(tmp_path / "a") == untimed(tmp_path / "b")
     assert load_run(tmp_path / "b", device="cuda").tokenizer.vocab_size == load_run(tmp_path / "base").tokenizer \
         .vocab_size + 4
+
+
+def test_sampled_rows_on_cuda_are_seeded_and_independent():
+    """Every row drawn (temperature > 0) on the GPU: the tokens stay on the device, and a seeded row is the same
+    alone as beside others."""
+    from gptlab.inference import Engine, Request, Sampling
+
+    model = tiny_model(n_embd=32, block_size=32).cuda()
+    engine = Engine(model, slots=3)
+    rows = [engine.add(Request([1, 2, 3][:n], 12, Sampling(temperature=1.0, seed=7 * n)))[0] for n in (1, 2, 3)]
+    list(engine.run())
+    alone = Engine(model, slots=1)
+    seq = alone.add(Request([1, 2], 12, Sampling(temperature=1.0, seed=14)))[0]
+    list(alone.run())
+    assert seq.new == rows[1].new and all(len(r.new) == 12 for r in rows)

@@ -288,3 +288,17 @@ def test_n_choices_share_a_prefill_and_stream_interleaved(client):
         alone = c.completions.create(model="base", prompt="the", max_tokens=8, seed=4 + i, temperature=1.0)
         assert alone.choices[0].text == text
     assert {ch.choices[0].finish_reason for ch in chunks if ch.choices[0].finish_reason} == {"length"}
+
+
+def test_more_choices_than_slots_are_refused_streamed_or_not(app):
+    """The scheduler refuses n above its slots before any response is sent: a 400 naming n, streamed too."""
+    from gptlab.serve.engine import Served
+
+    small = Served("small", app.state.served["base"].run, slots=2)
+    http = TestClient(create_app({"small": small}))
+    for stream in (False, True):
+        r = http.post("/v1/completions", json={"model": "small", "prompt": "the", "n": 3, "stream": stream})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text
+        assert "2 slots" in r.json()["error"]["message"]
+    r = http.post("/v1/completions", json={"model": "small", "prompt": "the", "n": 2, "max_tokens": 3})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2

@@ -125,7 +125,9 @@ def replies(model, fmt, prompts: list[list[int]], max_new_tokens: int, temperatu
     """The replies to many prompts, generated together (prompt i sampled with seed + i, in as many of `slots` as
     a gigabyte of generation state holds); and with answers, how likely the model finds answer i after prompt i
     (a Score, from the prompt's own prefill), else None each."""
-    engine = Engine(model, fmt.tokenizer, slots=Engine.fitting(model, min(slots, 2 * max(1, len(prompts)))))
+    per_prompt = 2 if answers else 1  # (a reply, and the scored answer sharing its prefill)
+    fitting = Engine.fitting(model, min(slots, per_prompt * max(1, len(prompts))))
+    engine = Engine(model, fmt.tokenizer, slots=per_prompt * max(1, fitting // per_prompt))
     groups = [engine.add(request(fmt, ids, max_new_tokens, Sampling(temperature, seed=None if seed is None else
                                                                     seed + i)), given=[answers[i]] if answers else [])
               for i, ids in enumerate(prompts)]

@@ -134,13 +134,7 @@ class Engine:
         """Queue a request: `copies` continuations of its prompt (copy i seeded seed + i), and after them one
         sequence for each list of tokens in `given`, which takes those tokens in turn and is scored by them (its
         .score); all of them share one prefill of the prompt."""
-        if not request.prompt:
-            raise GptlabError("the prompt is empty after tokenization; give at least one token")
-        if request.stop and self.tokenizer is None:
-            raise GptlabError("stop strings need the engine to have the run's tokenizer")
-        if not 1 <= copies + len(given) <= self.slots:
-            raise GptlabError(f"an engine of {self.slots} slots generates 1 to {self.slots} copies at once")
-        request.sampling.check()
+        self.check(request, copies + len(given))
         seed = request.sampling.seed
         scored = [Request(request.prompt, len(tokens), Sampling(temperature=0), given=list(tokens))
                   for tokens in given]  # (greedy: a given token draws no random number)
@@ -153,6 +147,17 @@ class Engine:
         if group[0].finish is None:
             self.waiting.append(group)
         return group
+
+    def check(self, request: Request, sequences: int = 1) -> None:
+        """A GptlabError where this engine cannot take the request as `sequences` sequences at once."""
+        if not request.prompt:
+            raise GptlabError("the prompt is empty after tokenization; give at least one token")
+        if request.stop and self.tokenizer is None:
+            raise GptlabError("stop strings need the engine to have the run's tokenizer")
+        if not 1 <= sequences <= self.slots:
+            raise GptlabError(f"an engine of {self.slots} slots generates 1 to {self.slots} sequences of a request "
+                              "at once")
+        request.sampling.check()
 
     @torch.no_grad()
     def step(self) -> list[Event]:

@@ -102,7 +102,8 @@ def sample_rows(logits: torch.Tensor, settings: list[Sampling],
     drawn = [i for i, s in enumerate(settings) if s.temperature > 0]
     if not drawn:
         return logits.argmax(dim=-1)
-    tokens = logits.argmax(dim=-1) if len(drawn) < len(settings) else torch.empty(len(settings), dtype=torch.long)
+    tokens = logits.argmax(dim=-1) if len(drawn) < len(settings) else \
+        torch.empty(len(settings), dtype=torch.long, device=logits.device)
     rows = logits if len(drawn) == len(settings) else logits[drawn]
     probs = _probabilities(rows, [settings[i].temperature for i in drawn], [settings[i].top_k for i in drawn],
                            [settings[i].top_p for i in drawn])

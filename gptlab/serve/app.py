@@ -277,20 +277,22 @@ def _model(app: FastAPI, name: str) -> Served:
     return app.state.served[name]
 
 
-async def _pieces(model: Served, ids: list[int], options: Options):
-    """(choice, piece) as the model's scheduler makes them, the choices interleaved; when the caller stops
-    listening (a client that went away), the request's sequences are cancelled and their slots freed."""
+def _submit(model: Served, ids: list[int], options: Options) -> tuple[asyncio.Queue, object]:
+    """Hand the request to the model's scheduler (a RequestError here, before any response is sent, is a 4xx);
+    (the queue its (choice, piece) pairs arrive in, its handle)."""
     loop, queue = asyncio.get_running_loop(), asyncio.Queue()
     handle = model.submit(ids, options, lambda choice, piece: loop.call_soon_threadsafe(queue.put_nowait,
                                                                                         (choice, piece)))
-    try:
-        remaining = options.n
-        while remaining:
-            choice, piece = await queue.get()
-            remaining -= piece.finish is not None
-            yield choice, piece
-    finally:
-        handle.cancel()
+    return queue, handle
+
+
+async def _pieces(queue: asyncio.Queue, n: int):
+    """(choice, piece) as the model's scheduler makes them, the n choices interleaved, until every choice ended."""
+    remaining = n
+    while remaining:
+        choice, piece = await queue.get()
+        remaining -= piece.finish is not None
+        yield choice, piece
 
 
 async def _respond(request: Request, model: Served, ids: list[int], s: Options, stream: bool, chat: bool,
@@ -298,7 +300,9 @@ async def _respond(request: Request, model: Served, ids: list[int], s: Options, 
     meta = dict(id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", created=int(time.time()),
                 model=model.name)
     if stream:
-        return StreamingResponse(_events(request, model, ids, s, chat, meta, usage), media_type="text/event-stream")
+        queue, handle = _submit(model, ids, s)
+        return StreamingResponse(_events(request, model, (queue, handle), len(ids), s, chat, meta, usage),
+                                 media_type="text/event-stream")
     collected = Collected(s.n, asyncio.get_running_loop())
     handle = model.submit(ids, s, collected)
     try:
@@ -361,19 +365,18 @@ def _chat_logprob(p, model: Served) -> dict:
             "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in (p.top or {}).items()]}
 
 
-async def _events(request: Request, model: Served, ids: list[int], s: Options, chat: bool, meta: dict,
-                  usage: bool):
+async def _events(request: Request, model: Served, submitted: tuple, prompt_tokens: int, s: Options, chat: bool,
+                  meta: dict, usage: bool):
     """Server-sent events, one per piece, as OpenAI's streams send them (the choices of n > 1 interleaved, each
-    chunk naming its index); stops when the client goes away. A failure mid-stream (the status is already sent) is
-    an error event, then the end."""
-    kind, used, offsets = "chat.completion.chunk" if chat else "text_completion", 0, [0] * s.n
-    if chat:
-        for i in range(s.n):
+    chunk naming its index); stops when the client goes away, and its request's sequences with it. A failure
+    mid-stream (the status is already sent) is an error event, then the end."""
+    (queue, handle), kind = submitted, "chat.completion.chunk" if chat else "text_completion"
+    used, offsets = 0, [0] * s.n
+    try:
+        for i in range(s.n if chat else 0):
             yield _event({**meta, "object": kind, "choices": [
                 {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-    pieces = _pieces(model, ids, s)
-    try:
-        async for i, piece in pieces:
+        async for i, piece in _pieces(queue, s.n):
             if piece.finish == "error":
                 yield _event({"error": {"message": f"the server failed: {piece.error}", "type": "server_error",
                                         "param": None, "code": None}})
@@ -386,10 +389,10 @@ async def _events(request: Request, model: Served, ids: list[int], s: Options, c
         else:
             if usage:
                 yield _event({**meta, "object": kind, "choices": [],
-                              "usage": {"prompt_tokens": len(ids), "completion_tokens": used,
-                                        "total_tokens": len(ids) + used}})
+                              "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": used,
+                                        "total_tokens": prompt_tokens + used}})
     finally:
-        await pieces.aclose()  # (cancels the request's sequences if they are still going)
+        handle.cancel()  # (the request's sequences end at the next step if they are still going)
     yield "data: [DONE]\n\n"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -92,12 +93,14 @@ class Piece:
 
 
 class Handle:
-    """A submitted request's sequences, to cancel together."""
+    """A submitted request's sequences (once the scheduler has taken it), to cancel together."""
 
-    def __init__(self, seqs: list):
-        self.seqs = seqs
+    def __init__(self):
+        self.seqs: list = []
+        self.cancelled = False
 
     def cancel(self) -> None:
+        self.cancelled = True  # (before reading seqs: the scheduler sets seqs, then reads this)
         for seq in self.seqs:
             seq.cancel()
 
@@ -186,6 +189,8 @@ class Scheduler:
 
     def __init__(self, served: Served, engine: Engine):
         self.served, self.engine = served, engine
+        self.inbox: deque = deque()  # (request, copies, deliver, handle) submitted, not yet in the engine
+        self.guard = threading.Lock()  # held briefly: the inbox against the thread's decision to end
         self.listeners: dict = {}  # sequence -> (deliver, choice)
         self.wake = threading.Event()  # set when a request comes (drive() gives its schedulers one to share)
         self.thread: threading.Thread | None = None
@@ -193,20 +198,22 @@ class Scheduler:
         self.failure = ""
 
     def submit(self, request: Request, copies: int, deliver: Callable[[int, Piece], None]) -> Handle:
+        """Queue a request for the next step, without waiting for the step now running (the HTTP thread calls
+        this); a RequestError at once where the engine cannot take it."""
         if copies > self.engine.slots:
             raise RequestError(f"n must be at most the server's {self.engine.slots} slots", "n")
-        with self.served.lock:
-            try:
-                seqs = self.engine.add(request, copies)
-            except GptlabError as e:
-                raise RequestError(str(e), "prompt") from None
-            for choice, seq in enumerate(seqs):
-                self.listeners[seq] = (deliver, choice)
+        try:
+            self.engine.check(request, copies)
+        except GptlabError as e:
+            raise RequestError(str(e), "prompt") from None
+        handle = Handle()
+        with self.guard:
+            self.inbox.append((request, copies, deliver, handle))
             if self.thread is None and not self.driven:
                 self.thread = threading.Thread(target=self._run, daemon=True, name=f"gptlab-{self.served.name}")
                 self.thread.start()
         self.wake.set()
-        return Handle(seqs)
+        return handle
 
     def _run(self) -> None:
         """The scheduler's own thread: step while there is work; end after IDLE seconds without any (a thread
@@ -215,14 +222,16 @@ class Scheduler:
             self.wake.clear()  # (before looking: a request that comes after this sets it again)
             if self.step() or self.wake.wait(timeout=self.IDLE):
                 continue
-            with self.served.lock:  # (a request submitted meanwhile either is seen here or starts a new thread)
-                if not self.engine.busy:
+            with self.guard:  # (a request submitted meanwhile either is seen here or starts a new thread)
+                if not self.inbox and not self.engine.busy:
                     self.thread = None
                     return
 
     def step(self) -> bool:
-        """One step of the engine, and its pieces delivered; False where there was nothing to do."""
+        """One step of the engine, after taking in what was submitted, and its pieces delivered; False where
+        there was nothing to do."""
         with self.served.lock:
+            self._take()
             if not self.engine.busy:
                 return False
             try:
@@ -236,6 +245,18 @@ class Scheduler:
             deliver(choice, self.served.piece(event) if event is not None else
                     Piece("", -1, finish="error", error=self.failure))
         return True
+
+    def _take(self) -> None:
+        """The submitted requests into the engine (those cancelled meanwhile left out)."""
+        while self.inbox:
+            request, copies, deliver, handle = self.inbox.popleft()
+            if handle.cancelled:
+                continue
+            handle.seqs = self.engine.add(request, copies)
+            for choice, seq in enumerate(handle.seqs):
+                self.listeners[seq] = (deliver, choice)
+            if handle.cancelled:  # (cancelled while being taken: its sequences end at this step)
+                handle.cancel()
 
     def _fail(self, error: Exception) -> list:
         """A step that failed (a model whose logits went NaN, say) ends every sequence it was generating."""
