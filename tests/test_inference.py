@@ -133,6 +133,18 @@ def test_cancelling_frees_the_slot_for_the_next_request():
     assert [e.seq for e in events] == [second] and first.slot is None and len(first.new) == 1
 
 
+def test_a_request_cancelled_while_waiting_holds_no_one_up():
+    engine = Engine(gpt("none"), slots=2)
+    long = engine.add(Request([1, 2], 50, Sampling(temperature=0)))[0]
+    engine.step()
+    for seq in engine.add(Request([3], 5, Sampling(temperature=0)), copies=2):  # needs both slots: waits...
+        seq.cancel()  # ...and its client leaves
+    short = engine.add(Request([4], 5, Sampling(temperature=0)))[0]
+    for _ in range(5):
+        engine.step()
+    assert short.finish == "length" and long.finish is None
+
+
 def test_a_failed_prefill_leaves_no_slot_taken(monkeypatch):
     model = gpt("none")
     engine = Engine(model, slots=2)

@@ -147,6 +147,13 @@ def test_openais_client_over_a_socket_and_a_client_that_leaves_stops_its_generat
     stopped = served.steps
     time.sleep(0.5)
     assert served.steps == stopped and stopped - before < 20_000
+    assert_nothing_held(served)
+
+
+def assert_nothing_held(served) -> None:
+    """Every slot of the model's engine free again, and no listener left behind."""
+    engine = served.scheduler.engine
+    assert sorted(engine.free) == list(range(engine.slots)) and not engine.busy and not served.scheduler.listeners
 
 
 def test_the_command_serves_named_runs_on_localhost(app, tmp_path):
@@ -240,6 +247,7 @@ def test_a_client_that_leaves_a_request_that_is_not_streamed_stops_it(server, ap
     stopped = served.steps
     time.sleep(0.5)
     assert served.steps == stopped and stopped - before < 20_000
+    assert_nothing_held(served)
 
 
 def test_what_current_openai_clients_send_is_done_or_refused(client):
@@ -262,7 +270,8 @@ def test_what_current_openai_clients_send_is_done_or_refused(client):
         ({"temperature": "0.5"}, "temperature", "valid number"), ({"bogus": 1}, "bogus", "not a parameter"),
         ({"presence_penalty": 3}, "presence_penalty", "between -2 and 2"),
         ({"logit_bias": {"x": 1}}, "logit_bias", "token ids"), ({"logit_bias": {"99999": 1}}, "logit_bias", "0 to"),
-        ({"max_tokens": 3, "max_completion_tokens": 4}, "max_completion_tokens", "not both")]:
+        ({"max_tokens": 3, "max_completion_tokens": 4}, "max_completion_tokens", "not both"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens", "max_completion_tokens must be between")]:
         r = http.post("/v1/chat/completions", json={"model": "chat", "messages": [{"role": "user", "content": "x"}],
                                                     **body})
         assert r.status_code == 400, (body, r.text)
@@ -277,12 +286,19 @@ def app_label(http, token: int) -> str:
     return r.json()["choices"][0]["logprobs"]["tokens"][0]
 
 
-def test_n_choices_share_a_prefill_and_stream_interleaved(client):
-    """n = 3 streamed: every choice's chunks come (interleaved, each naming its index), and each choice equals
-    the same request with seed + i and n = 1."""
+def test_n_choices_share_a_prefill_and_stream_interleaved(client, app, monkeypatch):
+    """n = 3 streamed: one prefill of the prompt, every choice's chunks come interleaved (each naming its index),
+    and each choice equals the same request with seed + i and n = 1."""
     c, _ = client
+    model, prefills = app.state.served["base"].run.model, []
+    real = model.prefill
+    monkeypatch.setattr(model, "prefill", lambda idx, *a: prefills.append(idx.size(0)) or real(idx, *a))
     chunks = list(c.completions.create(model="base", prompt="the", max_tokens=8, n=3, seed=4, temperature=1.0,
                                        stream=True))
+    assert prefills == [1]  # (one row: the prompt, fed once)
+    monkeypatch.undo()
+    indices = [ch.choices[0].index for ch in chunks]
+    assert indices[:3] == [0, 1, 2] and indices != sorted(indices)
     texts = ["".join(ch.choices[0].text for ch in chunks if ch.choices[0].index == i) for i in range(3)]
     for i, text in enumerate(texts):
         alone = c.completions.create(model="base", prompt="the", max_tokens=8, seed=4 + i, temperature=1.0)
@@ -302,3 +318,21 @@ def test_more_choices_than_slots_are_refused_streamed_or_not(app):
         assert "2 slots" in r.json()["error"]["message"]
     r = http.post("/v1/completions", json={"model": "small", "prompt": "the", "n": 2, "max_tokens": 3})
     assert r.status_code == 200 and len(r.json()["choices"]) == 2
+
+
+def test_a_step_that_fails_ends_its_requests_with_an_error_and_holds_nothing(app, monkeypatch):
+    """A failure inside the engine (out of memory in a prefill, say) is a 500 for a request that is not
+    streamed and an error event in a stream; the model's slots are free again and the next request is answered."""
+    served = app.state.served["base"]
+    http = TestClient(app)
+    model, real = served.run.model, served.run.model.prefill
+    monkeypatch.setattr(model, "prefill", lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    r = http.post("/v1/completions", json={"model": "base", "prompt": "the", "max_tokens": 4})
+    assert r.status_code == 500 and "RuntimeError: out of memory" in r.json()["error"]["message"]
+    with http.stream("POST", "/v1/completions", json={"model": "base", "prompt": "the", "stream": True}) as s:
+        events = [line for line in s.iter_lines() if line.startswith("data: ")]
+    assert "out of memory" in events[0] and events[-1] == "data: [DONE]"
+    assert_nothing_held(served)
+    monkeypatch.setattr(model, "prefill", real)
+    r = http.post("/v1/completions", json={"model": "base", "prompt": "the", "max_tokens": 4})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4

@@ -6,7 +6,8 @@
         for event in engine.step():     # Event(seq, token, text, logprob, top, finish)
             ...
 
-A sequence waits until a slot is free, then its prompt is fed into that slot alone (prefill). From then on each
+A sequence waits until a slot is free, then its prompt is fed into that slot (prefill; the prompts admitted at
+one step together, right-padded). From then on each
 step samples one token for every sequence in a slot, from its own settings and generator, and feeds the new
 tokens of all of them through the model in one forward pass (decode): a row of the KV cache, or of a recurrent
 net's hidden state, per slot, each at its own length. A sequence ends at a stop token, a stop string, its token
@@ -161,7 +162,7 @@ class Engine:
 
     @torch.no_grad()
     def step(self) -> list[Event]:
-        """One token for every sequence in a slot; returns their events (in slot order)."""
+        """One token for every sequence in a slot; returns their events."""
         self._release([s for s in self.active if s.cancelled])
         self._admit()
         if not self.active:
@@ -197,11 +198,11 @@ class Engine:
     # --- slots ----------------------------------------------------------------------------------------------------
 
     def _admit(self) -> None:
-        """Waiting requests into free slots, as long as a whole group fits: its prompt is fed into the first
-        copy's slot (the prompts of every request admitted now together, where their lengths agree), and the
-        other copies share what it holds."""
+        """Waiting requests into free slots, in turn, as long as the next one's group fits (its sequences that
+        were cancelled while waiting take none): its prompt is fed into the first sequence's slot (the prompts of
+        every request admitted now in one pass, right-padded), and the others share what it holds."""
         groups = []
-        while self.waiting and len(self.waiting[0]) <= len(self.free):
+        while self.waiting and sum(not s.cancelled for s in self.waiting[0]) <= len(self.free):
             group = [s for s in self.waiting.popleft() if not s.cancelled]
             for seq in group:
                 seq.slot = self.free.pop(0)
@@ -225,7 +226,7 @@ class Engine:
     def _vacate(self, seq: Sequence) -> None:
         """Free a sequence's slot. The slots in use stay the first ones: the sequence in the last of them moves
         into the gap (its row of the state is copied), so that a step reads the rows it computes as one block
-        rather than gathering them."""
+        rather than gathering them (without the cache there is nothing to move)."""
         slot, seq.slot = seq.slot, None
         last = max((s for s in self.active if s.slot is not None), key=lambda s: s.slot, default=None)
         if self.use_cache and last is not None and last.slot > slot:
@@ -291,15 +292,16 @@ def generate(model, prompt: Ids[int] | torch.Tensor, max_new_tokens: int, temper
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              use_cache: bool = True) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens next tokens, each a tensor (B,), for prompt ids (T,) or (B, T): the engine with a slot
-    per row, every row with the same settings (and, given a seed, a generator seeded alike). The model's training
-    mode is put back afterwards."""
+    per row, every row with the same settings (and, given a seed, row i a generator seeded seed + i). The model's
+    training mode is put back afterwards."""
     rows = torch.as_tensor(prompt, dtype=torch.long)
     rows = rows[None] if rows.dim() == 1 else rows
     was_training = model.training
     try:
         engine = Engine(model, slots=max(1, rows.size(0)), use_cache=use_cache)
-        settings = Sampling(temperature, top_k, top_p, seed)
-        seqs = [engine.add(Request(row.tolist(), max_new_tokens, settings))[0] for row in rows]
+        seqs = [engine.add(Request(row.tolist(), max_new_tokens, Sampling(temperature, top_k, top_p,
+                                                                          None if seed is None else seed + i)))[0]
+                for i, row in enumerate(rows)]
         for _ in range(max_new_tokens):
             tokens = {e.seq: e.token for e in engine.step()}
             yield torch.tensor([tokens[s] for s in seqs], device=engine.device)

@@ -123,8 +123,9 @@ def _probabilities(logits: torch.Tensor, temperatures: list[float], top_k: list,
     to 0 from giving 0 / 0."""
     logits = logits.float()
     floor = torch.finfo(torch.float32).tiny
-    t = max(temperatures[0], floor) if len(set(temperatures)) == 1 else \
-        torch.tensor([max(t, floor) for t in temperatures], device=logits.device)[:, None]
+    # (a tensor even where every row has one temperature: a row's arithmetic is then the same whatever its
+    # neighbours', on a GPU too, where dividing by a number is a multiplication by its inverse)
+    t = torch.tensor([max(t, floor) for t in temperatures], device=logits.device)[:, None]  # (B, 1)
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / t
     if any(k is not None for k in top_k) or any(p is not None and p < 1.0 for p in top_p):
         logits = filter_rows(logits, top_k, top_p)

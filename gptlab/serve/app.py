@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -237,6 +238,8 @@ def create_app(served: dict[str, Served], api_key: str | None = None, max_tokens
         body.max_tokens = body.tokens()
         options = body.options(logprobs, app.state.cap)
         options.logprobs_param = "top_logprobs"
+        if body.max_completion_tokens is not None:
+            options.tokens_param = "max_completion_tokens"
         options.check(app.state.cap, model.run.tokenizer.vocab_size)
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
         ids = model.chat_ids(messages, options.max_tokens)
@@ -300,9 +303,9 @@ async def _respond(request: Request, model: Served, ids: list[int], s: Options, 
     meta = dict(id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", created=int(time.time()),
                 model=model.name)
     if stream:
-        queue, handle = _submit(model, ids, s)
+        queue, handle = _submit(model, ids, s)  # (and cancelled after the response, even one never started)
         return StreamingResponse(_events(request, model, (queue, handle), len(ids), s, chat, meta, usage),
-                                 media_type="text/event-stream")
+                                 media_type="text/event-stream", background=BackgroundTask(handle.cancel))
     collected = Collected(s.n, asyncio.get_running_loop())
     handle = model.submit(ids, s, collected)
     try:

@@ -9,7 +9,8 @@ model's scheduler, which generates all of that model's requests together and str
 One scheduler per model owns its inference engine (gptlab.inference.Engine): a thread that admits waiting
 requests into free slots between steps (continuous batching) and steps all of them in one forward pass at a
 time. The `n` choices of a request share one prefill. A step, and each of the playground's views, holds the
-model's lock: one computation on a model at a time.
+model's lock: one computation on a model at a time. A request is queued without waiting for the step in
+progress, and taken into the engine at the next.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Options:
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # alternatives per token to report (None: no log-probabilities)
     logprobs_param: str = "logprobs"  # what the request called it (chat: top_logprobs)
+    tokens_param: str = "max_tokens"  # (chat: max_completion_tokens, where the request says so)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] | None = None
@@ -55,7 +57,7 @@ class Options:
     def check(self, cap: int, vocab_size: int) -> None:
         """Every value in range, or a RequestError naming the parameter."""
         if not 1 <= self.max_tokens <= cap:
-            raise RequestError(f"max_tokens must be between 1 and {cap}", "max_tokens")
+            raise RequestError(f"{self.tokens_param} must be between 1 and {cap}", self.tokens_param)
         if not 1 <= self.n <= 8:
             raise RequestError("n must be between 1 and 8", "n")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
@@ -231,10 +233,10 @@ class Scheduler:
         """One step of the engine, after taking in what was submitted, and its pieces delivered; False where
         there was nothing to do."""
         with self.served.lock:
-            self._take()
-            if not self.engine.busy:
+            if not self.inbox and not self.engine.busy:
                 return False
             try:
+                self._take()
                 out = [(event, *self.listeners[event.seq]) for event in self.engine.step()]
             except Exception as e:  # noqa: BLE001 - every client of the model is told; the server goes on
                 out = self._fail(e)
@@ -242,8 +244,12 @@ class Scheduler:
             for seq in [s for s in self.listeners if s.done]:
                 del self.listeners[seq]
         for event, deliver, choice in out:  # (outside the lock: a slow client does not hold the model)
-            deliver(choice, self.served.piece(event) if event is not None else
-                    Piece("", -1, finish="error", error=self.failure))
+            try:
+                deliver(choice, self.served.piece(event) if event is not None else
+                        Piece("", -1, finish="error", error=self.failure))
+            except Exception:  # noqa: BLE001 - a listener that fails (its event loop closed, say) is left
+                if event is not None:
+                    event.seq.cancel()
         return True
 
     def _take(self) -> None:
@@ -259,9 +265,10 @@ class Scheduler:
                 handle.cancel()
 
     def _fail(self, error: Exception) -> list:
-        """A step that failed (a model whose logits went NaN, say) ends every sequence it was generating."""
+        """A step that failed (a model whose logits went NaN, say) ends every sequence it was generating; those
+        still waiting stay queued."""
         self.failure = f"{type(error).__name__}: {error}"
-        seqs = list(self.listeners)
+        seqs = [s for s in self.listeners if s in self.engine.active]
         self.engine.drop(seqs)
         return [(None, *self.listeners[seq]) for seq in seqs]
 
