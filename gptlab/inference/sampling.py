@@ -102,18 +102,20 @@ def sample_rows(logits: torch.Tensor, settings: list[Sampling],
     drawn = [i for i, s in enumerate(settings) if s.temperature > 0]
     if not drawn:
         return logits.argmax(dim=-1)
-    tokens = logits.argmax(dim=-1) if len(drawn) < len(settings) else \
-        torch.empty(len(settings), dtype=torch.long, device=logits.device)
-    rows = logits if len(drawn) == len(settings) else logits[drawn]
-    probs = _probabilities(rows, [settings[i].temperature for i in drawn], [settings[i].top_k for i in drawn],
-                           [settings[i].top_p for i in drawn])
+    every = len(drawn) == len(settings)
+    probs = _probabilities(logits if every else logits[drawn], [settings[i].temperature for i in drawn],
+                           [settings[i].top_k for i in drawn], [settings[i].top_p for i in drawn])
     # torch.multinomial's own method, a row at a time for the random numbers: the token is argmax p / q with q
     # exponentially distributed (the Gumbel-max trick), so row i's draw equals torch.multinomial(probs[i:i+1], 1,
     # generator=generators[i]) and depends on nothing else.
     q = torch.empty_like(probs)
     for row, i in enumerate(drawn):
         q[row].exponential_(1, generator=generators[i])
-    tokens[drawn] = (probs / q).argmax(dim=-1)
+    picked = (probs / q).argmax(dim=-1)
+    if every:
+        return picked
+    tokens = logits.argmax(dim=-1)  # (the greedy rows)
+    tokens[drawn] = picked
     return tokens
 
 
