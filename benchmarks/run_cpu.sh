@@ -5,6 +5,7 @@
 # With a nanoGPT checkout (default ../../shared/reference/nanogpt, when it exists) its CPU recipe is timed
 # between gptlab's runs, so that the ratios come from one sitting.
 set -euo pipefail
+base_run=${BASE_RUN:+$(realpath "$BASE_RUN")}; chat_run=${CHAT_RUN:+$(realpath "$CHAT_RUN")}  # (before the cd)
 cd "$(dirname "$0")"
 out=${1:-results/$(date +%F)}
 nanogpt=${2:-../../shared/reference/nanogpt}
@@ -31,3 +32,10 @@ python time_to_quality.py --preset nanogpt-cpu --target 1.886 -- --dtype bfloat1
 python time_to_quality.py --preset cpu --target 1.886 --target 1.70 --target 1.60 > "$out/cpu_ttq_default.json"
 python cost_check.py --steps 30 > "$out/cpu_cost_check.json"
 python shared_machine.py --runs 2 > "$out/cpu_shared_machine.json"  # two default runs at once: 5 more minutes
+# The inference figures need a trained run and its finetuned child on builtin:words (skipped without them):
+#   BASE_RUN=runs/base CHAT_RUN=runs/words bash benchmarks/run_cpu.sh
+if [ -n "$base_run" ] && [ -n "$chat_run" ]; then
+  python serve_load.py --run "$base_run" > "$out/cpu_serve_load.json"
+  python serve_memory.py --run "$base_run" > "$out/cpu_serve_memory.json"
+  python inference_speed.py --run "$base_run" --chat "$chat_run" > "$out/cpu_inference_speed.json"
+fi
