@@ -10,12 +10,26 @@ import argparse
 import sys
 
 from gptlab import __version__, cores  # noqa: F401  (cores: the first look at the machine's load, at start-up)
-from gptlab.cli import chat, compare, cost, evaluate, finetune, inspect, listing, plot, sample, serve, train
+from gptlab.cli import (
+    chat,
+    compare,
+    cost,
+    evaluate,
+    export,
+    finetune,
+    import_,
+    inspect,
+    listing,
+    plot,
+    sample,
+    serve,
+    train,
+)
 from gptlab.errors import GptlabError, is_main_process
 
 COMMANDS = {"train": train, "sample": sample, "finetune": finetune, "chat": chat, "eval": evaluate,
             "inspect": inspect, "plot": plot, "serve": serve, "compare": compare,
-            "cost": cost, "list": listing}
+            "cost": cost, "import": import_, "export": export, "list": listing}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
