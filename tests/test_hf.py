@@ -19,13 +19,18 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The tiny char "base" and "chat" runs, and a word-tokenizer run with an exact GELU, biases and an untied head."""
+    """The tiny char "base" and "chat" runs, a word-tokenizer run with an exact GELU, biases and an untied head,
+    and char runs with rotary positions (untied) and none (tied)."""
     folder = tmp_path_factory.mktemp("hf")
     served = base_and_chat(folder)
     corpus = write_corpus(folder / "words")
     gptlab.train(tiny(corpus, tokenizer="word", vocab_size=60, bias=True, tie_weights=False, activation="gelu",
                       max_iters=5), out=folder / "word", quiet=True)
-    return {**{name: s.run.path for name, s in served.items()}, "word": folder / "word", "folder": folder}
+    for pos, tied in (("rope", False), ("none", True)):  # (GPT-NeoX's format; no biases: zeros there)
+        gptlab.train(tiny(corpus, pos=pos, tie_weights=tied, activation="gelu_tanh", block_size=48, max_iters=5),
+                     out=folder / pos, quiet=True)
+    return {**{name: s.run.path for name, s in served.items()}, "word": folder / "word", "rope": folder / "rope",
+            "none": folder / "none", "folder": folder}
 
 
 def same_logits(run, hf_model, text: str) -> None:
@@ -44,7 +49,7 @@ def greedy(run, hf_model, text: str, n: int = 12) -> tuple[list[int], list[int]]
     return ours, theirs
 
 
-@pytest.mark.parametrize("name", ["base", "word"])
+@pytest.mark.parametrize("name", ["base", "word", "rope", "none"])
 def test_an_exported_run_loads_in_transformers_with_the_same_logits_and_text(runs, name, tmp_path):
     from gptlab.hf.convert import export_run
 
@@ -181,7 +186,7 @@ def test_what_cannot_be_converted_is_one_line(runs, gpt2_folder, tmp_path, capsy
     assert run_cli(capsys, "import", bare, "--out", tmp_path / "e", "--gpt2-tokenizer")[0] == 0
 
 
-@pytest.mark.parametrize("change, fragment", [({"pos": "sinusoidal"}, "learned positions"),
+@pytest.mark.parametrize("change, fragment", [({"pos": "sinusoidal"}, "are 'sinusoidal'; GPT-NeoX has rotary"),
                                               ({"model": "gru", "n_hidden": 16}, "has no GPT-2 form")])
 def test_runs_without_a_gpt2_form_are_refused(runs, tmp_path, capsys, change, fragment):
     values = {k: v for k, v in tiny(write_corpus(tmp_path), max_iters=1).items()

@@ -27,8 +27,9 @@ def model(name: str | None, sizes: dict) -> tuple[Shape, dict, Path | None]:
     name = name or "gpt2"
     run_dir, settings = None, {}
     if Path(name).is_dir():
-        run_dir = Path(name)
-        shape, settings = from_config(run_dir / "config.json")
+        shape, settings = from_config(Path(name) / "config.json")
+        imported = runs.read_config(Path(name) / "config.json")[0].get("imported")
+        run_dir = None if imported else Path(name)  # (an imported run measured nothing here: it is estimated)
     elif Path(name).is_file():
         shape, settings = from_config(Path(name))
     elif name in REFERENCE:

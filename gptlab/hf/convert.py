@@ -1,5 +1,6 @@
 """`gptlab import` and `gptlab export`: a Hugging Face GPT-2 folder in as an ordinary gptlab run, and a gptlab run
-out as a folder that transformers' AutoModelForCausalLM and AutoTokenizer load with no gptlab installed.
+out as a folder that transformers' AutoModelForCausalLM and AutoTokenizer load with no gptlab installed (GPT-2's
+format for learned positions, GPT-NeoX's for rotary positions or none).
 
     HF_DIR/config.json              GPT-2's configuration (model_type "gpt2")
     HF_DIR/model.safetensors        the weights under transformers' names (a tied head saved once)
@@ -20,10 +21,14 @@ import torch
 from gptlab import rundir
 from gptlab.errors import GptlabError
 from gptlab.files import write_atomic
-from gptlab.hf.gpt2 import from_gpt2, to_gpt2
+from gptlab.hf import gpt2, neox
+from gptlab.hf.gpt2 import from_gpt2
 from gptlab.hf.tokenizer import folder_tokenizer, gpt2_files, gpt2_tokenizer, to_hf
 
 WEIGHTS, SAFE_BIN = "model.safetensors", "pytorch_model.bin"
+# The standard architectures a gptlab GPT is written as, each (why it does not fit, the conversion), in order:
+# GPT-2 for learned positions; GPT-NeoX for rotary positions or none. Sinusoidal positions have no standard one.
+FORMATS = ((gpt2.fits, gpt2.to_gpt2), (neox.fits, neox.to_neox))
 EXPORTED = ("config.json", WEIGHTS, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
             "generation_config.json")
 
@@ -62,7 +67,7 @@ def export_run(run_path: str | Path, out: str | Path, overwrite: bool = False) -
     from gptlab.run import load_run
 
     run, out = load_run(run_path, device="cpu"), Path(out)
-    config, tensors = to_gpt2(run.model, run.config["model"])
+    config, tensors = _convert(run.model, run.config["model"])
     tokenizer_json, tokenizer_config = to_hf(run.tokenizer, run.model.max_context)
     _check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +84,17 @@ def export_run(run_path: str | Path, out: str | Path, overwrite: bool = False) -
     specials = {k: v for k, v in tokenizer_config.items() if k.endswith("_token") and isinstance(v, str)}
     write_atomic(out / "special_tokens_map.json", json.dumps(specials, indent=1))
     return out
+
+
+def _convert(model, model_config: dict) -> tuple[dict, dict]:
+    """(config.json's values, tensors) in the first standard format that holds the model; else why none does."""
+    reasons = []
+    for fits, convert in FORMATS:
+        why = fits(model_config)
+        if why is None:
+            return convert(model, model_config)
+        reasons.append(why)
+    raise GptlabError("no standard format holds this run: " + "; ".join(dict.fromkeys(reasons)))
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

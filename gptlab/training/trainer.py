@@ -123,6 +123,9 @@ def _plan_resume(overrides: dict, preset: str | None, out) -> Plan:
         raise GptlabError("--resume continues with the run's own configuration; leave out --preset")
     ckpt = rundir.resume_checkpoint(out)
     saved = rundir.read_config(ckpt)
+    if isinstance(saved.get("train"), dict) and saved["train"].get("imported"):
+        raise GptlabError(f"{out} was imported (gptlab import), not trained here: it has no training to resume; "
+                          f"finetune it (gptlab finetune {out} ...)")
     try:
         values = saved_values(saved)
     except GptlabError as e:
