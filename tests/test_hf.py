@@ -19,18 +19,19 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The tiny char "base" and "chat" runs, a word-tokenizer run with an exact GELU, biases and an untied head,
-    and char runs with rotary positions (untied) and none (tied)."""
+    """The tiny char "base" and "chat" runs, a word-tokenizer run with an exact GELU, biases and an untied head, a
+    BPE run, and char runs with rotary positions (untied) and none (tied)."""
     folder = tmp_path_factory.mktemp("hf")
     served = base_and_chat(folder)
     corpus = write_corpus(folder / "words")
     gptlab.train(tiny(corpus, tokenizer="word", vocab_size=60, bias=True, tie_weights=False, activation="gelu",
                       max_iters=5), out=folder / "word", quiet=True)
+    gptlab.train(tiny(corpus, tokenizer="bpe", vocab_size=300, max_iters=5), out=folder / "bpe", quiet=True)
     for pos, tied in (("rope", False), ("none", True)):  # (GPT-NeoX's format; no biases: zeros there)
         gptlab.train(tiny(corpus, pos=pos, tie_weights=tied, activation="gelu_tanh", block_size=48, max_iters=5),
                      out=folder / pos, quiet=True)
-    return {**{name: s.run.path for name, s in served.items()}, "word": folder / "word", "rope": folder / "rope",
-            "none": folder / "none", "folder": folder}
+    return {**{name: s.run.path for name, s in served.items()}, "folder": folder,
+            **{name: folder / name for name in ("word", "bpe", "rope", "none")}}
 
 
 def same_logits(run, hf_model, text: str) -> None:
@@ -49,7 +50,7 @@ def greedy(run, hf_model, text: str, n: int = 12) -> tuple[list[int], list[int]]
     return ours, theirs
 
 
-@pytest.mark.parametrize("name", ["base", "word", "rope", "none"])
+@pytest.mark.parametrize("name", ["base", "word", "bpe", "rope", "none"])
 def test_an_exported_run_loads_in_transformers_with_the_same_logits_and_text(runs, name, tmp_path):
     from gptlab.hf.convert import export_run
 
@@ -87,7 +88,7 @@ def test_a_chat_run_exported_renders_and_answers_as_gptlab_chat(runs, tmp_path):
 def test_import_of_an_export_gives_the_same_weights_bit_for_bit(runs, tmp_path):
     from gptlab.hf.convert import export_run, import_model
 
-    for name in ("base", "word"):
+    for name in ("base", "word", "bpe"):
         export_run(runs[name], tmp_path / name / "hf")
         import_model(tmp_path / name / "hf", tmp_path / name / "run")
         a, b = gptlab.load_run(runs[name], device="cpu"), gptlab.load_run(tmp_path / name / "run", device="cpu")
