@@ -26,12 +26,17 @@ EPS = 1e-5  # torch's LayerNorm default, and GPT-2's
 
 def fits(model_config: dict) -> str | None:
     """Why a gptlab model configuration has no GPT-2 form (None where it has one)."""
+    return why_not(model_config, "GPT-2", ("learned",), "learned positions")
+
+
+def why_not(model_config: dict, name: str, positions, described: str) -> str | None:
+    """Why the configuration is not a GPT with one of `positions` and a GELU: the format `name`'s."""
     if model_config.get("family", "gpt") != "gpt":
-        return f"a {model_config.get('family')} run has no GPT-2 form (only GPTs have one)"
-    if model_config.get("pos", "learned") != "learned":
-        return f"GPT-2 has learned positions; this run's are {model_config.get('pos')!r}"
+        return f"a {model_config.get('family')} run has no {name} form (only GPTs have one)"
+    if model_config.get("pos", "learned") not in positions:
+        return f"{name} has {described}; this run's are {model_config.get('pos')!r}"
     if model_config.get("activation", "gelu") not in ACTIVATIONS:
-        return f"GPT-2's MLP has a GELU; this run's activation is {model_config.get('activation')!r}"
+        return f"{name}'s MLP has a GELU; this run's activation is {model_config.get('activation')!r}"
     return None
 
 

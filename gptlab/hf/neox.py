@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.hf.gpt2 import ACTIVATIONS, EPS
+from gptlab.hf.gpt2 import ACTIVATIONS, EPS, why_not
 
 NAMES = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "attn.c_attn": "attention.query_key_value",
          "attn.c_proj": "attention.dense", "mlp.c_fc": "mlp.dense_h_to_4h", "mlp.c_proj": "mlp.dense_4h_to_h"}
@@ -27,13 +27,7 @@ ROTARY = {"rope": 1.0, "none": 0.0}  # gptlab's position mode -> the share of ea
 
 def fits(model_config: dict) -> str | None:
     """Why a gptlab model configuration has no GPT-NeoX form (None where it has one)."""
-    if model_config.get("family", "gpt") != "gpt":
-        return f"a {model_config.get('family')} run has no GPT-NeoX form (only GPTs have one)"
-    if model_config.get("pos", "learned") not in ROTARY:
-        return f"GPT-NeoX has rotary positions (or none); this run's are {model_config.get('pos')!r}"
-    if model_config.get("activation", "gelu") not in ACTIVATIONS:
-        return f"GPT-NeoX's MLP has a GELU here; this run's activation is {model_config.get('activation')!r}"
-    return None
+    return why_not(model_config, "GPT-NeoX", ROTARY, "rotary positions (or none)")
 
 
 def to_neox(model, model_config: dict) -> tuple[dict, dict[str, torch.Tensor]]:
