@@ -16,7 +16,12 @@ def add_parser(sub, argv: list[str]) -> None:
                                    "reference (the last assistant message): exact match, and the mean loss of the "
                                    "reference's tokens. Several runs (a base and its finetuned child) share a table.")
     p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--data", required=True, help="held-out conversations as JSONL, or builtin:words (its test split)")
+    p.add_argument("--data", required=True, help="held-out conversations as JSONL, or builtin:words (its test split); "
+                                                 "with --choices a multiple-choice task: JSONL, or builtin:cloze-"
+                                                 "shakespeare, builtin:cloze-andersen-da, builtin:cloze-andersen-en")
+    p.add_argument("--choices", action="store_true",
+                   help="multiple choice by log-likelihood, as the lm-evaluation-harness scores it: accuracy by "
+                        "total log-likelihood, per character of the choice (acc_norm) and per token")
     p.add_argument("--few-shot", type=int, default=0, help="solved examples put before each prompt (default: 0)")
     p.add_argument("--pool", default=None, help="where few-shot examples come from (default for builtin:words: its "
                                                 "training split)")
@@ -49,6 +54,8 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
+    if args.choices:
+        return run_choices(args)
     from gptlab.chat.data import load_conversations
     from gptlab.chat.evaluate import evaluate_run
     from gptlab.run import load_run
@@ -84,3 +91,31 @@ def _table(scores, data: str, match: str) -> None:
         table.add_row(s.run, s.format, shots, str(s.examples), f"{s.exact_match:.1%}", f"{s.answer_loss:.3f}",
                       f"{s.seconds:.0f}s")
     Console().print(table)
+
+
+def run_choices(args) -> int:
+    """`gptlab eval --choices`: every run on the task's items, side by side."""
+    from gptlab.run import load_run
+    from gptlab.tasks.choices import evaluate_choices
+    from gptlab.tasks.data import load_items
+
+    _check(args)
+    items = load_items(args.data, "test")[:args.limit]
+    pool = load_items(args.pool, "pool") if args.pool else load_items(args.data, "pool") if args.few_shot else None
+    threads.use(args.threads)
+    loaded = [(path, load_run(path, device=args.device)) for path in args.runs]  # every run, before any scoring
+    scores = [evaluate_choices(run, path, args.data, items, pool, args.few_shot, args.seed) for path, run in loaded]
+    if args.json:
+        print(json.dumps([s.as_dict() for s in scores], indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "shots (kept)", "items", "acc", "acc_norm", "acc per token", "chance", "cropped", "time",
+                  title=f"multiple choice: {args.data}")
+    for s in scores:
+        shots = f"{s.shots} ({s.shots_kept:.1f})" if s.shots else "0"
+        table.add_row(s.run, shots, str(s.items), f"{s.acc:.1%}", f"{s.acc_norm:.1%}", f"{s.acc_per_token:.1%}",
+                      f"{s.chance:.1%}", str(s.cropped), f"{s.seconds:.0f}s")
+    Console().print(table)
+    return 0
