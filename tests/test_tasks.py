@@ -124,3 +124,27 @@ def test_eval_choices_from_the_command_line(run, tmp_path, capsys):
     assert set(scores[0]) >= {"acc", "acc_norm", "acc_per_token", "cropped", "shots_kept"}
     assert_one_line_error(*run_cli(capsys, "eval", run.path, "--data", "builtin:cloze-klingon", "--choices"),
                           "unknown built-in task")
+
+
+def test_training_scores_the_task_at_each_evaluation_and_plot_draws_it(tmp_path, capsys):
+    from helpers import read_metrics
+
+    task = write_jsonl(tmp_path / "t.jsonl", [{"context": "the cat sat on the", "choices": ["mat.", "dog"],
+                                               "answer": 0}] * 3)
+    corpus = write_corpus(tmp_path)
+    gptlab.train(tiny(corpus, max_iters=6, eval_interval=3, eval_choices=task), out=tmp_path / "run", quiet=True)
+    scores = [r["choices_acc_norm"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+              if "choices_acc_norm" in r]
+    assert len(scores) == 2 and all(s in (0.0, 1.0) for s in scores)  # (three alike items: all right or none)
+    code, out, err = run_cli(capsys, "plot", tmp_path / "run", "--y", "choices", "--json", "--out",
+                             tmp_path / "c.png")
+    drawn = json.loads(out)
+    assert code == 0 and [p["y"] for p in drawn["runs"][0]["val"]] == scores and drawn["split"] == "val"
+    assert "multiple-choice accuracy" in err
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"context": "a", "choices": ["b"], "answer": 0}])
+    code, out, err = run_cli(capsys, "train", "--corpus", corpus, "--max-iters", "1", "--eval-choices", bad,
+                             "--out", tmp_path / "never", "--device", "cpu")
+    assert_one_line_error(code, out, err, "bad.jsonl:1: an item needs at least two choices")
+    gptlab.train(tiny(corpus, max_iters=3, eval_interval=3), out=tmp_path / "plain", quiet=True)
+    assert_one_line_error(*run_cli(capsys, "plot", tmp_path / "plain", "--y", "choices", "--out", tmp_path / "d.png"),
+                          "has no multiple-choice scores", "--eval-choices")

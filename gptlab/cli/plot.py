@@ -16,9 +16,10 @@ def add_parser(sub, argv: list[str]) -> None:
                                    "thinner line of the same colour. Runs with different tokenizers compare "
                                    "fairly in bits per character (--y auto picks it for them).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by gptlab train or finetune")
-    p.add_argument("--y", default="auto", choices=("loss", "bpc", "auto"),
-                   help="loss: nats per token; bpc: bits per character; auto: bpc where the runs' tokenizers "
-                        "(kind and vocabulary size) differ, else loss (default: auto)")
+    p.add_argument("--y", default="auto", choices=("loss", "bpc", "choices", "auto"),
+                   help="loss: nats per token; bpc: bits per character; choices: the multiple-choice accuracy that "
+                        "train --eval-choices recorded (validation points only); auto: bpc where the runs' "
+                        "tokenizers (kind and vocabulary size) differ, else loss (default: auto)")
     p.add_argument("--x", default="steps", choices=("steps", "tokens", "time"),
                    help="steps; tokens trained on (every process's); or wall time "
                         "in seconds (default: steps)")
@@ -39,6 +40,8 @@ def run(args) -> int:
     if args.smooth < 1:
         raise GptlabError(f"--smooth must be at least 1 (1: no smoothing), not {args.smooth}")
     runs = [curves.load_curves(path) for path in args.runs]
+    if args.y == "choices":
+        args.split = "val"  # (scored at evaluations only)
     names = curves.labels(runs)  # refuses a folder named twice
     curves.check_splits(runs, args.split)
     y, why = curves.choose_y(runs, args.y)

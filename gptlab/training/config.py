@@ -54,6 +54,9 @@ class TrainConfig:
     # evaluation, logging, checkpoints
     eval_interval: int = setting(250, "evaluate and save a checkpoint every this many steps")
     eval_iters: int = setting(20, "batches per evaluation")
+    eval_choices: str | None = setting(None, "a multiple-choice task scored at every evaluation too (builtin:cloze-"
+                                             "shakespeare, ... or a JSONL file): the acc_norm of its first 100 items "
+                                             "goes into metrics.jsonl as choices_acc_norm")
     log_interval: int = setting(10, "log the training loss every this many steps")
     # system
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps (auto: cuda, then mps, then cpu)")
@@ -108,8 +111,8 @@ PRESET_HELP = {
 UNBOUNDED_ITERS = 10**9
 
 # Values a resumed run may change; everything else must match the checkpoint.
-RESUMABLE = {"max_iters", "max_time", "eval_interval", "eval_iters", "log_interval", "device", "compile",
-             "threads", "corpus"}
+RESUMABLE = {"max_iters", "max_time", "eval_interval", "eval_iters", "eval_choices", "log_interval", "device",
+             "compile", "threads", "corpus"}
 
 
 def default_preset(device_type: str) -> str:

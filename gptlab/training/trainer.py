@@ -187,6 +187,7 @@ class Trainer:
                             schedulers(self.optimizers, cfg, 0), cfg, self.device, self.dtype,
                             notice=self.progress.message, compiled=cfg.compile, dist=dist)
         self.batches, self.eval_sources = self._sources()
+        self.choices = self._choice_items(mirror)  # (a bad task file stops the run before its first step)
         self.it, self.best_val, self.budget = 0, None, plan.budget
         self.tokens = 0  # tokens trained on so far, every process's (a resume with other processes counts right)
         self.timer, self.metrics, self.last_log = Timer(clock=clock), MetricsLog(None, enabled=False), (0.0, 0)
@@ -561,6 +562,22 @@ class Trainer:
         return evaluate(self.step.forward, self.eval_sources, iters or self.cfg.eval_iters, self.cfg.seed + 1,
                         self.device, self.dtype, self.dist)
 
+    def _choice_items(self, mirror) -> list | None:
+        if not self.cfg.eval_choices:
+            return None
+        from gptlab.tasks.data import load_items
+
+        return load_items(self.cfg.eval_choices, "test", mirror)[:CHOICE_ITEMS]
+
+    def choice_accuracy(self) -> float:
+        """The acc_norm of the model as it is now on the --eval-choices items."""
+        from types import SimpleNamespace
+
+        from gptlab.tasks.choices import evaluate_choices
+
+        now = SimpleNamespace(model=self.model, tokenizer=self.tokenizer)
+        return evaluate_choices(now, "", self.cfg.eval_choices, self.choices).acc_norm
+
     def evaluate_and_save(self) -> None:
         self.last_eval_iter, started = self.it, self.timer.elapsed()
         losses = self.evaluate()
@@ -574,8 +591,11 @@ class Trainer:
             self.best_val = val if self.best_val is None else min(self.best_val, val)
             record.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)),
                           val_bpc=bits_per_char(val, self.data.val_chars_per_token))
+        if self.choices:
+            record["choices_acc_norm"] = self.choice_accuracy()
         self.metrics.write(**record)
         shown = f"val {val:.4f} (bpc {record['val_bpc']:.3f})" if val is not None else "no validation split"
+        shown += f", choices {record['choices_acc_norm']:.1%}" if self.choices else ""
         self.progress.message(f"iter {self.it}: train {losses['train']:.4f}, {shown}, {self.timer.elapsed():.1f}s")
         self.val_loss = val
         if self.budget and not self.budget.fixed and self.it < self.cfg.max_iters:
@@ -591,6 +611,9 @@ class Trainer:
         last = f"The last good checkpoint, {ckpt}, is intact." if ckpt else "No checkpoint was written yet."
         return GptlabError(f"{what} is {value} at iteration {self.it}; stopped without saving. {last} "
                            f"Try a lower --lr, or --dtype float32.")
+
+
+CHOICE_ITEMS = 100  # --eval-choices items scored at each evaluation
 
 
 def train(values: dict | None = None, *, preset: str | None = None, out: str | Path | None = None,

@@ -29,7 +29,7 @@ from gptlab.errors import GptlabError
 CONFIG, METRICS, WEIGHTS = "config.json", "metrics.jsonl", "model.safetensors"
 
 X_AXES = ("steps", "tokens", "time")
-Y_AXES = ("loss", "bpc", "auto")
+Y_AXES = ("loss", "bpc", "choices", "auto")
 SPLITS = ("train", "val", "both")
 X_LABELS = {"steps": "step", "tokens": "tokens seen", "time": "wall time (s)"}
 X_FIELDS = {"steps": "step", "tokens": "tokens", "time": "time"}
@@ -42,6 +42,7 @@ class Point:
     time: float | None  # seconds since the run began ("time" in metrics.jsonl)
     loss: float  # nats per token
     bpc: float | None  # bits per character; None where the run has no validation bits per character
+    choices: float | None = None  # an evaluation's multiple-choice acc_norm (train --eval-choices), where it has one
 
 
 @dataclass
@@ -102,7 +103,7 @@ def load_curves(run_dir: str | Path) -> Curves:
             curves.train.append(Point(**point, loss=r["loss"], bpc=_to_bpc(r["loss"], curves.bpc_per_loss)))
         if "val_loss" in r:  # the run's own val_bpc (converted only where a record lacks one)
             bpc = r["val_bpc"] if "val_bpc" in r else _to_bpc(r["val_loss"], curves.bpc_per_loss)
-            curves.val.append(Point(**point, loss=r["val_loss"], bpc=bpc))
+            curves.val.append(Point(**point, loss=r["val_loss"], bpc=bpc, choices=r.get("choices_acc_norm")))
     if not curves.train and not curves.val:
         raise GptlabError(f"{path / METRICS} holds no losses (no 'loss' or 'val_loss' on any line)")
     return curves
@@ -181,6 +182,12 @@ def choose_y(runs: list[Curves], y: str = "auto") -> tuple[str, str]:
     kinds = list(dict.fromkeys(r.tokenizer_id for r in runs))
     if y == "loss":
         return "loss", "--y loss"
+    if y == "choices":
+        for r in runs:
+            if not any(_is_number(p.choices) for p in r.val):
+                raise GptlabError(f"{r.path} has no multiple-choice scores in its {METRICS} (train it with "
+                                  f"--eval-choices TASK)")
+        return "choices", "--y choices: the acc_norm of train --eval-choices at each evaluation"
     if y == "auto" and len(kinds) == 1:
         return "loss", f"auto: every run has the same tokenizer ({kinds[0]})"
     reason = "--y bpc" if y == "bpc" else \
@@ -194,6 +201,8 @@ def choose_y(runs: list[Curves], y: str = "auto") -> tuple[str, str]:
 
 
 def y_label(y: str, split: str) -> str:
+    if y == "choices":
+        return "multiple-choice accuracy (acc_norm)"
     if y == "bpc":
         return "bits per character"
     return {"val": "validation loss", "train": "training loss", "both": "loss"}[split] + " (nats/token)"
@@ -217,17 +226,23 @@ def series(run: Curves, split: str, x: str = "steps", y: str = "loss", smooth_n:
     """The x and y values of one run's "train" or "val" curve (the training curve smoothed over smooth_n)."""
     if x not in X_AXES:
         raise GptlabError(f"--x must be one of {', '.join(X_AXES)}, not {x!r}")
-    points = run.train if split == "train" else run.val
+    points = drawn(run, split, y)
     if x == "time":
         missing = [p.step for p in points if p.time is None]
         if missing:
             raise GptlabError(f"{run.path / METRICS} has no time at step {missing[0]}, so it cannot be plotted "
                               f"against wall time")
     xs = [getattr(p, X_FIELDS[x]) for p in points]
-    ys = [p.bpc if y == "bpc" else p.loss for p in points]
+    ys = [p.choices if y == "choices" else p.bpc if y == "bpc" else p.loss for p in points]
     if any(v is None for v in ys):
         raise GptlabError(f"{run.path} has no bits per character for its {split} points")
     return xs, smooth(ys, smooth_n) if split == "train" else ys
+
+
+def drawn(run: Curves, split: str, y: str) -> list[Point]:
+    """The points of a run's curve that have the value drawn (multiple-choice scores: its evaluations with one)."""
+    points = run.train if split == "train" else run.val
+    return [p for p in points if _is_number(p.choices)] if y == "choices" else points
 
 
 def check_splits(runs: list[Curves], split: str) -> None:
@@ -286,7 +301,7 @@ def to_json(runs: list[Curves], *, x: str = "steps", y: str = "loss", split: str
                      vocab_size=run.vocab_size, tokens_per_step=run.tokens_per_step, tokens_note=run.tokens_note,
                      bpc_per_loss=run.bpc_per_loss, notices=list(run.notices))
         for name in (("train", "val") if split == "both" else (split,)):
-            points = run.train if name == "train" else run.val
+            points = drawn(run, name, y)
             _, ys = series(run, name, x, y, smooth_n)
             entry[name] = [dict(step=p.step, tokens=p.tokens, time=p.time, loss=p.loss, bpc=p.bpc, y=v)
                            for p, v in zip(points, ys)]
