@@ -195,3 +195,20 @@ def test_runs_without_a_gpt2_form_are_refused(runs, tmp_path, capsys, change, fr
     gptlab.train({**values, **change}, out=tmp_path / "run", quiet=True)
     assert_one_line_error(*run_cli(capsys, "export", tmp_path / "run", "--out", tmp_path / "hf"), fragment)
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_word_tokenizer_splits_alike_in_tokenizers_for_any_script():
+    """Python's \\w and \\s spelt out for Oniguruma: decomposed Danish, Devanagari, connector punctuation and the
+    separators \\x1c-\\x1f give the same pieces (and ids) in both."""
+    import unicodedata
+
+    from tokenizers import Tokenizer
+
+    from gptlab.data.tokenizer import WordTokenizer
+    from gptlab.hf.tokenizer import to_hf
+
+    texts = [unicodedata.normalize("NFD", "Blåbærgrød på Ærø, sagde Søren."), "हिन्दी", "a‿b", "x\x1cy  z\n\t½ ²"]
+    word = WordTokenizer.train(" ".join(texts))
+    hf = Tokenizer.from_str(to_hf(word, 64)[0])
+    for text in texts:
+        assert hf.encode(text).ids == word.encode(text), text

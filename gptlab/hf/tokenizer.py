@@ -25,6 +25,9 @@ assert all(f"<|{role}|>" == token for role, token in ROLES.items())  # (the temp
 # WordLevel wants an unknown token's name; a char tokenizer has none, and an unseen character is an error in both
 # (as in gptlab): a name that no single character can be.
 UNSEEN = "<unseen character>"
+# gptlab's word pattern, \w+|\s+|[^\w\s], with Python's classes spelt out for Oniguruma (whose \w also takes
+# combining marks and whose \s leaves out \x1c-\x1f): the same pieces for every assigned character.
+WORD_PATTERN = r"[\p{L}\p{N}_]+|[\s\x1c-\x1f]+|[^\p{L}\p{N}_\s\x1c-\x1f]"
 
 
 def to_hf(tokenizer: Tokenizer, context: int | None) -> tuple[str, dict]:
@@ -59,7 +62,7 @@ def _base(tokenizer: Tokenizer):
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     elif isinstance(tokenizer, WordTokenizer):
         hf = Tokenizer(models.WordLevel(vocab, unk_token=tokenizer.unk))
-        hf.pre_tokenizer = pre_tokenizers.Split(Regex(tokenizer.pattern.pattern), behavior="isolated")
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated")
     else:
         raise GptlabError(f"a {tokenizer.kind} tokenizer has no Hugging Face form")
     hf.decoder = decoders.Fuse()  # (the pieces joined as they are, with no space between)
