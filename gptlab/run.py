@@ -56,6 +56,8 @@ def load_run(path: str | Path, device: str = "auto") -> Run:
     """Load a run folder (its newest intact checkpoint) or a checkpoint folder, ready to generate."""
     ckpt = rundir.open_checkpoint(path, need=rundir.FOR_SAMPLING)
     config = rundir.read_config(ckpt)
+    if "model_type" in config and "model" not in config:
+        raise GptlabError(f"{ckpt} holds a Hugging Face model, not a gptlab run: gptlab import {ckpt} --out RUN")
     try:
         train = config.get("train") or {}
         family, mcfg = config_from_dict(config["model"], default_family=train.get("arch", "gpt"))

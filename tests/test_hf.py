@@ -169,11 +169,19 @@ def test_what_cannot_be_converted_is_one_line(runs, gpt2_folder, tmp_path, capsy
     cases = [
         (("import", tmp_path, "--out", tmp_path / "a"), "is not a Hugging Face model folder"),
         (("export", tmp_path / "nothing", "--out", tmp_path / "b"), "no such run"),
-        (("export", runs["base"], "--out", runs["base"]), "is not empty; pass --overwrite"),
+        (("export", runs["base"], "--out", runs["base"], "--overwrite"), "holds a gptlab run"),
     ]
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"my": "settings"}')
+    cases += [(("export", runs["base"], "--out", project), "is not empty; pass --overwrite"),
+              (("export", runs["base"], "--out", project, "--overwrite"), "no export of gptlab's wrote")]
     config = json.loads((folder / "config.json").read_text())
     for i, (change, fragment) in enumerate([({"n_inner": 100}, "n_inner = 100 cannot be held by gptlab"),
-                                            ({"model_type": "llama"}, "model_type is 'llama'")]):
+                                            ({"model_type": "llama"}, "model_type is 'llama'"),
+                                            ({"n_embd": "32"}, "n_embd = '32' cannot be held by gptlab"),
+                                            ({"n_head": 0}, "n_head = 0 cannot be held"),
+                                            ({"n_positions": 128}, "size mismatch for transformer.wpe.weight")]):
         odd = tmp_path / f"odd{i}"
         shutil.copytree(folder, odd)
         (odd / "config.json").write_text(json.dumps({**config, **change}))
@@ -184,6 +192,7 @@ def test_what_cannot_be_converted_is_one_line(runs, gpt2_folder, tmp_path, capsy
     cases.append((("import", bare, "--out", tmp_path / "e"), "has no tokenizer"))
     for argv, fragment in cases:
         assert_one_line_error(*run_cli(capsys, *argv), fragment)
+    assert (project / "config.json").read_text() == '{"my": "settings"}' and gptlab.load_run(runs["base"])
     assert run_cli(capsys, "import", bare, "--out", tmp_path / "e", "--gpt2-tokenizer")[0] == 0
 
 

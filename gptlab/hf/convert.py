@@ -48,8 +48,10 @@ def import_model(folder: str | Path, out: str | Path, overwrite: bool = False, g
     model = build_model(family, mcfg)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise GptlabError(f"the weights in {folder} do not fit its config.json: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e:  # (torch's first line is a header; the next names a tensor)
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise GptlabError(f"the weights in {folder} do not fit its config.json: {lines[min(1, len(lines) - 1)]}") \
+            from None
     rundir.check_new(out, overwrite)
     if overwrite:
         rundir.clear(out)
@@ -98,17 +100,31 @@ def _convert(model, model_config: dict) -> tuple[dict, dict]:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    """A new or empty folder; with --overwrite, one that holds an export (only its files are replaced)."""
+    """A new or empty folder; with --overwrite, one that holds an earlier export and nothing else (its files are
+    replaced). A folder that holds a gptlab run is never written into."""
     if out.exists() and not out.is_dir():
         raise GptlabError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise GptlabError(f"--out {out} is not empty; pass --overwrite to replace an export there, or choose "
-                              f"another folder")
-        if not (out / "config.json").is_file():
-            raise GptlabError(f"--out {out} holds other files than an export; choose a new or empty folder")
-        for name in EXPORTED:
-            (out / name).unlink(missing_ok=True)
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if any((out / name).exists() for name in (rundir.CKPT_DIR, rundir.METRICS, rundir.TRAINER)):
+        raise GptlabError(f"--out {out} holds a gptlab run or checkpoint; export into a new or empty folder")
+    if not overwrite:
+        raise GptlabError(f"--out {out} is not empty; pass --overwrite to replace an export there, or choose "
+                          f"another folder")
+    others = sorted(p.name for p in out.iterdir() if p.name not in EXPORTED)
+    earlier = _model_type(out / "config.json") in ("gpt2", "gpt_neox")
+    if others or not earlier:
+        what = f"other files ({', '.join(others[:3])})" if others else "a config.json that no export of gptlab's wrote"
+        raise GptlabError(f"--out {out} holds {what}; --overwrite replaces only an earlier export")
+    for name in EXPORTED:
+        (out / name).unlink(missing_ok=True)
+
+
+def _model_type(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
 
 
 def _read_json(path: Path, missing: str) -> dict:

@@ -88,6 +88,14 @@ def check_gpt2(config: dict) -> None:
     if config.get("model_type") != "gpt2":
         raise GptlabError(f"model_type is {config.get('model_type')!r}: gptlab imports GPT-2 models (model_type "
                           f"'gpt2')")
+    for field, default in (("vocab_size", 50257), ("n_positions", 1024), ("n_embd", 768), ("n_layer", 12),
+                           ("n_head", 12)):
+        value = config.get(field, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise GptlabError(f"config.json's {field} = {value!r} cannot be held by gptlab: it must be a whole "
+                              f"number of at least 1")
+    if not isinstance(config.get("layer_norm_epsilon", EPS), (int, float)):
+        raise GptlabError(f"config.json's layer_norm_epsilon = {config.get('layer_norm_epsilon')!r} is not a number")
     n_embd = config.get("n_embd", 768)
     rules = [("n_inner", config.get("n_inner") in (None, 4 * n_embd), f"gptlab's MLP is 4 x n_embd = {4 * n_embd}"),
              ("activation_function", config.get("activation_function", "gelu_new") in ACTIVATIONS.values(),
