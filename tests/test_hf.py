@@ -147,7 +147,7 @@ def test_a_pytorch_bin_is_read_as_tensors_only(gpt2_folder, tmp_path, capsys):
 
     torch.save({"x": Payload()}, bin_folder / "pytorch_model.bin")
     assert_one_line_error(*run_cli(capsys, "import", bin_folder, "--out", tmp_path / "other"),
-                          "cannot be read as tensors only")
+                          "holds something other than tensors")
 
 
 def test_gpt2s_vocabulary_is_openais_published_one():
@@ -221,3 +221,36 @@ def test_a_word_tokenizer_splits_alike_in_tokenizers_for_any_script():
     hf = Tokenizer.from_str(to_hf(word, 64)[0])
     for text in texts:
         assert hf.encode(text).ids == word.encode(text), text
+
+
+def test_a_hub_layout_imports_too(gpt2_folder, tmp_path, capsys):
+    """As folders on the hub often are: keys without "transformer.", the old causal-mask buffers, a tokenizer.json,
+    gelu_pytorch_tanh (the same function as gptlab's gelu_tanh)."""
+    from safetensors.torch import load_file, save_file
+
+    folder, model = gpt2_folder
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(folder / "model.safetensors").items()}
+    tensors["h.0.attn.bias"] = torch.ones(1, 1, 64, 64).tril()
+    tensors["h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(tensors, hub / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    (hub / "config.json").write_text(json.dumps({**config, "activation_function": "gelu_pytorch_tanh"}))
+    transformers.AutoTokenizer.from_pretrained(folder).backend_tokenizer.save(str(hub / "tokenizer.json"))
+    assert run_cli(capsys, "import", hub, "--out", tmp_path / "run")[0] == 0
+    run = gptlab.load_run(tmp_path / "run", device="cpu")
+    text = "Blåbærgrød på Ærø — “quoted” naïve café 😀"
+    assert run.tokenizer.encode(text) == transformers.AutoTokenizer.from_pretrained(folder)(text)["input_ids"]
+    same_logits(run, model, text)
+
+
+def test_unknown_words_and_text_beyond_ascii_encode_alike(runs, tmp_path):
+    from gptlab.hf.convert import export_run
+
+    out = export_run(runs["word"], tmp_path / "hf")
+    run = gptlab.load_run(runs["word"], device="cpu")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    for text in ("the cat <unk> sat", "the æøå cat, naïve\tdog\n", "unseen words here"):
+        ids = run.tokenizer.encode(text)
+        assert tokenizer(text)["input_ids"] == ids and tokenizer.decode(ids) == run.tokenizer.decode(ids)

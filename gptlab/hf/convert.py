@@ -2,10 +2,12 @@
 out as a folder that transformers' AutoModelForCausalLM and AutoTokenizer load with no gptlab installed (GPT-2's
 format for learned positions, GPT-NeoX's for rotary positions or none).
 
-    HF_DIR/config.json              GPT-2's configuration (model_type "gpt2")
+    HF_DIR/config.json              the architecture's configuration (model_type "gpt2", or "gpt_neox" on export
+                                    for rotary positions or none)
     HF_DIR/model.safetensors        the weights under transformers' names (a tied head saved once)
     HF_DIR/tokenizer.json           the tokenizer (tokenizers' format)
     HF_DIR/tokenizer_config.json    how transformers wraps it: special tokens, the chat template
+    HF_DIR/special_tokens_map.json  (written by export) the special tokens by role
     HF_DIR/generation_config.json   (exported chat runs: generation ends at <|end|>)
 
 A pytorch_model.bin is read only as tensors (torch.load with weights_only): a model file cannot run code here.
@@ -151,9 +153,10 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / SAFE_BIN).is_file():
         try:
             state = torch.load(folder / SAFE_BIN, map_location="cpu", weights_only=True)
-        except Exception as e:  # an unpickler that refuses code, or a damaged file
-            raise GptlabError(f"{folder / SAFE_BIN} cannot be read as tensors only: {str(e).splitlines()[0]}") \
-                from None
+        except Exception:  # an unpickler that refuses code, or a damaged file
+            raise GptlabError(f"{folder / SAFE_BIN} holds something other than tensors (a pickle that would run "
+                              f"code, or a damaged file): it cannot be read as tensors only; convert it to "
+                              f"{WEIGHTS} with a tool you trust") from None
         if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
             raise GptlabError(f"{folder / SAFE_BIN} is not a dictionary of tensors")
         return state

@@ -21,6 +21,7 @@ from gptlab.errors import GptlabError
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out)
 ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}  # gptlab's name -> transformers'
+IMPORTED = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}  # transformers' -> gptlab's
 EPS = 1e-5  # torch's LayerNorm default, and GPT-2's
 
 
@@ -71,7 +72,7 @@ def from_gpt2(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[dict, dic
              1024), "n_layer": config.get("n_layer", 12), "n_head": config.get("n_head", 12), "n_embd": n_embd,
              "dropout": 0.0, "bias": True, "pos": "learned",
              "tie_weights": config.get("tie_word_embeddings", True),
-             "activation": {v: k for k, v in ACTIVATIONS.items()}[config.get("activation_function", "gelu_new")]}
+             "activation": IMPORTED[config.get("activation_function", "gelu_new")]}
     state = {}
     for name, t in tensors.items():
         name = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"  # (GPT2Model's)
@@ -98,8 +99,8 @@ def check_gpt2(config: dict) -> None:
         raise GptlabError(f"config.json's layer_norm_epsilon = {config.get('layer_norm_epsilon')!r} is not a number")
     n_embd = config.get("n_embd", 768)
     rules = [("n_inner", config.get("n_inner") in (None, 4 * n_embd), f"gptlab's MLP is 4 x n_embd = {4 * n_embd}"),
-             ("activation_function", config.get("activation_function", "gelu_new") in ACTIVATIONS.values(),
-              "gptlab's GPT has the GELU: gelu_new (tanh) or gelu"),
+             ("activation_function", config.get("activation_function", "gelu_new") in IMPORTED,
+              "gptlab's GPT has the GELU: gelu_new or gelu_pytorch_tanh (tanh), or gelu"),
              ("layer_norm_epsilon", abs(config.get("layer_norm_epsilon", EPS) - EPS) < 1e-12, f"gptlab's is {EPS}"),
              ("scale_attn_weights", config.get("scale_attn_weights", True), "gptlab scales by 1/sqrt(head size)"),
              ("scale_attn_by_inverse_layer_idx", not config.get("scale_attn_by_inverse_layer_idx", False),

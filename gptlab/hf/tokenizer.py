@@ -6,7 +6,8 @@
     chat   the base's, with the chat template's four special tokens after its vocabulary (the same ids), and the
            template itself as the Jinja `chat_template` that transformers' apply_chat_template renders
 
-Encoding the same text gives the same ids in both (tested for every kind).
+Encoding the same text gives the same ids in both (tested for every kind), with one exception: transformers turns
+a chat token's name typed in a message ("<|end|>") into that token, where gptlab encodes its characters.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ def to_hf(tokenizer: Tokenizer, context: int | None) -> tuple[str, dict]:
     hf = _base(base)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
               "model_max_length": context or 10**30, "add_bos_token": False, "add_eos_token": False}
-    if isinstance(base, WordTokenizer):
-        config["unk_token"] = base.unk
     if isinstance(tokenizer, ChatTokenizer):
         from tokenizers import AddedToken
 
