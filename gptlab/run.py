@@ -43,13 +43,17 @@ class Run:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The prompt's ids; an empty prompt starts from a newline (or token 0 if there is none)."""
-        if prompt:
-            return self.tokenizer.encode_prompt(prompt)
-        try:
-            ids = self.tokenizer.encode("\n")
-        except GptlabError:
-            ids = []
-        return ids[-1:] or [0]
+        return self.tokenizer.encode_prompt(prompt) if prompt else empty_prompt(self.tokenizer)
+
+
+def empty_prompt(tokenizer) -> list[int]:
+    """What an empty text starts from, for a tokenizer without a beginning-of-text token: a newline's token (or
+    token 0 if there is none)."""
+    try:
+        ids = tokenizer.encode("\n")
+    except GptlabError:
+        ids = []
+    return ids[-1:] or [0]
 
 
 def load_run(path: str | Path, device: str = "auto") -> Run:

@@ -78,9 +78,9 @@ def test_rolling_log_likelihood_and_generation_agree_with_gptlab(harness):
     [rolled] = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-    ids = lm.run.tokenizer.encode(text)
-    windows = [make_disjoint_window(w) for w in get_rolling_token_windows(ids[1:], ids[0], 64, 1)]
-    assert len(windows) > 1 and sum(len(b) for _, b in windows) == len(ids) - 1  # (each token after the first once)
+    ids, newline = lm.run.tokenizer.encode(text), lm.run.tokenizer.encode("\n")[0]
+    windows = [make_disjoint_window(w) for w in get_rolling_token_windows(ids, newline, 64, 1)]
+    assert len(windows) > 1 and sum(len(b) for _, b in windows) == len(ids)  # (each token once, after a newline)
     with torch.no_grad():  # the harness's windows, each one plain forward pass (no batch, no padding)
         expected = 0.0
         for context, predicted in windows:
@@ -94,3 +94,17 @@ def test_rolling_log_likelihood_and_generation_agree_with_gptlab(harness):
     for prompt, text in zip(prompts, generated):
         alone = lm.run.generate(prompt, max_new_tokens=20, temperature=0)
         assert text == alone.split(".")[0] and len(text) <= len(alone)
+
+
+def test_an_empty_context_is_a_newline_and_unknown_characters_are_impossible(harness):
+    from lm_eval.api.instance import Instance
+
+    lm, _ = harness
+    requests = [Instance("loglikelihood", {}, args, i) for i, args in
+                enumerate([("", "t"), ("the cat", " Z9"), ("the cat", " sat")])]
+    empty, unknown, known = lm.loglikelihood(requests)
+    tok = lm.run.tokenizer
+    with torch.no_grad():  # log P("t" | "\n"): every token of the continuation scored
+        newline = float(lm.run.model(torch.tensor([tok.encode("\n")]))[0][0, -1].log_softmax(-1)[tok.encode("t")[0]])
+    assert empty[0] == pytest.approx(newline, abs=1e-5)
+    assert unknown == (float("-inf"), False) and known[0] > float("-inf") and lm.unwritable == 1

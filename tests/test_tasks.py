@@ -135,7 +135,9 @@ def test_training_scores_the_task_at_each_evaluation_and_plot_draws_it(tmp_path,
     gptlab.train(tiny(corpus, max_iters=6, eval_interval=3, eval_choices=task), out=tmp_path / "run", quiet=True)
     scores = [r["choices_acc_norm"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
               if "choices_acc_norm" in r]
-    assert len(scores) == 2 and all(s in (0.0, 1.0) for s in scores)  # (three alike items: all right or none)
+    final = evaluate_choices(gptlab.load_run(tmp_path / "run", device="cpu"), "run", "t",
+                             read_items(tmp_path / "t.jsonl"))
+    assert len(scores) == 2 and scores[-1] == final.acc_norm  # (the last evaluation saw the final weights)
     code, out, err = run_cli(capsys, "plot", tmp_path / "run", "--y", "choices", "--json", "--out",
                              tmp_path / "c.png")
     drawn = json.loads(out)
@@ -148,3 +150,29 @@ def test_training_scores_the_task_at_each_evaluation_and_plot_draws_it(tmp_path,
     gptlab.train(tiny(corpus, max_iters=3, eval_interval=3), out=tmp_path / "plain", quiet=True)
     assert_one_line_error(*run_cli(capsys, "plot", tmp_path / "plain", "--y", "choices", "--out", tmp_path / "d.png"),
                           "has no multiple-choice scores", "--eval-choices")
+
+
+def test_what_a_run_cannot_read_is_named_before_anything_runs(run, tmp_path, capsys):
+    """A character the run's tokenizer never saw: the item is named (file:line), in eval and before training;
+    a file that is not UTF-8 is one line too."""
+    path = write_jsonl(tmp_path / "t.jsonl", [{"context": "the cat", "choices": ["sat", "ran"], "answer": 0},
+                                              {"context": "the cat", "choices": ["sat (1597)", "ran"], "answer": 0}])
+    assert_one_line_error(*run_cli(capsys, "eval", run.path, "--data", path, "--choices"),
+                          "t.jsonl:2: text contains characters not in the tokenizer's vocabulary")
+    corpus = write_corpus(tmp_path)
+    assert_one_line_error(*run_cli(capsys, "train", "--corpus", corpus, "--max-iters", "5", "--eval-choices", path,
+                                   "--out", tmp_path / "never", "--device", "cpu"), "t.jsonl:2:")
+    assert not (tmp_path / "never" / "checkpoints").exists()
+    latin1 = '{"context": "café", "choices": ["a", "b"], "answer": 0}\n'.encode("latin-1")
+    (tmp_path / "latin1.jsonl").write_bytes(latin1)
+    assert_one_line_error(*run_cli(capsys, "eval", run.path, "--data", tmp_path / "latin1.jsonl", "--choices"),
+                          "is not UTF-8")
+
+
+def test_hellaswag_as_published_is_cleaned_up_as_the_harness_does(tmp_path):
+    write_jsonl(tmp_path / "h.jsonl", [{"activity_label": "Home and Garden", "ctx_a": "[header] How to dig.",
+                                               "ctx_b": "you start", "ctx": "unused", "label": 1,
+                                               "endings": ["[title] Take a spade.", "then  dig [step] a hole."]}])
+    [item] = read_items(tmp_path / "h.jsonl")
+    assert item.context == "Home and Garden: How to dig. You start"
+    assert item.choices == (" Take a spade.", "then dig a hole.") and item.answer == 1  # (the harness's own text)

@@ -49,7 +49,8 @@ def _check(args) -> None:
         raise GptlabError("--max-new-tokens must be at least 1")
     if args.few_shot and args.pool is None and not args.data.startswith("builtin:"):
         raise GptlabError("--few-shot needs --pool, a file of solved examples kept apart from --data")
-    if args.pool is not None and os.path.realpath(args.pool) == os.path.realpath(args.data):
+    same_builtin = args.choices and args.pool == args.data and args.data.startswith("builtin:")  # (its own pool)
+    if args.pool is not None and os.path.realpath(args.pool) == os.path.realpath(args.data) and not same_builtin:
         raise GptlabError("--pool is the --data file: its solved examples would give the answers away")
 
 
@@ -96,7 +97,7 @@ def _table(scores, data: str, match: str) -> None:
 def run_choices(args) -> int:
     """`gptlab eval --choices`: every run on the task's items, side by side."""
     from gptlab.run import load_run
-    from gptlab.tasks.choices import evaluate_choices
+    from gptlab.tasks.choices import check_items, evaluate_choices
     from gptlab.tasks.data import load_items
 
     _check(args)
@@ -104,6 +105,8 @@ def run_choices(args) -> int:
     pool = load_items(args.pool, "pool") if args.pool else load_items(args.data, "pool") if args.few_shot else None
     threads.use(args.threads)
     loaded = [(path, load_run(path, device=args.device)) for path in args.runs]  # every run, before any scoring
+    for path, run in loaded:
+        check_items(run.tokenizer, items + (pool or []), path)
     scores = [evaluate_choices(run, path, args.data, items, pool, args.few_shot, args.seed) for path, run in loaded]
     if args.json:
         print(json.dumps([s.as_dict() for s in scores], indent=1))

@@ -41,7 +41,10 @@ def run(args) -> int:
         raise GptlabError(f"--smooth must be at least 1 (1: no smoothing), not {args.smooth}")
     runs = [curves.load_curves(path) for path in args.runs]
     if args.y == "choices":
-        args.split = "val"  # (scored at evaluations only)
+        if args.split == "train":
+            print("gptlab: multiple-choice scores come with evaluations: the validation points are drawn",
+                  file=sys.stderr)
+        args.split = "val"
     names = curves.labels(runs)  # refuses a folder named twice
     curves.check_splits(runs, args.split)
     y, why = curves.choose_y(runs, args.y)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from gptlab.errors import GptlabError
 from gptlab.inference import score
+from gptlab.run import empty_prompt
 from gptlab.tasks.data import Item
 
 FEWSHOT_DELIMITER = "\n\n"
@@ -64,14 +65,30 @@ def evaluate_choices(run, name: str, task: str, items: list[Item], pool: list[It
         prefix, used = _shots(run.tokenizer, item, rng.sample(pool, shots) if shots else [], window)
         kept += used
         for i in range(len(item.choices)):
-            context, choice = split_pair(run.tokenizer, prefix + item.context, item.continuation(i))
-            if not choice:
-                raise GptlabError(f"item {n + 1}'s choice {i + 1} adds no token to its context")
+            context, choice = _split(run.tokenizer, prefix + item.context, item, i, name)
             if window and len(context) + len(choice) > window + 1:
                 cropped.add(n)  # (score() keeps the pair's last tokens, as the harness does)
             pairs.append((context, choice))
             owners.append((n, i))
     return _tally(run, name, task, items, owners, score(run.model, pairs), shots, kept, len(cropped), started)
+
+
+def check_items(tokenizer, items: list[Item], name: str) -> None:
+    """A GptlabError naming the first item the run's tokenizer cannot score (before any scoring or training)."""
+    for item in items:
+        for i in range(len(item.choices)):
+            _split(tokenizer, item.context, item, i, name)
+
+
+def _split(tokenizer, context: str, item: Item, i: int, name: str) -> tuple[list[int], list[int]]:
+    where = item.where or f"item {item.context[:20]!r}"
+    try:
+        ids, choice = split_pair(tokenizer, context, item.continuation(i))
+    except GptlabError as e:
+        raise GptlabError(f"{where}: {e} (the tokenizer of {name})") from None
+    if not choice:
+        raise GptlabError(f"{where}: choice {i + 1} adds no token to its context")
+    return ids or empty_prompt(tokenizer), choice
 
 
 def _tally(run, name, task, items, owners, scores, shots, kept, cropped, started) -> ChoiceScore:

@@ -1,7 +1,8 @@
 """Multiple-choice items: read from JSONL in the shapes benchmarks publish, or made from a corpus's held-out text.
 
     {"context": "...", "choices": ["...", "..."], "answer": 1}                              plain
-    {"ctx": "...", "endings": ["...", ...], "label": 2}                                     HellaSwag
+    {"ctx": "...", "endings": ["...", ...], "label": 2}                                     HellaSwag (with
+        activity_label, ctx_a and ctx_b, as published: cleaned up and joined as the harness's hellaswag task does)
     {"question": "...", "choices": {"text": [...], "label": ["A", ...]}, "answerKey": "B"}  ARC
 
 A choice follows its context after a space (the lm-evaluation-harness's target delimiter); an ARC question is
@@ -21,7 +22,7 @@ import bisect
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptlab.errors import GptlabError
@@ -38,6 +39,7 @@ class Item:
     choices: tuple[str, ...]
     answer: int
     delimiter: str = DELIMITER  # what comes between the context and a choice
+    where: str = field(default="", compare=False)  # file:line, or the built-in task and item: for messages
 
     def continuation(self, i: int) -> str:
         return self.delimiter + self.choices[i]
@@ -49,7 +51,8 @@ def load_items(spec: str, split: str = "test", mirror=None) -> list[Item]:
         name = spec.removeprefix("builtin:")
         if name not in BUILTIN:
             raise GptlabError(f"unknown built-in task {spec!r}: choose " + ", ".join(f"builtin:{n}" for n in BUILTIN))
-        items = cloze(BUILTIN[name], mirror)
+        items = [Item(i.context, i.choices, i.answer, i.delimiter, f"{spec} item {n + 1}")
+                 for n, i in enumerate(cloze(BUILTIN[name], mirror))]
         return items[POOL:] if split == "test" else items[:POOL]
     return read_items(Path(spec))
 
@@ -58,13 +61,17 @@ def read_items(path: Path) -> list[Item]:
     if not path.is_file():
         raise GptlabError(f"no such task file: {path}")
     items = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    items.append(parse(json.loads(line)))
-                except (ValueError, TypeError, KeyError, AttributeError) as e:
-                    raise GptlabError(f"{path}:{number}: {_why(e)}") from None
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise GptlabError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                item = parse(json.loads(line))
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                raise GptlabError(f"{path}:{number}: {_why(e)}") from None
+            items.append(Item(item.context, item.choices, item.answer, item.delimiter, f"{path}:{number}"))
     if not items:
         raise GptlabError(f"{path} holds no items")
     return items
@@ -83,7 +90,10 @@ def parse(row: dict) -> Item:
     """One item from a JSON object of one of the three shapes."""
     if not isinstance(row, dict):
         raise ValueError("an item is a JSON object")
-    if "ctx" in row:  # HellaSwag
+    if "ctx_a" in row and "activity_label" in row:  # HellaSwag as published: the harness's preprocessing
+        context = hellaswag_text(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}")
+        choices, answer = [hellaswag_text(e) for e in row["endings"]], row["label"]
+    elif "ctx" in row:  # HellaSwag's shape, as it is
         context, choices, answer = row["ctx"], row["endings"], row["label"]
     elif "answerKey" in row:  # ARC
         labels = list(row["choices"]["label"])
@@ -96,6 +106,12 @@ def parse(row: dict) -> Item:
     return check(context, choices, answer)
 
 
+def hellaswag_text(text: str) -> str:
+    """The lm-evaluation-harness's clean-up of HellaSwag's text (WikiHow's "[title]" and bracketed tags)."""
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
 def check(context, choices, answer) -> Item:
     if not isinstance(context, str) or not context.strip():
         raise ValueError("the context must be a non-empty string")
@@ -103,6 +119,8 @@ def check(context, choices, answer) -> Item:
         raise ValueError("an item needs at least two choices")
     if not all(isinstance(c, str) and c.strip() for c in choices):
         raise ValueError("every choice must be a non-empty string")
+    if len(set(choices)) < len(choices):
+        raise ValueError("two choices are the same")
     answer = int(answer) if isinstance(answer, str) and answer.isdigit() else answer
     if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
         raise ValueError(f"the answer must be the index of a choice (0 to {len(choices) - 1}), not {answer!r}")

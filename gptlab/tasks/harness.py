@@ -11,13 +11,17 @@
 The three requests the harness makes go through gptlab's inference: loglikelihood scores (context, continuation)
 pairs split as `gptlab eval --choices` splits them (gptlab.tasks.choices.split_pair), batched with padding;
 loglikelihood_rolling scores a whole text in windows of the model's context, each token once; generate_until
-runs every request in the engine together, ending each at its stop strings. gptlab's tokenizers have no
-beginning-of-text token: a text's (or an empty context's continuation's) first token is the context of the rest,
-and is not scored itself.
+runs every request in the engine together, ending each at its stop strings (and a chat run's at <|end|>).
+gptlab's tokenizers have no beginning-of-text token: an empty context, and the start of a rolling text, are
+conditioned on a newline's token, as gptlab starts an empty prompt. A request whose text the run's tokenizer
+cannot encode (a char tokenizer meets a character it never saw) is scored as impossible, and their number is said
+at the end.
 """
 
 from __future__ import annotations
 
+import atexit
+import math
 import sys
 
 import torch
@@ -25,7 +29,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from gptlab.errors import GptlabError
 from gptlab.inference import Request, Sampling, score
+from gptlab.run import empty_prompt
 from gptlab.tasks.choices import split_pair
 
 
@@ -44,24 +50,45 @@ class GptlabLM(LM):
         # (the harness passes 1 unless told otherwise; gptlab batches every request it gets, so at least 32)
         self.batch = max(32, int(batch_size) if str(batch_size).isdigit() else 32)
         self.max_gen_toks = int(max_gen_toks)
+        self.prefix = empty_prompt(self.run.tokenizer)  # what every text is conditioned on first (no BOS token)
+        self.stops = frozenset(getattr(self.run.tokenizer, "chat_ids", {}).values())  # (a chat run ends at <|end|>)
+        self.unwritable = 0  # requests whose text the run's tokenizer cannot encode: scored -inf
+        atexit.register(self._report)
+
+    def _report(self) -> None:
+        if self.unwritable:
+            print(f"gptlab: {self.unwritable} requests held characters that the run's tokenizer does not know; "
+                  f"they were scored as impossible (log-likelihood -inf)", file=sys.stderr)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         pairs = [self._pair(*r.args) for r in requests]
-        return [(s.logprob, s.greedy) for s in score(self.run.model, pairs, self.batch)]
+        scored = iter(score(self.run.model, [p for p in pairs if p is not None], self.batch))
+        out = []
+        for pair in pairs:
+            s = next(scored) if pair is not None else None
+            out.append((-math.inf, False) if s is None else (s.logprob, s.greedy))
+        return out
 
-    def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        ids, more = split_pair(self.run.tokenizer, context, continuation)
-        return (ids, more) if ids else (more[:1], more[1:] or more[:1])  # (no context: the first token is it)
+    def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]] | None:
+        """The pair's ids (an empty context: the prefix token), or None where the tokenizer cannot hold it."""
+        try:
+            ids, more = split_pair(self.run.tokenizer, context, continuation)
+        except GptlabError:
+            self.unwritable += 1
+            return None
+        return (ids or self.prefix, more) if more else None
 
     def loglikelihood_rolling(self, requests) -> list[float]:
         window = self.run.model.max_context or 10**9
         out = []
         for (text,) in (r.args for r in requests):
-            ids = self.run.tokenizer.encode(text)
-            if len(ids) < 2:
-                out.append(0.0)
+            try:
+                ids = self.run.tokenizer.encode(text)
+            except GptlabError:
+                self.unwritable += 1
+                out.append(-math.inf)
                 continue
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(ids[1:], ids[0], window, 1)]
+            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(ids, self.prefix[0], window, 1)]
             out.append(sum(s.logprob for s in score(self.run.model, windows, self.batch)))
         return out
 
@@ -73,17 +100,21 @@ class GptlabLM(LM):
             until = [until] if isinstance(until, str) else list(until)
             sampling = Sampling(float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0)
             tokens = int(kwargs.get("max_gen_toks", self.max_gen_toks))
-            seqs.append(engine.add(Request(self.run.prompt_ids(context), tokens, sampling, stop=until))[0])
-        texts = {seq: [] for seq in seqs}
+            try:
+                prompt = self.run.prompt_ids(context)
+            except GptlabError:
+                self.unwritable += 1
+                seqs.append(None)  # (nothing generated: "")
+                continue
+            seqs.append(engine.add(Request(prompt, tokens, sampling, stop=until, stop_tokens=self.stops))[0])
+        texts = {seq: [] for seq in seqs if seq is not None}
         for event in engine.run():
             texts[event.seq].append(event.text)
-        return ["".join(texts[seq]) for seq in seqs]
+        return ["".join(texts[seq]) if seq is not None else "" for seq in seqs]
 
 
 if __name__ == "__main__":
     from lm_eval.__main__ import cli_evaluate
-
-    from gptlab.errors import GptlabError
 
     try:
         sys.exit(cli_evaluate())

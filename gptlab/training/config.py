@@ -111,8 +111,8 @@ PRESET_HELP = {
 UNBOUNDED_ITERS = 10**9
 
 # Values a resumed run may change; everything else must match the checkpoint.
-RESUMABLE = {"max_iters", "max_time", "eval_interval", "eval_iters", "eval_choices", "log_interval", "device",
-             "compile", "threads", "corpus"}
+RESUMABLE = {"max_iters", "max_time", "eval_interval", "eval_iters", "log_interval", "device", "compile",
+             "threads", "corpus"}
 
 
 def default_preset(device_type: str) -> str:

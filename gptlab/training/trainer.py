@@ -565,9 +565,12 @@ class Trainer:
     def _choice_items(self, mirror) -> list | None:
         if not self.cfg.eval_choices:
             return None
+        from gptlab.tasks.choices import check_items
         from gptlab.tasks.data import load_items
 
-        return load_items(self.cfg.eval_choices, "test", mirror)[:CHOICE_ITEMS]
+        items = load_items(self.cfg.eval_choices, "test", mirror)[:CHOICE_ITEMS]
+        check_items(self.tokenizer, items, "this run")
+        return items
 
     def choice_accuracy(self) -> float:
         """The acc_norm of the model as it is now on the --eval-choices items."""
@@ -592,7 +595,7 @@ class Trainer:
             record.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)),
                           val_bpc=bits_per_char(val, self.data.val_chars_per_token))
         if self.choices:
-            record["choices_acc_norm"] = self.choice_accuracy()
+            record.update(choices_acc_norm=self.choice_accuracy(), choices_task=self.cfg.eval_choices)
         self.metrics.write(**record)
         shown = f"val {val:.4f} (bpc {record['val_bpc']:.3f})" if val is not None else "no validation split"
         shown += f", choices {record['choices_acc_norm']:.1%}" if self.choices else ""
