@@ -15,12 +15,11 @@ runs every request in the engine together, ending each at its stop strings (and 
 gptlab's tokenizers have no beginning-of-text token: an empty context, and the start of a rolling text, are
 conditioned on a newline's token, as gptlab starts an empty prompt. A request whose text the run's tokenizer
 cannot encode (a char tokenizer meets a character it never saw) is scored as impossible, and their number is said
-at the end.
+on stderr.
 """
 
 from __future__ import annotations
 
-import atexit
 import math
 import sys
 
@@ -53,15 +52,16 @@ class GptlabLM(LM):
         self.prefix = empty_prompt(self.run.tokenizer)  # what every text is conditioned on first (no BOS token)
         self.stops = frozenset(getattr(self.run.tokenizer, "chat_ids", {}).values())  # (a chat run ends at <|end|>)
         self.unwritable = 0  # requests whose text the run's tokenizer cannot encode: scored -inf
-        atexit.register(self._report)
 
-    def _report(self) -> None:
-        if self.unwritable:
-            print(f"gptlab: {self.unwritable} requests held characters that the run's tokenizer does not know; "
-                  f"they were scored as impossible (log-likelihood -inf)", file=sys.stderr)
+    def _report(self, before: int, what: str) -> None:
+        if self.unwritable > before:
+            print(f"gptlab: {self.unwritable - before} {what} requests held characters that the run's tokenizer "
+                  f"does not know", file=sys.stderr)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        before = self.unwritable
         pairs = [self._pair(*r.args) for r in requests]
+        self._report(before, "loglikelihood (scored -inf)")
         scored = iter(score(self.run.model, [p for p in pairs if p is not None], self.batch))
         out = []
         for pair in pairs:
@@ -79,7 +79,7 @@ class GptlabLM(LM):
         return (ids or self.prefix, more) if more else None
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        window = self.run.model.max_context or 10**9
+        window, before = self.run.model.max_context or 10**9, self.unwritable
         out = []
         for (text,) in (r.args for r in requests):
             try:
@@ -90,10 +90,11 @@ class GptlabLM(LM):
                 continue
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(ids, self.prefix[0], window, 1)]
             out.append(sum(s.logprob for s in score(self.run.model, windows, self.batch)))
+        self._report(before, "loglikelihood_rolling (scored -inf)")
         return out
 
     def generate_until(self, requests) -> list[str]:
-        engine = self.run.engine(slots=self.batch)
+        engine, before = self.run.engine(slots=self.batch), self.unwritable
         seqs = []
         for context, kwargs in (r.args for r in requests):
             until = kwargs.get("until") or []
@@ -107,6 +108,7 @@ class GptlabLM(LM):
                 seqs.append(None)  # (nothing generated: "")
                 continue
             seqs.append(engine.add(Request(prompt, tokens, sampling, stop=until, stop_tokens=self.stops))[0])
+        self._report(before, "generate_until (answered with nothing)")
         texts = {seq: [] for seq in seqs if seq is not None}
         for event in engine.run():
             texts[event.seq].append(event.text)
