@@ -33,7 +33,8 @@ def test_list_shows_corpora_tokenizers_presets_and_families(capsys, tmp_path, mo
     code, out, err = run_cli(capsys, "list")
     assert code == 0 and err == ""
     for word in ("shakespeare", "andersen-da", "andersen-en", "char", "word", "bpe", "cpu", "nanogpt-cpu",
-                 "shakespeare-gpu", "gpt2-124m", "gpt", "decoder-only transformer"):
+                 "shakespeare-gpu", "gpt2-124m", "gpt", "decoder-only transformer", "builtin:words",
+                 "builtin:cloze-shakespeare", "builtin:cloze-andersen-da", "builtin:cloze-andersen-en"):
         assert word in out, word
     assert f"[in mirror {os.environ['GPTLAB_MIRROR']}]" in out  # the tests' mirror has every corpus
     monkeypatch.delenv("GPTLAB_MIRROR")

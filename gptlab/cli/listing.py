@@ -7,6 +7,7 @@ import os
 
 from gptlab.data.corpora import NAMED, default_cache_dir, resolve_mirror
 from gptlab.models import FAMILIES
+from gptlab.tasks.data import BUILTIN
 from gptlab.training.config import PRESET_HELP
 
 TOKENIZERS = {
@@ -49,6 +50,9 @@ def run(args) -> int:
         _table("model families (--model)", [(f.name, f.description) for f in FAMILIES.values()]),
         _table("conversations (finetune and eval --data; or a JSONL file of your own)",
                [("builtin:words", "reverse a made-up word, or sort its letters: 20,000 to train, 400 held out")]),
+        _table("multiple-choice tasks (eval --choices --data, train --eval-choices; or a JSONL file of your own)",
+               [(f"builtin:{name}", f"the next three words of {corpus}'s validation text, among four: 500 items")
+                for name, corpus in BUILTIN.items()]),
     ]
     print("\n".join(sections), end="")
     return 0
