@@ -128,6 +128,20 @@ class ChatRequest(Common):
                 "function_call": self.function_call is not None}
         return next((name for name, on in used.items() if on), None)
 
+    def chat_options(self, cap: int) -> Options:
+        """The request's options (its refusals first), under the names a chat request gives them."""
+        if self.unsupported():
+            raise RequestError(f"{self.unsupported()} is not supported by gptlab serve: its models write plain text",
+                               self.unsupported())
+        if self.top_logprobs is not None and not self.logprobs:
+            raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
+        self.max_tokens = self.tokens()
+        options = self.options((self.top_logprobs or 0) if self.logprobs else None, cap)
+        options.logprobs_param = "top_logprobs"
+        if self.max_completion_tokens is not None:
+            options.tokens_param = "max_completion_tokens"
+        return options
+
     def tokens(self) -> int | None:
         if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
             raise RequestError("give max_completion_tokens or max_tokens, not both", "max_completion_tokens")
@@ -229,17 +243,7 @@ def create_app(served: dict[str, Served], api_key: str | None = None, max_tokens
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         model = _model(app, body.model)
-        if body.unsupported():
-            raise RequestError(f"{body.unsupported()} is not supported by gptlab serve: its models write plain text",
-                               body.unsupported())
-        if body.top_logprobs is not None and not body.logprobs:
-            raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
-        logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        body.max_tokens = body.tokens()
-        options = body.options(logprobs, app.state.cap)
-        options.logprobs_param = "top_logprobs"
-        if body.max_completion_tokens is not None:
-            options.tokens_param = "max_completion_tokens"
+        options = body.chat_options(app.state.cap)
         options.check(app.state.cap, model.run.tokenizer.vocab_size)
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
         ids = model.chat_ids(messages, options.max_tokens)
