@@ -130,6 +130,8 @@ def test_a_gpt2_imported_gives_its_logits_and_greedy_text(gpt2_folder, tmp_path,
     code, out, _ = run_cli(capsys, "sample", tmp_path / "run", "--prompt", "Hello", "--max-new-tokens", "5",
                            "--temperature", "0")
     assert code == 0 and out.startswith("Hello")
+    code, out, _ = run_cli(capsys, "cost", tmp_path / "run", "--json")  # (estimated: it measured nothing here)
+    assert code == 0 and "run" not in json.loads(out) and "estimate" in json.loads(out)
 
 
 def test_a_pytorch_bin_is_read_as_tensors_only(gpt2_folder, tmp_path, capsys):

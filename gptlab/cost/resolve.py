@@ -27,11 +27,10 @@ def model(name: str | None, sizes: dict) -> tuple[Shape, dict, Path | None]:
     name = name or "gpt2"
     run_dir, settings = None, {}
     if Path(name).is_dir():
-        shape, settings = from_config(Path(name) / "config.json")
-        imported = runs.read_config(Path(name) / "config.json")[0].get("imported")
-        run_dir = None if imported else Path(name)  # (an imported run measured nothing here: it is estimated)
+        shape, settings, trained = from_config(Path(name) / "config.json")
+        run_dir = Path(name) if trained else None  # (an imported run measured nothing here: it is estimated)
     elif Path(name).is_file():
-        shape, settings = from_config(Path(name))
+        shape, settings, _ = from_config(Path(name))
     elif name in REFERENCE:
         shape = REFERENCE[name]
     else:
@@ -43,9 +42,11 @@ def model(name: str | None, sizes: dict) -> tuple[Shape, dict, Path | None]:
     return shape, settings, run_dir
 
 
-def from_config(path: Path) -> tuple[Shape, dict]:
+def from_config(path: Path) -> tuple[Shape, dict, bool]:
+    """(shape, training settings, whether it was trained here rather than imported) of a run's config.json."""
     train, model_values, _ = runs.read_config(path)
-    return gpt_shape(path.parent.name if path.name == "config.json" else path.stem, model_values), settings_of(train)
+    name = path.parent.name if path.name == "config.json" else path.stem
+    return gpt_shape(name, model_values), settings_of(train), not train.get("imported")
 
 
 def from_preset(name: str) -> tuple[Shape, dict]:

@@ -106,7 +106,7 @@ class KVCache:
             for r in rows:
                 k[r, :, :n], v[r, :, :n] = k[source, :, :n], v[source, :, :n]
         for r in rows:
-            self.lengths[r] = self.lengths[source]
+            self.lengths[r] = n
 
 
 def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
