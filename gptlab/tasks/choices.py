@@ -45,13 +45,14 @@ class ChoiceScore:
 
 
 def split_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """The context's tokens and the continuation's, tokenized together and split where the context's own end."""
+    """The context's tokens and the continuation's, tokenized together and split where the context's own end; an
+    empty context is a newline's token (gptlab's tokenizers have no beginning-of-text token)."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer.encode(context + continuation)
     n = len(tokenizer.encode(context))
-    return whole[:n], whole[n:]
+    return whole[:n] or empty_prompt(tokenizer), whole[n:]
 
 
 def evaluate_choices(run, name: str, task: str, items: list[Item], pool: list[Item] | None = None, shots: int = 0,
@@ -88,7 +89,7 @@ def _split(tokenizer, context: str, item: Item, i: int, name: str) -> tuple[list
         raise GptlabError(f"{where}: {e} (the tokenizer of {name})") from None
     if not choice:
         raise GptlabError(f"{where}: choice {i + 1} adds no token to its context")
-    return ids or empty_prompt(tokenizer), choice
+    return ids, choice
 
 
 def _tally(run, name, task, items, owners, scores, shots, kept, cropped, started) -> ChoiceScore:

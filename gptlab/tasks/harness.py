@@ -70,13 +70,13 @@ class GptlabLM(LM):
         return out
 
     def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]] | None:
-        """The pair's ids (an empty context: the prefix token), or None where the tokenizer cannot hold it."""
+        """The pair's ids, or None where the tokenizer cannot hold it."""
         try:
             ids, more = split_pair(self.run.tokenizer, context, continuation)
         except GptlabError:
             self.unwritable += 1
             return None
-        return (ids or self.prefix, more) if more else None
+        return (ids, more) if more else None
 
     def loglikelihood_rolling(self, requests) -> list[float]:
         window, before = self.run.model.max_context or 10**9, self.unwritable
