@@ -24,11 +24,12 @@ from gptlab.cli import (
     sample,
     serve,
     train,
+    translate,
 )
 from gptlab.errors import GptlabError, is_main_process
 
 COMMANDS = {"train": train, "sample": sample, "finetune": finetune, "chat": chat, "eval": evaluate,
-            "inspect": inspect, "plot": plot, "serve": serve, "compare": compare,
+            "translate": translate, "inspect": inspect, "plot": plot, "serve": serve, "compare": compare,
             "cost": cost, "import": import_, "export": export, "list": listing}
 
 
@@ -42,8 +43,21 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments; a command that names a list in `spill` takes words left after its options into it (`gptlab
+    translate RUN --beam 4 "Åbn døren."`: argparse alone ends the list of positionals at the first option)."""
+    parser = build_parser(argv)
+    args, rest = parser.parse_known_args(argv)
+    spill = getattr(args, "spill", None)
+    if rest and (spill is None or any(word.startswith("-") for word in rest)):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        getattr(args, spill).extend(rest)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(argv).parse_args(argv)
+    args = parse(argv)
     try:
         return COMMANDS[args.command].run(args)
     except GptlabError as e:

@@ -11,7 +11,10 @@ from gptlab.errors import GptlabError
 
 FAMILIES_DEFAULT = "gpt,lstm,gru,rnn"
 RECALL_DISTANCES = "2,4,8,16,24,32"
-TASK_HELP = "text: the corpus; recall: a synthetic long-range task (copy a string: accuracy against distance)"
+TASK_HELP = ("text: the corpus; recall: a synthetic long-range task (copy a string: accuracy against distance); "
+             "translate: pairs (--corpus tatoeba-da-en by default, numbers-da, reverse, a .tsv/.jsonl file), scored "
+             "by BLEU, chrF and exact match (--models seq2seq,gpt by default)")
+TRANSLATE_FAMILIES = "seq2seq,gpt"
 
 
 def add_parser(sub, argv: list[str]) -> None:
@@ -20,13 +23,14 @@ def add_parser(sub, argv: list[str]) -> None:
                                    "parameters and the same wall time (or tokens); write a report folder with a "
                                    "table (Markdown and CSV), loss plots, samples and, for --task recall, accuracy "
                                    "against distance.")
-    c.add_argument("--models", default=FAMILIES_DEFAULT,
-                   help=f"families, comma-separated (default: {FAMILIES_DEFAULT})")
+    c.add_argument("--models", default=None,
+                   help=f"families, comma-separated (default: {FAMILIES_DEFAULT}; translate: {TRANSLATE_FAMILIES})")
     c.add_argument("--params", default="1M", help="the parameter budget each is sized to, e.g. 500k, 1M (default: 1M)")
     budget = c.add_mutually_exclusive_group()
     budget.add_argument("--max-time", default=None, help="wall time per family, e.g. 90s, 2m (default: 2m)")
     budget.add_argument("--tokens", default=None, help="tokens per family instead, e.g. 5M")
-    c.add_argument("--task", default="text", choices=("text", "recall"), help=TASK_HELP + " (default: text)")
+    c.add_argument("--task", default="text", choices=("text", "recall", "translate"),
+                   help=TASK_HELP + " (default: text)")
     c.add_argument("--distances", default=None,
                    help="recall: the distances to measure; training mixes all up to the longest (default: "
                         f"{RECALL_DISTANCES})")
@@ -34,7 +38,8 @@ def add_parser(sub, argv: list[str]) -> None:
     c.add_argument("--tokenizer", default=None, help="text: char, word, bpe or a tokenizer.json (default: char)")
     c.add_argument("--seq-len", type=int, default=None,
                    help="every family's training window, a GPT's block size (default: 128; recall: twice the "
-                        "longest distance)")
+                        "longest distance; translate: 256, the longest row a GPT takes and a side an encoder-decoder "
+                        "takes)")
     c.add_argument("--preset", default=None, help="training values, and the GPT's depth and heads; widths are "
                                                   "matched, dropout is --dropout (default: this machine's)")
     c.add_argument("--dropout", type=float, default=0.0, help="every family's dropout (default: 0)")
@@ -68,7 +73,8 @@ def _task_flags(args) -> tuple[list[int], str, str]:
         return _distances(args.distances or RECALL_DISTANCES), "recall", "char"
     if args.distances is not None:
         raise GptlabError("--distances applies to --task recall")
-    return [], args.corpus or "shakespeare", args.tokenizer or "char"
+    default = "tatoeba-da-en" if args.task == "translate" else "shakespeare"
+    return [], args.corpus or default, args.tokenizer or "char"
 
 
 def comparison(args):
@@ -77,11 +83,12 @@ def comparison(args):
     distances, corpus, tokenizer = _task_flags(args)
     seq_len = args.seq_len
     if seq_len is None:
-        seq_len = 2 * max(distances, default=1) if args.task == "recall" else 128
+        seq_len = 2 * max(distances, default=1) if args.task == "recall" else 256 if args.task == "translate" else 128
     out = Path(args.out or ("reports/recall" if args.task == "recall" else f"reports/compare-{Path(corpus).stem}"))
+    models = args.models or (TRANSLATE_FAMILIES if args.task == "translate" else FAMILIES_DEFAULT)
     train = {k: v for k, v in dict(batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                                    seed=args.seed, threads=args.threads or None).items() if v is not None}
-    return Comparison(families=[f.strip() for f in args.models.split(",") if f.strip()], out=out,
+    return Comparison(families=[f.strip() for f in models.split(",") if f.strip()], out=out,
                       params=args.params, max_time=None if args.tokens else (args.max_time or "2m"),
                       tokens=args.tokens, corpus=corpus, tokenizer=tokenizer, seq_len=seq_len,
                       task=args.task, distances=distances, preset=args.preset,

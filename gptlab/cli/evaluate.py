@@ -14,11 +14,17 @@ def add_parser(sub, argv: list[str]) -> None:
     p = sub.add_parser("eval", help="score runs on held-out prompts (exact match, answer loss)",
                        description="Ask each run every held-out prompt of --data and compare its reply with the "
                                    "reference (the last assistant message): exact match, and the mean loss of the "
-                                   "reference's tokens. Several runs (a base and its finetuned child) share a table.")
+                                   "reference's tokens. With pairs for --data (tatoeba-da-en, numbers-da, reverse, "
+                                   "a .tsv or .jsonl file), translate its test split: BLEU, chrF, exact match. "
+                                   "Several runs (a base and its finetuned child) share a table.")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--data", required=True, help="held-out conversations as JSONL, or builtin:words (its test split); "
+                                                 "pairs to translate (a parallel corpus or toy task); "
                                                  "with --choices a multiple-choice task: JSONL, or builtin:cloze-"
                                                  "shakespeare, builtin:cloze-andersen-da, builtin:cloze-andersen-en")
+    p.add_argument("--beam", type=int, default=1, help="pairs: beam search of this width; 1 is greedy (default: 1)")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="pairs: the split to translate (default: test)")
     p.add_argument("--choices", action="store_true",
                    help="multiple choice by log-likelihood, as the lm-evaluation-harness scores it: accuracy by "
                         "total log-likelihood, per character of the choice (acc_norm) and per token")
@@ -28,7 +34,8 @@ def add_parser(sub, argv: list[str]) -> None:
     p.add_argument("--limit", type=int, default=None, help="score only the first N prompts")
     p.add_argument("--match", default="exact", choices=("exact", "number"),
                    help="exact: the whole reply; number: its final number (GSM8K: after ####) (default: exact)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="the longest reply (default: 64)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="the longest reply (default: 64; a translation: 256)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="picks the few-shot examples; seeds sampling (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -55,8 +62,17 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
+    from gptlab.data.parallel import is_parallel
+
+    pairs = is_parallel(args.data)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 256 if pairs else 64
+    if not pairs and (args.beam != 1 or args.split != "test"):
+        raise GptlabError("--beam and --split apply to pairs (--data tatoeba-da-en, numbers-da, reverse, a .tsv file)")
     if args.choices:
         return run_choices(args)
+    if pairs:
+        return run_pairs(args)
     from gptlab.chat.data import load_conversations
     from gptlab.chat.evaluate import evaluate_run
     from gptlab.run import load_run
@@ -122,3 +138,43 @@ def run_choices(args) -> int:
                       f"{s.chance:.1%}", str(s.cropped), f"{s.seconds:.0f}s")
     Console().print(table)
     return 0
+
+
+def run_pairs(args) -> int:
+    """`gptlab eval RUN --data PAIRS`: every run translates the split's sources; BLEU, chrF, exact match."""
+    from gptlab.data.parallel import load_parallel
+    from gptlab.run import load_run
+    from gptlab.translation import evaluate_pairs
+
+    _check(args)
+    if args.beam < 1:
+        raise GptlabError("--beam must be at least 1")
+    if args.few_shot or args.pool or args.match != "exact" or args.temperature:
+        raise GptlabError("pairs are translated greedily (or with --beam) and matched whole: --few-shot, --pool, "
+                          "--match and --temperature apply to conversations")
+    pairs = getattr(load_parallel(args.data), args.split)[:args.limit]
+    if not pairs:
+        raise GptlabError(f"{args.data} has no {args.split} pairs")
+    threads.use(args.threads)
+    loaded = [(path, load_run(path, device=args.device)) for path in args.runs]  # every run, before any scoring
+    show = _show_pair if args.show else None
+    scores = [evaluate_pairs(run, path, pairs, args.beam, args.max_new_tokens, show) for path, run in loaded]
+    if args.json:
+        print(json.dumps([s.as_dict() for s in scores], indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "pairs", "beam", "BLEU", "chrF", "exact", "tokens/s", "time",
+                  title=f"translating the {args.split} split of {args.data} (copying the source: BLEU "
+                        f"{scores[0].copy_bleu:.1f}, chrF {scores[0].copy_chrf:.1f})")
+    for s in scores:
+        table.add_row(s.run, str(s.pairs), str(s.beam), f"{s.bleu:.1f}", f"{s.chrf:.1f}", f"{s.exact:.1%}",
+                      f"{s.tokens_per_s:,.0f}", f"{s.seconds:.0f}s")
+    Console().print(table)
+    return 0
+
+
+def _show_pair(pair, hypothesis) -> None:
+    right = hypothesis.strip() == pair.target.strip()
+    print(f"{'ok ' if right else 'NO '} {pair.source!r} -> {hypothesis!r} (reference {pair.target!r})", file=sys.stderr)

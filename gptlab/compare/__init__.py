@@ -8,6 +8,9 @@
 Every run is an ordinary run folder of the one engine: `gptlab sample OUT/runs/lstm` works on it.
 With --task recall the corpus is synthetic (recall.py): a string and its copy, whose letters a model can only
 predict by recalling the letter `distance` tokens back; the report gives accuracy against distance.
+With --task translate the corpus is pairs (tatoeba-da-en, numbers-da, reverse, or a .tsv/.jsonl file): every family
+learns the targets from the same rows (training.pairs), and the report gives BLEU, chrF and exact match on the
+test split, greedy, against copying the source.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from gptlab.training.config import UNBOUNDED_ITERS, check_values, parse_duration
 from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import train
 
-TASKS = ("text", "recall")
+TASKS = ("text", "recall", "translate")
+TEST_PAIRS = 500  # --task translate: the test pairs each family translates (the first ones of the split)
 # The recall task's text: more random lines than a model of a few million parameters could memorise. A run of
 # two minutes on 2 cores reads it about three times; what it learns must be the rule, not the lines.
 RECALL_CHARS = 1_000_000
@@ -73,6 +77,7 @@ class Entry:
     sample: str
     curve: list[tuple[float, int, float]]  # (seconds, tokens seen, validation loss) at each evaluation
     recall: dict[int, float] = field(default_factory=dict)  # distance -> accuracy
+    translation: dict[str, float] = field(default_factory=dict)  # --task translate: bleu, chrf, exact, copy_...
 
 
 def check(c: Comparison, overwrite: bool = False) -> None:
@@ -120,6 +125,8 @@ def compare(c: Comparison, *, overwrite: bool = False, mirror: str | Path | None
     if c.task == "recall":
         text = recall.make_text(max(c.distances), RECALL_CHARS, c.train.get("seed", 0))
         corpus, spec = Corpus("recall", text), str(c.out / "recall.txt")
+    elif c.task == "translate":
+        corpus, spec = pair_corpus(c, mirror), c.corpus
     else:
         corpus, spec = load_corpus(c.corpus, mirror=mirror), c.corpus
     plans = [plan(c, family, corpus, spec) for family in c.families]  # every size, before anything is written
@@ -134,11 +141,29 @@ def compare(c: Comparison, *, overwrite: bool = False, mirror: str | Path | None
     return entries
 
 
+def pair_corpus(c: Comparison, mirror) -> Corpus:
+    """--task translate: the pairs as the text their tokenizer is made from (as training.pairs makes it)."""
+    from gptlab.data.parallel import load_parallel
+    from gptlab.training.pairs import pair_text
+
+    pairs = load_parallel(c.corpus, mirror=mirror)
+    return Corpus(pairs.name, pair_text(pairs.train + pairs.val + pairs.test if c.tokenizer == "char" else pairs.train))
+
+
+def window(c: Comparison, family: str) -> dict:
+    """The training window: a GPT's context (its block_size) or a recurrent net's --seq-len. On pairs a row is a
+    pair: --seq-len is the longest row a GPT takes, and each side's longest for a transformer encoder-decoder."""
+    fam = get_family(family)
+    if c.task == "translate":
+        return {"block_size": c.seq_len} if "block_size" in model_fields(family) else {}
+    return {fam.context or "seq_len": c.seq_len}
+
+
 def plan(c: Comparison, family: str, corpus: Corpus, spec: str) -> tuple[dict, str, int]:
     """The training values of one family's run (the shared ones, its window, its budget and its matched width),
     its width as text, and the parameters that gives."""
     fam = get_family(family)
-    values = {**c.train, "corpus": spec, "tokenizer": c.tokenizer, "model": family, fam.context or "seq_len": c.seq_len}
+    values = {**c.train, "corpus": spec, "tokenizer": c.tokenizer, "model": family, **window(c, family)}
     if "dropout" in model_fields(family):
         values["dropout"] = c.dropout
     if c.max_time is not None:
@@ -148,7 +173,8 @@ def plan(c: Comparison, family: str, corpus: Corpus, spec: str) -> tuple[dict, s
     if c.tokens is not None:  # the same tokens for each: the same number of steps of the same global batch
         values.update(max_time=None, max_iters=math.ceil(parse_count(c.tokens) / (cfg.batch_size * cfg.grad_accum
                                                                                     * c.seq_len)))
-    vocab_size = get_tokenizer(corpus, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction).vocab_size
+    split = 0.0 if c.task == "translate" else cfg.val_fraction  # (pairs: the tokenizer's text is its own already)
+    vocab_size = get_tokenizer(corpus, cfg.tokenizer, cfg.vocab_size, split).vocab_size
     width, params = match_width(family, parse_count(c.params), {**split_section(model)[1], "vocab_size": vocab_size})
     values[fam.width] = width
     return values, f"{fam.width} {width}", params
@@ -160,15 +186,33 @@ def run_family(c: Comparison, family: str, values: dict, size: str, mirror, quie
     if result.stopped_by == "interrupt":  # Ctrl-C stops the comparison, not just this family's run
         raise KeyboardInterrupt
     run = load_run(result.run_dir, device=values.get("device", "auto"))
-    per_iter = run.config["train"]["batch_size"] * run.config["train"]["grad_accum"] * c.seq_len
     records = read_metrics(result.run_dir / "metrics.jsonl")
     evals = [r for r in records if "val_loss" in r]
     best = min(evals, key=lambda r: r["val_loss"], default=None)
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
-    sample = run.generate("", max_new_tokens=c.sample_tokens, temperature=0.8, seed=c.train.get("seed", 0))
     scores = {d: recall.accuracy(run.model, run.tokenizer, d) for d in c.distances} if c.task == "recall" else {}
+    if c.task == "translate":
+        translation, sample = translations(run, family, c.corpus, mirror)
+    else:
+        translation = {}
+        sample = run.generate("", max_new_tokens=c.sample_tokens, temperature=0.8, seed=c.train.get("seed", 0))
     return Entry(family=family, size=size, params=sum(p.numel() for p in run.model.parameters()),
-                 iters=result.iters, tokens=result.iters * per_iter, seconds=result.elapsed,
-                 tokens_per_s=statistics.median(speeds) if speeds else 0.0,
+                 iters=result.iters, tokens=max((r.get("tokens", 0) for r in records), default=0),
+                 seconds=result.elapsed, tokens_per_s=statistics.median(speeds) if speeds else 0.0,
                  best_val_loss=best and best["val_loss"], val_bpc=best and best["val_bpc"], sample=sample,
-                 curve=[(r["time"], r["iter"] * per_iter, r["val_loss"]) for r in evals], recall=scores)
+                 curve=[(r["time"], r["tokens"], r["val_loss"]) for r in evals], recall=scores,
+                 translation=translation)
+
+
+def translations(run, family: str, corpus: str, mirror) -> tuple[dict[str, float], str]:
+    """--task translate: the scores of the first TEST_PAIRS test pairs, greedy, and some translations as a sample."""
+    from gptlab.data.parallel import load_parallel
+    from gptlab.translation import evaluate_pairs
+
+    shown: list[str] = []
+    test = load_parallel(corpus, mirror=mirror).test[:TEST_PAIRS]
+    s = evaluate_pairs(run, family, test, show=lambda pair, out: shown.append(f"{pair.source}  =>  {out}   "
+                                                                               f"(reference: {pair.target})"))
+    scores = dict(bleu=s.bleu, chrf=s.chrf, exact=s.exact, copy_bleu=s.copy_bleu, copy_chrf=s.copy_chrf,
+                  pairs=s.pairs, translate_tokens_per_s=s.tokens_per_s)
+    return scores, "\n".join(shown[:12])

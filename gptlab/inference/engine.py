@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from collections.abc import Sequence as Ids
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -136,6 +136,10 @@ class Engine:
         sequence for each list of tokens in `given`, which takes those tokens in turn and is scored by them (its
         .score); all of them share one prefill of the prompt."""
         self.check(request, copies + len(given))
+        limit = getattr(self.model, "max_new_tokens", None)  # (a seq2seq decoder's cache is as long as it is)
+        room = limit(request.prompt) if limit is not None else None
+        if room is not None and request.max_new_tokens > room:
+            request = replace(request, max_new_tokens=room)
         seed = request.sampling.seed
         scored = [Request(request.prompt, len(tokens), Sampling(temperature=0), given=list(tokens))
                   for tokens in given]  # (greedy: a given token draws no random number)
@@ -153,6 +157,9 @@ class Engine:
         """A GptlabError where this engine cannot take the request as `sequences` sequences at once."""
         if not request.prompt:
             raise GptlabError("the prompt is empty after tokenization; give at least one token")
+        problem = getattr(self.model, "prompt_problem", lambda prompt: None)(request.prompt)
+        if problem:
+            raise GptlabError(f"the model cannot read this prompt: {problem}")
         if request.stop and self.tokenizer is None:
             raise GptlabError("stop strings need the engine to have the run's tokenizer")
         if not 1 <= sequences <= self.slots:

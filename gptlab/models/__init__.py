@@ -12,7 +12,7 @@ import importlib
 from dataclasses import asdict, dataclass, fields
 
 from gptlab.errors import GptlabError
-from gptlab.models.configs import GPTConfig, RecurrentConfig
+from gptlab.models.configs import GPTConfig, RecurrentConfig, RecurrentSeq2SeqConfig, Seq2SeqConfig
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     *[Family(name, RecurrentConfig, f"gptlab.models.recurrent:{cls}", text, width="n_hidden", preset_sizes=False)
       for name, cls, text in [("rnn", "RNN", "Elman's tanh recurrent net"), ("lstm", "LSTM", "long short-term memory"),
                               ("gru", "GRU", "gated recurrent units")]],
+    Family("seq2seq", Seq2SeqConfig, "gptlab.models.seq2seq:Seq2Seq",
+           "encoder-decoder transformer ('Attention Is All You Need'); learns from pairs", width="n_embd",
+           preset_sizes=False),
+    *[Family(f"seq2seq-{name}", RecurrentSeq2SeqConfig, f"gptlab.models.rnn_seq2seq:{cls}",
+             f"recurrent encoder-decoder ({name.upper()}s, with attention); learns from pairs", width="n_hidden",
+             preset_sizes=False) for name, cls in [("lstm", "LSTMSeq2Seq"), ("gru", "GRUSeq2Seq")]],
 ]}
+
+# Config values that the data sets, not the user: the vocabulary's size, and the token that separates a pair.
+FROM_DATA = ("vocab_size", "sep_id")
 
 
 def get_family(name: str) -> Family:
@@ -43,8 +52,8 @@ def get_family(name: str) -> Family:
 
 
 def model_fields(family: str) -> dict:
-    """Name -> dataclass field of the family's config, less vocab_size (the tokenizer sets that)."""
-    return {f.name: f for f in fields(get_family(family).config) if f.name != "vocab_size"}
+    """Name -> dataclass field of the family's config, less those the data sets (FROM_DATA)."""
+    return {f.name: f for f in fields(get_family(family).config) if f.name not in FROM_DATA}
 
 
 def make_config(family: str, values: dict):

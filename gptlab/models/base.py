@@ -10,7 +10,11 @@ Training, evaluation, sampling and the views use a model only through this inter
                                                      # after what its row of the state holds (rows: which ones)
     logits = model.prefill(idx, lengths, state, rows)   # right-padded prompts fed into emptied rows at once
     state.clear(rows); state.copy(source, rows)      # rows emptied for new sequences; a row given to others
+    state.reorder(order)                             # rows 0..n-1 take what rows order[0..n-1] held (beam search)
     model.max_context                                # the longest context it takes, None if unbounded
+    model.max_new_tokens(prompt)                     # the most it can write after a prompt (None: no limit)
+    model.fits_pair(source, target)                  # whether a pair of these lengths fits a training row
+    model.prompt_problem(prompt)                     # why it cannot read a prompt (an empty source, say), or None
     wte, head = model.vocab_layers()                 # the layers sized by the vocabulary (grow_vocab uses them)
 
 Intermediate tensors for the views (attention weights, say) pass through named capture points
@@ -85,6 +89,20 @@ class LanguageModel(nn.Module):
         """The longest context the model takes (generation slides its window to fit); None if unbounded."""
         raise NotImplementedError
 
+    def max_new_tokens(self, prompt: list[int]) -> int | None:
+        """The most tokens the model can write after this prompt; None: no limit (a model with a context slides
+        its window along)."""
+        return None
+
+    def prompt_problem(self, prompt: list[int]) -> str | None:
+        """Why the model cannot read this prompt, or None (a model with a context reads the end of any prompt)."""
+        return None
+
+    def fits_pair(self, source: int, target: int) -> bool:
+        """Whether a pair of source and target tokens fits a training row `source <sep> target <sep>`, whose inputs
+        are every token but the last (training.pairs)."""
+        return self.max_context is None or source + target + 1 <= self.max_context
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters; non_embedding leaves out position tables (a family that has one subtracts it)."""
         return sum(p.numel() for p in self.parameters())
@@ -152,6 +170,9 @@ class NoState:
         pass
 
     def copy(self, source: int, rows: list[int]) -> None:
+        pass
+
+    def reorder(self, order: list[int]) -> None:
         pass
 
 

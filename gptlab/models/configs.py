@@ -88,3 +88,49 @@ class RecurrentConfig:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.tie_weights and self.n_embd != self.n_hidden:
             raise ValueError(f"tie_weights needs n_embd == n_hidden (they are {self.n_embd} and {self.n_hidden})")
+
+
+@dataclass
+class Seq2SeqConfig:
+    """The encoder–decoder transformer (gptlab.models.seq2seq); it learns from pairs, source -> target."""
+
+    vocab_size: int = setting(65, "tokens in the vocabulary (set from the tokenizer)")
+    sep_id: int = setting(0, "the token that ends the source and starts the target (set from the tokenizer)")
+    block_size: int = setting(256, "the longest source, and the longest target, in tokens")
+    n_layer: int = setting(3, "encoder blocks, and as many decoder blocks")
+    n_head: int = setting(4, "attention heads per block")
+    n_embd: int = setting(192, "width of the residual streams (the embedding size)")
+    dropout: float = setting(0.0, "dropout probability while training")
+    bias: bool = setting(False, "biases in the linear layers and layer norms")
+    pos: str = setting("learned", "position information (the paper's was sinusoidal; at gptlab's small widths a fixed "
+                                  "table of unit size drowns the token embeddings, learned ones train better)",
+                       POSITION_ENCODINGS)
+    tie_weights: bool = setting(True, "one token table for the encoder, the decoder and the output head")
+    rope_base: float = setting(10000.0, "base of RoPE's wavelengths (with --pos rope)")
+    activation: str = setting("gelu", "the MLP's nonlinearity", ACTIVATIONS)
+
+    def __post_init__(self):
+        GPTConfig.__post_init__(self)  # the same sizes, choices and divisibility
+        if not 0 <= self.sep_id < self.vocab_size:
+            raise ValueError(f"sep_id {self.sep_id} is not a token of a vocabulary of {self.vocab_size}")
+
+
+@dataclass
+class RecurrentSeq2SeqConfig:
+    """The recurrent encoder-decoder (gptlab.models.rnn_seq2seq), LSTM or GRU; it learns from pairs."""
+
+    vocab_size: int = setting(65, "tokens in the vocabulary (set from the tokenizer)")
+    sep_id: int = setting(0, "the token that ends the source and starts the target (set from the tokenizer)")
+    n_layer: int = setting(2, "recurrent layers of the encoder, and as many of the decoder")
+    n_embd: int = setting(128, "width of the token embedding")
+    n_hidden: int = setting(256, "size of each layer's hidden state")
+    dropout: float = setting(0.0, "dropout probability while training")
+    attention: bool = setting(True, "the decoder attends to every source position (Luong et al.); without it the "
+                                    "source reaches the decoder only through the encoder's last state")
+
+    def __post_init__(self):
+        RecurrentConfig.__post_init__(self)  # the same sizes and dropout (tie_weights: False, below)
+        if not 0 <= self.sep_id < self.vocab_size:
+            raise ValueError(f"sep_id {self.sep_id} is not a token of a vocabulary of {self.vocab_size}")
+
+    tie_weights = False  # (not a field: the recurrent checks read it)

@@ -99,6 +99,13 @@ class KVCache:
         for r in rows:
             self.lengths[r] = 0
 
+    def reorder(self, order: list[int]) -> None:
+        """Rows 0..len(order)-1 take what rows `order` hold (beam search keeps its best continuations)."""
+        index = torch.tensor(order, device=self.k[0].device)
+        for t in (*self.k, *self.v):
+            t[:len(order)] = t[index]
+        self.lengths[:len(order)] = [self.lengths[i] for i in order]
+
     def copy(self, source: int, rows: list[int]) -> None:
         """Give `rows` what row `source` holds (several continuations of one prompt share its prefill)."""
         n = self.lengths[source]  # (only the positions it has filled)

@@ -131,6 +131,12 @@ class HiddenState:
 
         self.put(rows, copies(self.h) if self.c is None else (copies(self.h), copies(self.c)))
 
+    def reorder(self, order: list[int]) -> None:
+        """Rows 0..len(order)-1 take what rows `order` hold (beam search keeps its best continuations)."""
+        index = torch.tensor(order, device=self.h.device)
+        for t in (self.h, self.c) if self.c is not None else (self.h,):
+            t[:, :len(order)] = t[:, index]
+
     def _zeros(self, n: int):
         zeros = self.h.new_zeros(self.h.size(0), n, self.h.size(2))
         return zeros if self.c is None else (zeros, zeros)

@@ -227,8 +227,11 @@ def create_app(served: dict[str, Served], api_key: str | None = None, max_tokens
         if body.layer >= view["layers"] or body.head >= view["heads"]:
             raise RequestError(f"the model has layers 0-{view['layers'] - 1} and heads 0-{view['heads'] - 1}",
                                "layer")
-        return {"tokens": view["tokens"], "layers": view["layers"], "heads": view["heads"],
-                "map": view["maps"][body.layer][body.head]}
+        shown = {"tokens": view["tokens"], "layers": view["layers"], "heads": view["heads"],
+                 "map": view["maps"][body.layer][body.head]}
+        if "queries" in view:  # an encoder-decoder's cross-attention: rows are its translation's tokens
+            shown.update(queries=view["queries"], translation=view["translation"])
+        return shown
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):

@@ -119,9 +119,13 @@ class Served:
         self.scheduler = Scheduler(self, Engine(run.model, run.tokenizer, slots, batch_size))
 
     def describe(self) -> dict:
-        """What the playground needs to know of the model: chat or not, its context, its attention's shape."""
-        attention = [n for n, _ in self.run.model.named_modules() if n.endswith(".attn.probs")]
-        heads = getattr(self.run.model.config, "n_head", 0) if attention else 0
+        """What the playground needs to know of the model: chat or not, its context, its attention's shape (an
+        encoder-decoder's: its cross-attention's, which the attention view shows)."""
+        from gptlab.views.inside import ATTENTION, CROSS
+
+        names = [n for n, _ in self.run.model.named_modules()]
+        attention = [n for n in names if n.endswith(CROSS)] or [n for n in names if n.endswith(ATTENTION)]
+        heads = getattr(self.run.model.config, "n_head", 1) if attention else 0
         return {"chat": self.chat, "context": self.run.model.max_context, "layers": len(attention), "heads": heads,
                 "family": self.run.config["model"].get("family", "gpt")}
 

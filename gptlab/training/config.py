@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 
 from gptlab.errors import GptlabError
-from gptlab.models import FAMILIES, get_family, make_config, model_fields, split_section
+from gptlab.models import FAMILIES, FROM_DATA, get_family, make_config, model_fields, split_section
 from gptlab.models.configs import setting
 
 DEFAULT_FAMILY = "gpt"
@@ -24,7 +24,8 @@ OPTIMIZERS = ("adamw", "muon")
 @dataclass
 class TrainConfig:
     # data
-    corpus: str = setting("shakespeare", "a named corpus, or a file, folder or glob of your own .txt files")
+    corpus: str = setting("shakespeare", "a named corpus, or a file, folder or glob of your own .txt files; or pairs "
+                                         "to translate: tatoeba-da-en, numbers-da, reverse, a .tsv or .jsonl file")
     tokenizer: str = setting("char", "char, word, bpe, or a path to a tokenizer.json")
     vocab_size: int | None = setting(None, "vocabulary size of the word and bpe tokenizers (unset: word keeps "
                                                  "every word, bpe has 1024)")
@@ -165,7 +166,8 @@ def saved_values(saved: dict) -> dict:
         raise GptlabError("not a gptlab run configuration (it needs a train and a model section)") from None
     family = model.pop("family", None) or train.get("arch") or DEFAULT_FAMILY
     train.pop("arch", None)
-    model.pop("vocab_size", None)
+    for name in FROM_DATA:
+        model.pop(name, None)
     return {**train, **model, "model": family}
 
 

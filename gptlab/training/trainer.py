@@ -616,6 +616,31 @@ class Trainer:
                            f"Try a lower --lr, or --dtype float32.")
 
 
+def _check_same_kind(plan: Plan) -> None:
+    """A resumed run goes on learning what it learned: pairs, or text."""
+    from gptlab.data.parallel import is_parallel
+
+    on_pairs = "pairs" in plan.sections
+    if on_pairs != is_parallel(plan.cfg.corpus):
+        raise GptlabError(f"{plan.run_dir} was trained on {'pairs' if on_pairs else 'text'}; --corpus "
+                          f"{plan.cfg.corpus} is {'text' if on_pairs else 'pairs'}: resume it on "
+                          f"{'pairs' if on_pairs else 'text'}")
+
+
+def trainer_for(corpus: str, family: str) -> type[Trainer]:
+    """The trainer of a corpus: text is read in windows; pairs (a parallel corpus) one pair a row."""
+    from gptlab.data.parallel import is_parallel
+
+    if is_parallel(corpus):
+        from gptlab.training.pairs import PairTrainer
+
+        return PairTrainer
+    if family == "seq2seq":
+        raise GptlabError(f"--model seq2seq learns from pairs, source -> target; {corpus} is text. Give a parallel "
+                          f"corpus: tatoeba-da-en, numbers-da, reverse, or a .tsv or .jsonl file of pairs")
+    return Trainer
+
+
 CHOICE_ITEMS = 100  # --eval-choices items scored at each evaluation
 
 
@@ -632,9 +657,12 @@ def train(values: dict | None = None, *, preset: str | None = None, out: str | P
     plan.force = force
     if "finetune" in plan.sections:
         raise GptlabError(f"{out} is a finetuned run; continue it with gptlab finetune --out {out} --resume")
+    if resume:
+        _check_same_kind(plan)
     dist = Distributed.from_env()
     try:
-        result = Trainer(plan, dist, mirror=mirror, quiet=quiet).fit(stop_after)
+        result = trainer_for(plan.cfg.corpus, plan.model["family"])(plan, dist, mirror=mirror, quiet=quiet).fit(
+            stop_after)
         dist.barrier()  # every process ends the run together (rank 0 was still drawing loss.png)
         return result
     finally:

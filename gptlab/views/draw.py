@@ -36,10 +36,13 @@ def _shown(token: str) -> str:
     return token.replace("\n", "⏎").replace(" ", "␣") or "∅"
 
 
-def _label_axes(ax, tokens: list[str], size: int) -> None:
+def _label_axes(ax, tokens: list[str], size: int, queries: list[str] | None = None) -> None:
+    """Keys across, queries down (the same tokens, unless queries are given: a cross-attention's)."""
+    queries = tokens if queries is None else queries
     ticks = range(len(tokens)) if len(tokens) <= MAX_LABELS else []
     ax.set_xticks(ticks, [_shown(tokens[i]) for i in ticks], rotation=90, fontsize=size)
-    ax.set_yticks(ticks, [_shown(tokens[i]) for i in ticks], fontsize=size)
+    ticks = range(len(queries)) if len(queries) <= MAX_LABELS else []
+    ax.set_yticks(ticks, [_shown(queries[i]) for i in ticks], fontsize=size)
 
 
 def attention(view: dict, path: Path, layer: int | None = None, head: int | None = None) -> None:
@@ -52,11 +55,12 @@ def attention(view: dict, path: Path, layer: int | None = None, head: int | None
     size = 8.0 if layer is not None else 2.6
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), dpi=100, squeeze=False)
     for ax, (i, j) in zip(axes.flat, chosen):
-        ax.imshow(maps[i][j], cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.imshow(maps[i][j], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto" if "queries" in view else "equal")
         ax.set_title(f"layer {i}, head {j}", fontsize=10 if layer is not None else 8)
-        _label_axes(ax, tokens, 9 if layer is not None else 5)
-    fig.supxlabel("key (the token looked at)")
-    fig.supylabel("query (the token looking)")
+        _label_axes(ax, tokens, 9 if layer is not None else 5, view.get("queries"))
+    cross = "queries" in view  # an encoder-decoder's: the target's tokens look at the source's
+    fig.supxlabel("source token (looked at)" if cross else "key (the token looked at)")
+    fig.supylabel("target token being written (looking)" if cross else "query (the token looking)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -19,6 +19,7 @@ from gptlab.inference.sampling import check_sampling, filter_logits
 from gptlab.models.base import capture
 
 ATTENTION = ".attn.probs"  # the capture points of attention weights (a GPT's, (B, n_head, T, T) each)
+CROSS = "cross.probs"  # an encoder-decoder's cross-attention: (B, n_head, target, source), or (B, target, source)
 
 
 def tokens_of(run, prompt: str) -> tuple[list[int], list[str]]:
@@ -53,7 +54,10 @@ def _forward(run, ids: list[int]) -> torch.Tensor:
 
 def attention(run, prompt: str) -> dict:
     """{"tokens": [...], "maps": [layer][head][query][key]}: row q is how query token q spreads its attention
-    over the keys 0..q (each row sums to 1; keys after q get 0, the causal mask)."""
+    over the keys 0..q (each row sums to 1; keys after q get 0, the causal mask). An encoder-decoder shows its
+    cross-attention instead (cross_attention)."""
+    if any(name.endswith(CROSS) for name, _ in run.model.named_modules()):
+        return cross_attention(run, prompt)
     points = [name for name, _ in run.model.named_modules() if name.endswith(ATTENTION)]
     if not points:
         family = run.config["model"].get("family", "this model")
@@ -64,6 +68,27 @@ def attention(run, prompt: str) -> dict:
         _forward(run, ids)
     maps = torch.stack([seen[name][0].float() for name in points])  # (layers, heads, T, T)
     return {"tokens": pieces, "layers": maps.size(0), "heads": maps.size(1), "maps": maps.tolist()}
+
+
+def cross_attention(run, source: str, target: str | None = None) -> dict:
+    """{"tokens": the source's tokens (the keys), "queries": the target's, "maps": [layer][head][query][key]}: row
+    q is how the decoder, writing target token q, spreads its attention over the source (each row sums to 1). The
+    target is the model's own greedy translation unless one is given; its last row writes the closing <sep>."""
+    from gptlab.translation import prompt_of, translate
+
+    if not source:
+        raise GptlabError("give a source sentence to translate (--prompt TEXT)")
+    prompt = prompt_of(run, source)  # source <sep>
+    target = translate(run, [source])[0] if target is None else target
+    written = run.tokenizer.encode(target) if target else []
+    points = [name for name, _ in run.model.named_modules() if name.endswith(CROSS)]
+    with capture(run.model, CROSS) as seen:
+        _forward(run, prompt + written + prompt[-1:])
+    maps = [seen[name][0].float() for name in points]  # (heads, D, S) each; a recurrent decoder's (D, S): one head
+    maps = torch.stack([m if m.dim() == 3 else m[None] for m in maps])[:, :, :len(written) + 1]
+    return {"tokens": [label(run.tokenizer, i) for i in prompt[:-1]], "layers": maps.size(0), "heads": maps.size(1),
+            "queries": [label(run.tokenizer, i) for i in written] + ["<sep>"], "translation": target,
+            "maps": maps.tolist()}
 
 
 def entropy_bits(probs: torch.Tensor) -> float:

@@ -172,6 +172,12 @@ async function showAttention() {
   try {
     const view = await api("/v1/gptlab/attention", { model, prompt: sent, layer, head });
     if (asked !== state.drawing) return;  // the model changed, or another map was asked for since
+    if (view.queries) {  // an encoder-decoder: its translation of the text (rows) looking at the text (columns)
+      heatmap(view.map, view.tokens, view.queries);
+      $("attention-note").textContent = `layer ${layer}, head ${head}: cross-attention, each row a token of the ` +
+        `translation "${view.translation}" looking at the source's tokens`;
+      return;
+    }
     const n = view.tokens.length, d = Math.min(n, DRAWN);
     heatmap(view.map.slice(n - d).map((row) => row.slice(n - d)), view.tokens.slice(n - d));
     // what was drawn of what: the server keeps the last `context` tokens (what the model sees), the page draws the
@@ -191,9 +197,11 @@ async function showAttention() {
   }
 }
 
-// Draws the map, its colours from 0 to its largest weight (shown on the scale beside it).
-function heatmap(map, tokens) {
-  const canvas = $("heatmap"), ctx = canvas.getContext("2d"), n = tokens.length, margin = 40;
+// Draws the map, its colours from 0 to its largest weight (shown on the scale beside it): keys across, queries
+// down (the same tokens, unless a cross-attention's queries are given).
+function heatmap(map, tokens, queries = tokens) {
+  const canvas = $("heatmap"), ctx = canvas.getContext("2d"), margin = 40;
+  const n = Math.max(tokens.length, queries.length);
   const cell = (canvas.width - margin) / n, top = Math.max(...map.flat()) || 1;
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   map.forEach((row, q) => row.forEach((a, k) => {
@@ -202,10 +210,8 @@ function heatmap(map, tokens) {
   }));
   ctx.fillStyle = "#222";
   ctx.font = `${Math.min(12, cell)}px monospace`;
-  tokens.forEach((t, i) => {
-    ctx.fillText(visible(t), 4, margin + (i + 0.75) * cell);
-    ctx.fillText(visible(t), margin + i * cell + 2, margin - 6);
-  });
+  queries.forEach((t, i) => ctx.fillText(visible(t), 4, margin + (i + 0.75) * cell));
+  tokens.forEach((t, i) => ctx.fillText(visible(t), margin + i * cell + 2, margin - 6));
   $("scale-max").textContent = top.toFixed(2);
   $("attention-map").hidden = false;
 }
