@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from gptlab.errors import GptlabError
 from gptlab.inference import Request, Sampling
-from gptlab.inference.beam import beam_search
+from gptlab.inference.beam import beam_search, room
 
 MAX_NEW_TOKENS = 256  # the longest translation, in tokens (a model may allow fewer)
 BEAM_BATCH = 16  # sources searched together
@@ -42,11 +42,11 @@ def prompt_of(run, source: str) -> list[int]:
 def budget(model, prompt: list[int], wanted: int) -> int:
     """How many tokens a translation of this prompt may take: what was asked, within what the model can write
     without forgetting the source (a decoder-only model's context holds prompt and translation together)."""
-    context = model.max_context
-    room = context - len(prompt) + 1 if context else model.max_new_tokens(prompt)
-    if room is not None and room < 1:
-        raise GptlabError(f"a source of {len(prompt) - 1} tokens leaves no room in the model's context ({context})")
-    return wanted if room is None else min(wanted, room)
+    left = room(model, prompt)
+    if left is not None and left < 1:
+        raise GptlabError(f"a source of {len(prompt) - 1} tokens leaves no room in the model's context "
+                          f"({model.max_context})")
+    return wanted if left is None else min(wanted, left)
 
 
 def translate(run, sources: list[str], beam: int = 1, max_new_tokens: int = MAX_NEW_TOKENS, slots: int = 64,

@@ -92,11 +92,17 @@ def _prefill(model, prompts: list[list[int]], state, width: int, device) -> torc
     return logits
 
 
+def room(model, prompt: list[int]) -> int | None:
+    """The most tokens the model can write after prompt without sliding its window (without forgetting any of the
+    prompt): what a context leaves, or the model's own limit; None: no limit."""
+    context = model.max_context
+    return context - len(prompt) + 1 if context else model.max_new_tokens(prompt)
+
+
 def _budget(model, prompt: list[int], wanted: int) -> int:
-    """How many tokens a hypothesis may take: the budget asked for, within what the model can write after prompt."""
-    context = model.max_context  # (beam search does not slide a window: the prompt and the continuation fit it)
-    room = context - len(prompt) + 1 if context else model.max_new_tokens(prompt)
-    return max(1, min(wanted, room) if room is not None else wanted)
+    """How many tokens a hypothesis may take: the budget asked for, within the room after prompt."""
+    left = room(model, prompt)
+    return max(1, min(wanted, left) if left is not None else wanted)
 
 
 def _settled(ended: list[Beam], live: list[Beam], width: int, budget: int, length_penalty: float) -> bool:
