@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gptlab import pictures
+
 # (name, dtype, flags): the cpu preset's GPT (Muon, context 128) at five widths in bf16, and nanoGPT's CPU recipe
 # (AdamW, context 64, fp32) at three.
 RUNS = [(f"bf16-{c}", "bfloat16", ["--preset", "cpu", "--n-embd", str(c), "--n-head", str(c // 64)])
@@ -57,37 +59,6 @@ def check(run: Path, calibration: Path) -> dict:
             "step_error": round(rows["seconds per step"]["error"], 4)}
 
 
-def plot(lines: list[dict], path: str) -> None:
-    """Predicted against measured: peak memory and seconds per step, each run a point, the diagonal and the
-    issue's bands (25% for memory, 30% for time) drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), dpi=110)
-    for ax, key, scale, unit, band in ((axes[0], "peak", 1e6, "MB", 0.25), (axes[1], "step_s", 1, "s", 0.30)):
-        for line in lines:
-            x, y = line[f"{key}_measured"] / scale, line[f"{key}_predicted"] / scale
-            calibration = key == "step_s" and line["run"] == line["calibrated_by"]
-            ax.scatter(x, y, marker="s" if line["dtype"] == "float32" else "o", s=36,
-                       facecolors="none" if calibration else None, color="C0" if line["dtype"] == "float32" else "C1")
-            ax.annotate(line["run"], (x, y), fontsize=7, xytext=(4, -8), textcoords="offset points")
-        low = min(min(line[f"{key}_measured"], line[f"{key}_predicted"]) for line in lines) / scale * 0.8
-        high = max(max(line[f"{key}_measured"], line[f"{key}_predicted"]) for line in lines) / scale * 1.2
-        ax.plot([low, high], [low, high], color="gray", linewidth=1)
-        ax.fill_between([low, high], [low * (1 - band), high * (1 - band)], [low * (1 + band), high * (1 + band)],
-                        color="gray", alpha=0.12, label=f"within {band:.0%}")
-        ax.set_xscale("log"), ax.set_yscale("log")
-        ax.set_xlabel(f"measured ({unit})"), ax.set_ylabel(f"predicted ({unit})")
-        ax.legend(loc="upper left", fontsize=8)
-    axes[0].set_title("peak memory of the training steps (whole process)")
-    axes[1].set_title("seconds per step (hollow: the calibrating run)")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30, help="training steps per run (default: 30)")
@@ -112,7 +83,8 @@ def main() -> None:
                       "max_abs_above_base_error": max(abs(line["above_base_error"]) for line in lines),
                       "max_abs_step_error": max((abs(line["step_error"]) for line in others), default=None)}))
     if args.plot:
-        plot(lines, args.plot)
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        pictures.cost_check(lines, Path(args.plot))
 
 
 if __name__ == "__main__":

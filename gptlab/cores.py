@@ -87,8 +87,8 @@ def _busy_seconds() -> float | None:
 
 
 def _own_seconds() -> float:
-    """CPU seconds of this process (every thread) and of the children it has waited for (gptlab's own helpers,
-    such as the process that draws loss.png, are not other processes)."""
+    """CPU seconds of this process (every thread) and of the children it has waited for (a command it ran,
+    say, is not another process)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 

@@ -14,6 +14,7 @@ from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.inference import Engine, Request, Sampling
 from gptlab.models import build_model, config_from_dict
+from gptlab.records import read_config
 
 
 @dataclass
@@ -59,7 +60,7 @@ def empty_prompt(tokenizer) -> list[int]:
 def load_run(path: str | Path, device: str = "auto") -> Run:
     """Load a run folder (its newest intact checkpoint) or a checkpoint folder, ready to generate."""
     ckpt = rundir.open_checkpoint(path, need=rundir.FOR_SAMPLING)
-    config = rundir.read_config(ckpt)
+    config = read_config(ckpt, run=False)
     if "model_type" in config and "model" not in config:
         raise GptlabError(f"{ckpt} holds a Hugging Face model, not a gptlab run: gptlab import {ckpt} --out RUN")
     try:

@@ -38,10 +38,10 @@ from gptlab.data.corpora import NAMED
 from gptlab.data.tokenizer import KINDS
 from gptlab.errors import GptlabError, is_main_process
 from gptlab.files import fsync_dir, sha256_file, write_atomic
+from gptlab.records import CONFIG, METRICS, PLOT, TOKENIZER, WEIGHTS, read_config
 
-CONFIG, TOKENIZER, METRICS, PLOT = "config.json", "tokenizer.json", "metrics.jsonl", "loss.png"
 CKPT_DIR, LATEST = "checkpoints", "latest"
-WEIGHTS, TRAINER, SUMS = "model.safetensors", "trainer.pt", "SHA256SUMS"
+TRAINER, SUMS = "trainer.pt", "SHA256SUMS"
 FOR_SAMPLING = (WEIGHTS, CONFIG, TOKENIZER)  # what loading a run for generation reads
 FOR_RESUME = (WEIGHTS, TRAINER, CONFIG, TOKENIZER)
 CHECKSUMMED = (WEIGHTS, TRAINER, CONFIG, TOKENIZER)
@@ -93,10 +93,10 @@ def unfinished(run_dir: Path) -> str | None:
 
 def _is_run_config(path: Path) -> bool:
     try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
+        read_config(path)
+    except GptlabError:
         return False
-    return isinstance(saved, dict) and {"train", "model"} <= set(saved)
+    return True
 
 
 def clear(run_dir: Path) -> None:
@@ -282,16 +282,6 @@ def newest_intact(run_dir: str | Path) -> Path | None:
         return open_checkpoint(run_dir, need=FOR_RESUME, notice=lambda text: None)
     except GptlabError:
         return None
-
-
-def read_config(ckpt: Path) -> dict:
-    try:
-        config = json.loads((ckpt / CONFIG).read_text())
-    except (OSError, ValueError) as e:
-        raise GptlabError(f"cannot read {ckpt / CONFIG}: {e}") from None
-    if not isinstance(config, dict):
-        raise GptlabError(f"{ckpt / CONFIG} is not a gptlab run configuration")
-    return config
 
 
 def load_weights(model: torch.nn.Module, ckpt: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from gptlab.models.gpt import GPT, GPTConfig
-from gptlab.training.metrics import read_metrics
+from gptlab.records import read_metrics
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "and", "then", "slept",
          "under", "old", "tree", "while", "rain", "fell", "softly"]

@@ -78,7 +78,7 @@ def test_the_load_is_the_busy_time_less_this_process_and_its_children(monkeypatc
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="measures the load through Linux's /proc/stat")
 def test_a_busy_process_beside_this_one_is_about_one_core():
     """Measured for real: a spinning process beside this one adds about one core to the load; this process's own
-    work, and a child it waited for (the process that draws loss.png, say), add none. Against the load measured
+    work, and a child it waited for (a command it ran, say), add none. Against the load measured
     just before, so that the machine's own background does not count."""
     spin = "import time\nt = time.time()\nwhile time.time() - t < {}: pass"
     load = cores.Load()

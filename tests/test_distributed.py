@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from gptlab import rundir
 from gptlab.chat.config import Finetune
 from gptlab.chat.finetune import finetune
-from gptlab.training.metrics import read_metrics
+from gptlab.records import read_metrics
 from gptlab.training.trainer import train
 
 WORKER = Path(__file__).with_name("distributed_worker.py")

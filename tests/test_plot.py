@@ -12,7 +12,7 @@ from helpers import assert_one_line_error, run_cli, tiny, write_corpus
 
 import gptlab
 from gptlab.cli import plot
-from gptlab.training.metrics import read_metrics
+from gptlab.records import read_metrics
 from gptlab.views.curves import choose_y, labels, load_curves, series, smooth
 
 TOKENS_PER_STEP = 4 * 1 * 16  # tiny(): batch 4, grad_accum 1, block 16; one process

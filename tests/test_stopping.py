@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from gptlab import rundir
 from gptlab.errors import GptlabError
+from gptlab.records import read_metrics
 from gptlab.training.config import TrainConfig
-from gptlab.training.metrics import read_metrics
 from gptlab.training.optim import lr_factor
 from gptlab.training.stopping import iteration_budget, measure
 from gptlab.training.trainer import train

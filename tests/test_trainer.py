@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from gptlab import rundir as ckpt_io
 from gptlab.errors import GptlabError
 from gptlab.models.gpt import GPT
+from gptlab.records import read_metrics
 from gptlab.run import load_run
-from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import train
 
 

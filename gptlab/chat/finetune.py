@@ -30,6 +30,7 @@ from gptlab.chat.template import END, ChatTokenizer, render, with_chat_tokens
 from gptlab.data.tokenizer import load_tokenizer
 from gptlab.errors import GptlabError
 from gptlab.models import build_model, config_from_dict, make_config, split_section
+from gptlab.records import read_config
 from gptlab.training.batches import RandomRows
 from gptlab.training.config import UNBOUNDED_ITERS, TrainConfig, check_values, parse_duration, train_fields
 from gptlab.training.distributed import Distributed
@@ -125,7 +126,7 @@ def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Pa
             raise GptlabError(f"{out} is not a finetuned run; continue it with gptlab train --resume")
         return plan, Finetune(**plan.sections["finetune"])
     base = rundir.open_checkpoint(ft.base, need=rundir.FOR_SAMPLING)
-    saved = rundir.read_config(base)  # a finetuned base is fine too: it has the chat tokens already
+    saved = read_config(base)  # a finetuned base is fine too: it has the chat tokens already
     unknown = sorted(set(values) - set(train_fields()))
     if unknown:
         raise GptlabError(f"finetune takes training values only, not {', '.join(unknown)} (the model is the base's)")
@@ -207,7 +208,7 @@ class FinetuneTrainer(Trainer):
         family = self.plan.model["family"]
         resumed = self.plan.resume_from
         source = resumed or rundir.open_checkpoint(self.ft.base, need=rundir.FOR_SAMPLING)
-        _, config = config_from_dict(rundir.read_config(source)["model"])
+        _, config = config_from_dict(read_config(source)["model"])
         model = build_model(family, config)
         rundir.load_weights(model, source)
         if config.vocab_size < self.tokenizer.vocab_size:

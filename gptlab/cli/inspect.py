@@ -61,13 +61,14 @@ def _numbers(text: str, kind, flag: str) -> list:
 
 
 def run(args) -> int:
-    from gptlab.views.draw import picture_path
+    from gptlab.pictures import picture_path
 
     out = picture_path(args.out)
     if args.view == "tokenizers":
         return _tokenizers(args, out)
+    from gptlab import pictures
     from gptlab.run import load_run
-    from gptlab.views import draw, inside
+    from gptlab.views import inside
 
     if args.view == "attention" and (args.layer is None) != (args.head is None):
         raise GptlabError("--layer and --head go together")
@@ -77,18 +78,18 @@ def run(args) -> int:
     if args.view == "attention":
         view = inside.attention(loaded, args.prompt)
         _check_head(view, args.layer, args.head)
-        draw.attention(view, out, args.layer, args.head)
+        pictures.attention(view, out, args.layer, args.head)
         summary = f"{view['layers']} layers x {view['heads']} heads over {len(view['tokens'])} tokens"
     elif args.view == "next":
         view = inside.next_token(loaded, args.prompt, temps, args.top_k, args.top_p, args.k)
         if view["cut"]:
             print(f"note: the prompt is longer than the model's context; it sees the last part, "
                   f"{view['prompt'][:40]!r}...", file=sys.stderr)
-        draw.next_token(view, out)
+        pictures.next_token(view, out)
         summary = None if args.json else _next_table(view)
     else:
         view = inside.embeddings(loaded, args.token, args.k)
-        draw.embeddings(view, out)
+        pictures.embeddings(view, out)
         summary = None if args.json else _neighbours_table(view)
     if args.json:
         print(json.dumps(view))
@@ -132,14 +133,15 @@ def _neighbours_table(view: dict) -> None:
 
 
 def _tokenizers(args, out: Path) -> int:
+    from gptlab import pictures
     from gptlab.data.corpora import load_corpus
-    from gptlab.views import draw, tokenizers
+    from gptlab.views import tokenizers
 
     sizes = _numbers(args.bpe_sizes, int, "--bpe-sizes")
     corpus = load_corpus(args.corpus, mirror=args.mirror)
     result = tokenizers.compare_tokenizers(corpus.text, bpe_sizes=sizes, width=args.width, n_layer=args.n_layer,
                                            sentence=args.sentence)
-    draw.tokenizers(result, out, corpus.name)
+    pictures.tokenizers(result, out, corpus.name)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:

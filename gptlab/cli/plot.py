@@ -34,9 +34,10 @@ def add_parser(sub, argv: list[str]) -> None:
 
 
 def run(args) -> int:
-    from gptlab.views import curves, draw
+    from gptlab import pictures
+    from gptlab.views import curves
 
-    out = draw.picture_path(args.out)
+    out = pictures.picture_path(args.out)
     if args.smooth < 1:
         raise GptlabError(f"--smooth must be at least 1 (1: no smoothing), not {args.smooth}")
     runs = [curves.load_curves(path) for path in args.runs]
@@ -52,7 +53,7 @@ def run(args) -> int:
     for r in runs:
         for notice in r.notices:
             print(f"gptlab: warning: {notice}", file=sys.stderr)
-    draw.curves(runs, names, numbers, out, args.title)
+    pictures.curves(runs, names, numbers, out, args.title)
     if args.json:
         print(json.dumps(numbers, indent=1))
     print(f"{curves.y_label(y, args.split)} against {curves.X_LABELS[args.x]}; {why}", file=sys.stderr)

@@ -28,9 +28,9 @@ from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.files import write_atomic
 from gptlab.models import get_family, model_fields, split_section
+from gptlab.records import read_metrics
 from gptlab.run import load_run
 from gptlab.training.config import UNBOUNDED_ITERS, check_values, parse_duration, resolve
-from gptlab.training.metrics import read_metrics
 from gptlab.training.trainer import train
 
 TASKS = ("text", "recall", "translate")

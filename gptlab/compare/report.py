@@ -12,6 +12,7 @@ import csv
 import io
 from pathlib import Path
 
+from gptlab import pictures
 from gptlab.files import write_atomic
 
 CHANCE = 1 / 26  # the recall task's letters
@@ -72,13 +73,13 @@ def write(out: Path, c, entries, command: str | None = None) -> None:
     extra = ["bleu", "chrf", "exact"] if c.task == "translate" else []
     write_atomic(out / "results.csv", to_csv(COLUMNS + extra + ["sample"], [
         [*r.values(), *(round(e.translation[k], 4) for k in extra), e.sample] for r, e in zip(rows(entries), entries)]))
-    plot_curves(entries, out / "comparison.png")
+    pictures.comparison(entries, out / "comparison.png")
     if c.task == "recall":
         distances = sorted(entries[0].recall)
         write_atomic(out / "recall.csv", to_csv(["model"] + [str(d) for d in distances],
                                                 [[e.family] + [round(e.recall[d], 4) for d in distances]
                                                  for e in entries]))
-        plot_recall(entries, out / "recall.png")
+        pictures.recall(entries, out / "recall.png", CHANCE)
     write_atomic(out / "report.md", markdown(c, entries, command))
 
 
@@ -138,47 +139,3 @@ def print_table(entries, console=None) -> None:
         for e in entries:
             accuracy.add_row(e.family, *(f"{e.recall[d]:.0%}" for d in distances))
         console.print(accuracy)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(entries, path: Path) -> None:
-    """Validation loss against wall time (left) and against tokens seen (right), one line per family."""
-    plt = _pyplot()
-    fig, (by_time, by_tokens) = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
-    for e in entries:
-        if e.curve:
-            seconds, tokens, loss = zip(*e.curve)
-            label = f"{e.family} ({e.params / 1e6:.2f}M)"
-            by_time.plot(seconds, loss, "o-", markersize=3, label=label)
-            by_tokens.plot([t / 1e6 for t in tokens], loss, "o-", markersize=3, label=label)
-    by_time.set(xlabel="wall time (s)", ylabel="validation loss (nats per token)")
-    by_tokens.set(xlabel="tokens seen (millions)")
-    for ax in (by_time, by_tokens):
-        ax.grid(alpha=0.3)
-    by_time.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_recall(entries, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for e in entries:
-        distances = sorted(e.recall)
-        ax.plot(distances, [100 * e.recall[d] for d in distances], "o-", label=f"{e.family} ({e.params / 1e6:.2f}M)")
-    ax.axhline(100 * CHANCE, color="grey", linestyle=":", label="chance")
-    ax.set(xlabel="distance back to the letter to recall (tokens)", ylabel="accuracy (%)", ylim=(0, 102))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

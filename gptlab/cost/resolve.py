@@ -12,6 +12,7 @@ from gptlab.cost.hardware import CPU_MFU, GPU_MFU, Hardware, get_hardware, match
 from gptlab.cost.memory import STATES
 from gptlab.cost.shapes import REFERENCE, TOKENS_PER_PARAM, Shape, gpt_shape
 from gptlab.errors import GptlabError
+from gptlab.records import read_config
 
 DEFAULT_VOCAB = {"char": 65, "bpe": 1024}  # a preset's vocabulary where it names none (char: Tiny Shakespeare)
 DEFAULT_GPU = "h100"
@@ -44,7 +45,8 @@ def model(name: str | None, sizes: dict) -> tuple[Shape, dict, Path | None]:
 
 def from_config(path: Path) -> tuple[Shape, dict, bool]:
     """(shape, training settings, whether it was trained here rather than imported) of a run's config.json."""
-    train, model_values, _ = runs.read_config(path)
+    config = read_config(path)
+    train, model_values = config["train"], config["model"]
     name = path.parent.name if path.name == "config.json" else path.stem
     return gpt_shape(name, model_values), settings_of(train), not train.get("imported")
 

@@ -13,7 +13,6 @@ is 0 (the allocator's count leaves out the CUDA context).
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from gptlab.cost.hardware import Hardware
 from gptlab.cost.memory import training_memory
 from gptlab.cost.shapes import Shape, gpt_shape
 from gptlab.errors import GptlabError
+from gptlab.records import CONFIG, METRICS, read_config, read_metrics
 
 
 def precision_of(dtype: str) -> str:
@@ -88,29 +88,13 @@ class Run:
         return self.shape.flops_per_token() * self.train["batch_size"] * self.train["grad_accum"] * self.shape.context
 
 
-def read_config(path: Path) -> tuple[dict, dict, dict]:
-    """(train section, model section, the whole) of a run's config.json; one line for anything else."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptlabError(f"{path.parent} is not a gptlab run (no {path.name})") from None
-    except (OSError, ValueError) as e:
-        raise GptlabError(f"cannot read {path}: {e}") from None
-    if not (isinstance(config, dict) and isinstance(config.get("train"), dict)
-            and isinstance(config.get("model"), dict)):
-        raise GptlabError(f"{path} is not a gptlab run configuration (it needs a train and a model section)")
-    return config["train"], config["model"], config
-
-
 def _whole(value, low: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def _measurements(path: Path) -> list[dict]:
     """The last process's records (a resumed run logs its base again): the first holds mem_base and the rest."""
-    from gptlab.views.curves import read_records
-
-    records = read_records(path / "metrics.jsonl") if (path / "metrics.jsonl").exists() else []
+    records = read_metrics(path / METRICS)
     starts = [i for i, r in enumerate(records) if _whole(r.get("mem_base"), 0)]
     return records[starts[-1]:] if starts else []
 
@@ -119,7 +103,8 @@ def read_run(path: str | Path) -> Run:
     """A run folder's shape and measurements; a one-line error for a folder that is not a finished GPT run, or
     whose metrics predate the measurements."""
     path = Path(path)
-    train, model, config = read_config(path / "config.json")
+    config = read_config(path)
+    train, model = config["train"], config["model"]
     records = _measurements(path)
     peaks = [r["peak_mem"] for r in records if _whole(r.get("peak_mem"), 0)]
     steps = [r["step_s"] for r in records if isinstance(r.get("step_s"), (int, float)) and r["step_s"] > 0]
@@ -127,14 +112,14 @@ def read_run(path: str | Path) -> Run:
     if not records or not peaks or not steps:
         raise GptlabError(f"{path} has no memory or step-time measurements in its metrics (runs trained before "
                           f"gptlab recorded them, or without /proc: macOS, Windows); `gptlab cost "
-                          f"{path / 'config.json'}` estimates without them")
+                          f"{path / CONFIG}` estimates without them")
     first = records[0]
     values = dict(batch_size=train.get("batch_size"), grad_accum=train.get("grad_accum", 1),
                   optimizer=train.get("optimizer", "adamw"), compile=bool(train.get("compile")),
                   dropout=model.get("dropout", 0.0))
     if not (_whole(values["batch_size"]) and _whole(values["grad_accum"])) or \
             not isinstance(values["dropout"], (int, float)) or values["optimizer"] not in ("adamw", "muon"):
-        raise GptlabError(f"{path / 'config.json'} lacks a whole batch_size and grad_accum, a dropout or a known "
+        raise GptlabError(f"{path / CONFIG} lacks a whole batch_size and grad_accum, a dropout or a known "
                           f"optimizer")
     finetune = config.get("finetune") if isinstance(config.get("finetune"), dict) else {}
     return Run(path, gpt_shape(path.name, model), values, str(first.get("device", "cpu")),

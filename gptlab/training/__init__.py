@@ -7,6 +7,6 @@
     evaluate.py     mean validation loss over fixed batches, averaged over processes
     stopping.py     iterations, a time budget turned into iterations, Ctrl-C
     distributed.py  several processes under torchrun: DistributedDataParallel, rank-0 writes
-    metrics.py      metrics.jsonl, the progress line; plot.py draws loss.png
+    metrics.py      metrics.jsonl and the progress line (loss.png: gptlab.pictures)
     trainer.py      the loop that drives them; gptlab.train() calls it
 """

@@ -1,12 +1,13 @@
-"""Where a run's numbers go: a JSONL log, a live progress line, and a loss-curve PNG at the end."""
+"""Where a run's numbers go: a JSONL log and a live progress line (loss.png: gptlab.pictures.losses)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from gptlab.records import read_metrics
 
 
 class MetricsLog:
@@ -15,35 +16,13 @@ class MetricsLog:
     def __init__(self, path: Path, resume_from: int | None = None, enabled: bool = True):
         self.path, self.enabled = path, enabled
         if enabled and resume_from is not None and path.exists():  # forget what came after the checkpoint
-            kept = [r for r in read_metrics(path) if r.get("iter", 0) <= resume_from]
+            kept = [r for r in read_metrics(path) if r["iter"] <= resume_from]  # (a line cut short: left out)
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, **record) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:  # a line cut short by a crash: skip it
-            continue
-    return [r for r in records if isinstance(r, dict)]
-
-
-def plot_losses(metrics_path: Path, png_path: Path) -> str | None:
-    """Draw the loss curve in a child process: matplotlib would add ~30 MB to the trainer's peak memory."""
-    proc = subprocess.run([sys.executable, "-m", "gptlab.training.plot", str(metrics_path), str(png_path)],
-                          capture_output=True, text=True)
-    if proc.returncode == 0:
-        return None
-    lines = proc.stderr.strip().splitlines()
-    return lines[-1] if lines else f"exit status {proc.returncode}"  # why it failed, in one line
 
 
 class ProgressLine:

@@ -28,6 +28,7 @@ from gptlab.data.tokens import bits_per_char, check_length, get_tokenizer, prepa
 from gptlab.device import device_name, pick_device, setup
 from gptlab.errors import GptlabError
 from gptlab.models import build_model, config_to_dict, make_config, split_section
+from gptlab.records import read_config, read_metrics
 from gptlab.training.batches import RandomWindows
 from gptlab.training.config import (
     PRESETS,
@@ -46,7 +47,7 @@ from gptlab.training.config import (
 from gptlab.training.distributed import Distributed
 from gptlab.training.evaluate import evaluate
 from gptlab.training.memory import MemoryMeter, forecast
-from gptlab.training.metrics import MetricsLog, ProgressLine, Timer, plot_losses
+from gptlab.training.metrics import MetricsLog, ProgressLine, Timer
 from gptlab.training.optim import build_optimizers, load_state, schedulers
 from gptlab.training.step import Stepper
 from gptlab.training.stopping import REFINE_STEPS, WARM_STEPS, Budget, Cost, StopFlag, measure
@@ -122,7 +123,7 @@ def _plan_resume(overrides: dict, preset: str | None, out) -> Plan:
     if preset is not None:
         raise GptlabError("--resume continues with the run's own configuration; leave out --preset")
     ckpt = rundir.resume_checkpoint(out)
-    saved = rundir.read_config(ckpt)
+    saved = read_config(ckpt)
     if isinstance(saved.get("train"), dict) and saved["train"].get("imported"):
         raise GptlabError(f"{out} was imported (gptlab import), not trained here: it has no training to resume; "
                           f"finetune it (gptlab finetune {out} ...)")
@@ -317,13 +318,23 @@ class Trainer:
         finally:
             self.progress.close()
         if stopped_by != "interrupt" and self.dist.is_main:
-            failure = plot_losses(self.plan.run_dir / rundir.METRICS, self.plan.run_dir / rundir.PLOT)
-            if failure:
-                self.progress.message(f"could not draw loss.png ({failure}); metrics.jsonl has the numbers")
+            self.draw_losses()
         self.progress.message(f"done: {self.it} iterations in {self.timer.elapsed():.1f}s ({stopped_by}); "
                               f"checkpoint {self.last_ckpt}")
         return TrainResult(self.plan.run_dir, self.it, self.val_loss, self.best_val, self.timer.elapsed(),
                            self.last_ckpt, stopped_by)
+
+    def draw_losses(self) -> None:
+        """loss.png from metrics.jsonl, in this process (gptlab.pictures changes no global state); a picture that
+        cannot be drawn is reported in one line, and the run has still finished."""
+        from gptlab import pictures
+
+        run_dir = self.plan.run_dir
+        try:
+            pictures.losses(read_metrics(run_dir / rundir.METRICS), run_dir / rundir.PLOT)
+        except Exception as e:  # (matplotlib missing or broken, a full disk: the numbers are in metrics.jsonl)
+            self.progress.message(f"could not draw {rundir.PLOT} ({type(e).__name__}: {e}); "
+                                  f"{rundir.METRICS} has the numbers")
 
     def calibrate(self, max_time: float) -> None:
         """Turn the time budget into a first iteration count (gptlab.training.stopping), and record it."""

@@ -18,15 +18,12 @@ model's block_size, or train.seq_len for a recurrent net) for one process, and a
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptlab.errors import GptlabError
-
-# The run folder's names (gptlab.rundir holds the same; importing it would import torch).
-CONFIG, METRICS, WEIGHTS = "config.json", "metrics.jsonl", "model.safetensors"
+from gptlab.records import CONFIG, METRICS, WEIGHTS, is_number, read_config, read_metrics
 
 X_AXES = ("steps", "tokens", "time")
 Y_AXES = ("loss", "bpc", "choices", "auto")
@@ -80,7 +77,8 @@ def load_curves(run_dir: str | Path) -> Curves:
             raise GptlabError(f"{path} is not a run folder (it has no {CONFIG} and no {METRICS}); "
                               f"is it a folder written by 'gptlab train'?")
         raise GptlabError(f"{path} has no {METRICS}: the run has not logged a step yet")
-    train_cfg, model_cfg = _read_config(path)
+    config = read_config(path)
+    train_cfg, model_cfg = config["train"], config["model"]
     window = model_cfg.get("block_size") or train_cfg.get("seq_len")
     per_process = [train_cfg.get("batch_size"), train_cfg.get("grad_accum", 1), window]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in per_process):
@@ -90,7 +88,9 @@ def load_curves(run_dir: str | Path) -> Curves:
     curves = Curves(name=path.resolve().name, path=path, tokenizer=str(train_cfg.get("tokenizer", "?")),
                     vocab_size=model_cfg.get("vocab_size"), tokens_per_step=tokens_per_step, tokens_note=None,
                     bpc_per_loss=None)
-    records = read_records(path / METRICS, curves.notices)
+    records = read_metrics(path / METRICS, curves.notices)
+    if not records and not curves.notices:
+        raise GptlabError(f"{path / METRICS} is empty: the run has not logged a step yet")
     if any("tokens" not in r for r in records):
         curves.tokens_note = f"{curves.name}: its metrics predate token counts; tokens assume one process"
     evals = [r for r in records if "val_loss" in r and "val_bpc" in r]
@@ -113,66 +113,6 @@ def _to_bpc(loss: float, bpc_per_loss: float | None) -> float | None:
     return None if bpc_per_loss is None else loss * bpc_per_loss
 
 
-def _read_config(path: Path) -> tuple[dict, dict]:
-    try:
-        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptlabError(f"{path} has {METRICS} but no {CONFIG}; is it a folder written by 'gptlab train'?") \
-            from None
-    except (OSError, ValueError) as e:
-        raise GptlabError(f"cannot read {path / CONFIG}: {e}") from None
-    if not (isinstance(config, dict) and isinstance(config.get("train"), dict)
-            and isinstance(config.get("model"), dict)):
-        raise GptlabError(f"{path / CONFIG} is not a gptlab run configuration (it needs a train and a model "
-                          f"section)")
-    return config["train"], config["model"]
-
-
-def read_records(path: Path, notices: list[str] | None = None) -> list[dict]:
-    """metrics.jsonl's records, checked: every line a JSON object with a whole `iter`
-    and numbers for the losses. A last line cut short (no newline: a crash while writing) is left out, with a
-    notice, as training itself leaves it out; any other bad line is an error that names it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise GptlabError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
-    if not text.strip():
-        raise GptlabError(f"{path} is empty: the run has not logged a step yet")
-    lines = text.split("\n")
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            problem = None if isinstance(record, dict) else "is not a JSON object"
-        except ValueError as e:
-            record, problem = None, f"is not JSON ({e})"
-        if problem is None:
-            problem = _field_problem(record)
-        if problem is None:
-            records.append(record)
-        elif number == len(lines) and notices is not None:  # the last line, without its newline
-            notices.append(f"{path} line {number} was cut short (the run stopped while writing it); left out")
-        else:
-            raise GptlabError(f"{path} line {number} {problem}")
-    return records
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _field_problem(record: dict) -> str | None:
-    step = record.get("iter")
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        return "has no step (a whole number 'iter')"
-    for name in ("loss", "val_loss", "val_bpc", "time", "tokens"):
-        if name in record and not _is_number(record[name]):
-            return f"has a {name} that is not a finite number: {record[name]!r}"
-    return None
-
-
 def choose_y(runs: list[Curves], y: str = "auto") -> tuple[str, str]:
     """What to plot, "loss" or "bpc", and why. auto: bits per character where the runs' tokenizers (kind and
     vocabulary size) differ, since a loss per token depends on what a token is; else the loss. Bits per character
@@ -184,7 +124,7 @@ def choose_y(runs: list[Curves], y: str = "auto") -> tuple[str, str]:
         return "loss", "--y loss"
     if y == "choices":
         for r in runs:
-            if not any(_is_number(p.choices) for p in r.val):
+            if not any(is_number(p.choices) for p in r.val):
                 raise GptlabError(f"{r.path} has no multiple-choice scores in its {METRICS} (train it with "
                                   f"--eval-choices TASK)")
         return "choices", "--y choices: the acc_norm of train --eval-choices at each evaluation"
@@ -242,7 +182,7 @@ def series(run: Curves, split: str, x: str = "steps", y: str = "loss", smooth_n:
 def drawn(run: Curves, split: str, y: str) -> list[Point]:
     """The points of a run's curve that have the value drawn (multiple-choice scores: its evaluations with one)."""
     points = run.train if split == "train" else run.val
-    return [p for p in points if _is_number(p.choices)] if y == "choices" else points
+    return [p for p in points if is_number(p.choices)] if y == "choices" else points
 
 
 def check_splits(runs: list[Curves], split: str) -> None:

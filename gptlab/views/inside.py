@@ -1,6 +1,6 @@
 """Inside a trained model, as numbers: what attention looks at, how the next token is chosen, where the tokens'
 embeddings lie. Each function takes a loaded run (gptlab.load_run) and returns plain data (lists and floats,
-ready for JSON); views/draw.py turns them into pictures, and the web playground can serve the same data.
+ready for JSON); gptlab/pictures.py turns them into pictures, and the web playground can serve the same data.
 
     attention(run, prompt)      every layer's and head's attention weights over the prompt's tokens
     next_token(run, prompt)     the next token's distribution at several temperatures, before and after the

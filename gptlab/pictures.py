@@ -1,5 +1,12 @@
-"""Pictures of the views, drawn with matplotlib from the numbers the other modules compute: attention, the next
-token and embeddings (inside.py), tokenizers (tokenizers.py), loss curves (curves.py)."""
+"""Every figure gptlab draws, from numbers the other modules compute: a run's loss curve (loss.png, at the end of
+training), loss curves of several runs (views/curves.py), attention, the next token and embeddings
+(views/inside.py), tokenizers (views/tokenizers.py), a comparison's curves and recall (compare/), and the cost
+model against measured runs (benchmarks/cost_check.py).
+
+Figures are drawn with matplotlib's object interface (matplotlib.figure.Figure saved by its own Agg canvas), never
+pyplot: drawing changes no global state, so the trainer draws loss.png in its own process, and a notebook's
+backend and open figures are left alone. matplotlib is imported by the first figure drawn, not before.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +30,16 @@ def picture_path(text: str) -> Path:
     return out
 
 
-def _pyplot():
-    import matplotlib
+def _figure(width: float, height: float, dpi: int = 100):
+    """A new figure of width x height inches, outside pyplot (nothing to close: it goes with its last reference)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return Figure(figsize=(width, height), dpi=dpi)
 
-    return plt
+
+def _save(fig, path: Path, rect=None) -> None:
+    fig.tight_layout(rect=rect)
+    fig.savefig(path)
 
 
 def _shown(token: str) -> str:
@@ -47,13 +57,13 @@ def _label_axes(ax, tokens: list[str], size: int, queries: list[str] | None = No
 
 def attention(view: dict, path: Path, layer: int | None = None, head: int | None = None) -> None:
     """Every layer (rows) and head (columns) as a map of query (down) against key (across); or one enlarged."""
-    plt = _pyplot()
     tokens, maps = view["tokens"], view["maps"]
     chosen = [(layer, head)] if layer is not None else [(i, j) for i in range(view["layers"])
                                                         for j in range(view["heads"])]
     rows, cols = (1, 1) if layer is not None else (view["layers"], view["heads"])
     size = 8.0 if layer is not None else 2.6
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), dpi=100, squeeze=False)
+    fig = _figure(cols * size, rows * size)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (i, j) in zip(axes.flat, chosen):
         ax.imshow(maps[i][j], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto" if "queries" in view else "equal")
         ax.set_title(f"layer {i}, head {j}", fontsize=10 if layer is not None else 8)
@@ -61,17 +71,15 @@ def attention(view: dict, path: Path, layer: int | None = None, head: int | None
     cross = "queries" in view  # an encoder-decoder's: the target's tokens look at the source's
     fig.supxlabel("source token (looked at)" if cross else "key (the token looked at)")
     fig.supylabel("target token being written (looking)" if cross else "query (the token looking)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def next_token(view: dict, path: Path) -> None:
     """The candidates' probabilities at each temperature (bars side by side), after the cut-offs if any."""
-    plt = _pyplot()
     candidates, temps = view["candidates"], view["temperatures"]
     cut = view["top_k"] is not None or view["top_p"] is not None
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(candidates) + 2), 4), dpi=100)
+    fig = _figure(max(6.0, 0.7 * len(candidates) + 2), 4)
+    ax = fig.subplots()
     width = 0.8 / len(temps)
     for n, t in enumerate(temps):
         heights = [c["p_cut" if cut else "p"][n] for c in candidates]
@@ -84,17 +92,15 @@ def next_token(view: dict, path: Path) -> None:
     ax.set(ylabel="probability", title=f"next token after {view['prompt'][-40:]!r}" + (f" ({limits})" if cut else ""))
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def embeddings(view: dict, path: Path, labels: int = 200) -> None:
     """The tokens' embeddings on the first two principal axes, each point labelled (up to `labels` of them); the
     chosen token in bold and its nearest neighbours in red."""
-    plt = _pyplot()
     xy = view["xy"]
-    fig, ax = plt.subplots(figsize=(9, 8), dpi=100)
+    fig = _figure(9, 8)
+    ax = fig.subplots()
     ax.scatter([p[0] for p in xy], [p[1] for p in xy], s=8, alpha=0.5)
     step = max(1, len(xy) // labels)
     for i in range(0, len(xy), step):
@@ -107,17 +113,15 @@ def embeddings(view: dict, path: Path, labels: int = 200) -> None:
     ax.set(xlabel=f"first principal axis ({ex[0]:.0%} of the variance)",
            ylabel=f"second principal axis ({ex[1]:.0%})", title="token embeddings (PCA)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def tokenizers(result: dict, path: Path, name: str = "") -> None:
     """Each tokenizer's characters per token (left) and its embedding's share of a GPT's parameters (right)."""
-    plt = _pyplot()
     rows = result["tokenizers"]
     names = [t["name"] for t in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    fig = _figure(10, 3.8)
+    left, right = fig.subplots(1, 2)
     left.bar(names, [t["chars_per_token"] for t in rows], color="tab:blue")
     left.set(ylabel="characters per token (held-out text)", title="how much text a token carries")
     right.bar(names, [100 * t["embedding_share"] for t in rows], color="tab:orange")
@@ -128,26 +132,25 @@ def tokenizers(result: dict, path: Path, name: str = "") -> None:
         ax.tick_params(axis="x", rotation=30)
     if name:
         fig.suptitle(f"tokenizers trained on {name}")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def curves(runs, names: list[str], numbers: dict, out: Path, title: str | None = None) -> None:
     """Loss curves of several runs (views/curves.py's numbers): one colour per run, validation with markers,
     training thinner and lighter; notes under the axes."""
-    plt = _pyplot()
+    from matplotlib import colormaps, rcParams
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     from gptlab.views.curves import X_FIELDS
 
     x_field, split = X_FIELDS[numbers["x"]], numbers["split"]
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    palette = rcParams["axes.prop_cycle"].by_key()["color"]
     if len(runs) > len(palette):
-        palette = [plt.get_cmap("turbo")(i / (len(runs) - 1)) for i in range(len(runs))]
+        palette = [colormaps["turbo"](i / (len(runs) - 1)) for i in range(len(runs))]
     differ = len({r.tokenizer_id for r in runs}) > 1
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    fig = _figure(8, 5)
+    ax = fig.subplots()
     for i, (run, entry, name) in enumerate(zip(runs, numbers["runs"], names)):
         colour, label = palette[i], f"{name} ({run.tokenizer_id})" if differ else name
         val, train = entry.get("val") or [], entry.get("train") or []
@@ -173,6 +176,83 @@ def curves(runs, names: list[str], numbers: dict, out: Path, title: str | None =
     notes = numbers["notes"]
     if notes:
         fig.text(0.01, 0.01, "\n".join(notes), fontsize="x-small", color="dimgrey", va="bottom", ha="left")
-    fig.tight_layout(rect=(0, 0.035 * len(notes), 1, 1))
-    fig.savefig(out)
-    plt.close(fig)
+    _save(fig, out, rect=(0, 0.035 * len(notes), 1, 1))
+
+
+def losses(records: list[dict], path: Path) -> None:
+    """One run's loss.png: the training loss of each logged step and the validation loss of each evaluation, from
+    its metrics records."""
+    train = [(r["iter"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig = _figure(7, 4)
+    ax = fig.subplots()
+    if train:
+        ax.plot(*zip(*train), label="train (batch)", alpha=0.6, linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", linewidth=2)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(path.parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def comparison(entries, path: Path) -> None:
+    """A comparison's validation loss against wall time (left) and against tokens seen (right), one line per
+    family (compare.Entry's curve: (seconds, tokens, loss) points)."""
+    fig = _figure(11, 4)
+    by_time, by_tokens = fig.subplots(1, 2, sharey=True)
+    for e in entries:
+        if e.curve:
+            seconds, tokens, loss = zip(*e.curve)
+            label = f"{e.family} ({e.params / 1e6:.2f}M)"
+            by_time.plot(seconds, loss, "o-", markersize=3, label=label)
+            by_tokens.plot([t / 1e6 for t in tokens], loss, "o-", markersize=3, label=label)
+    by_time.set(xlabel="wall time (s)", ylabel="validation loss (nats per token)")
+    by_tokens.set(xlabel="tokens seen (millions)")
+    for ax in (by_time, by_tokens):
+        ax.grid(alpha=0.3)
+    by_time.legend()
+    _save(fig, path)
+
+
+def recall(entries, path: Path, chance: float) -> None:
+    """A recall comparison's accuracy against the distance back to the letter recalled, one line per family."""
+    fig = _figure(7, 4)
+    ax = fig.subplots()
+    for e in entries:
+        distances = sorted(e.recall)
+        ax.plot(distances, [100 * e.recall[d] for d in distances], "o-", label=f"{e.family} ({e.params / 1e6:.2f}M)")
+    ax.axhline(100 * chance, color="grey", linestyle=":", label="chance")
+    ax.set(xlabel="distance back to the letter to recall (tokens)", ylabel="accuracy (%)", ylim=(0, 102))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def cost_check(lines: list[dict], path: Path) -> None:
+    """gptlab cost's predictions against measured runs (benchmarks/cost_check.py's lines): peak memory and seconds
+    per step, each run a point, with the diagonal and the bands the estimate aims for (25% for memory, 30% for
+    time)."""
+    fig = _figure(10, 4.4, dpi=110)
+    axes = fig.subplots(1, 2)
+    for ax, key, scale, unit, band in ((axes[0], "peak", 1e6, "MB", 0.25), (axes[1], "step_s", 1, "s", 0.30)):
+        for line in lines:
+            x, y = line[f"{key}_measured"] / scale, line[f"{key}_predicted"] / scale
+            calibration = key == "step_s" and line["run"] == line["calibrated_by"]
+            ax.scatter(x, y, marker="s" if line["dtype"] == "float32" else "o", s=36,
+                       facecolors="none" if calibration else None, color="C0" if line["dtype"] == "float32" else "C1")
+            ax.annotate(line["run"], (x, y), fontsize=7, xytext=(4, -8), textcoords="offset points")
+        low = min(min(line[f"{key}_measured"], line[f"{key}_predicted"]) for line in lines) / scale * 0.8
+        high = max(max(line[f"{key}_measured"], line[f"{key}_predicted"]) for line in lines) / scale * 1.2
+        ax.plot([low, high], [low, high], color="gray", linewidth=1)
+        ax.fill_between([low, high], [low * (1 - band), high * (1 - band)], [low * (1 + band), high * (1 + band)],
+                        color="gray", alpha=0.12, label=f"within {band:.0%}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set(xlabel=f"measured ({unit})", ylabel=f"predicted ({unit})")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[0].set_title("peak memory of the training steps (whole process)")
+    axes[1].set_title("seconds per step (hollow: the calibrating run)")
+    _save(fig, path)
