@@ -2,7 +2,7 @@
 points) and the registry: a new family plugs in by implementing the interface and registering a name, and
 training, sampling and the command line take it unchanged."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pytest
 import torch
@@ -28,6 +28,8 @@ class BigramConfig:
 
 class Bigram(LanguageModel):
     """The next token's logits from the current token alone: a table of vocab x vocab numbers."""
+
+    family = "bigram"  # the name it is registered under
 
     def __init__(self, config: BigramConfig):
         super().__init__()
@@ -68,6 +70,7 @@ def test_a_new_family_trains_resumes_and_samples_unchanged(bigram_family, tmp_pa
     assert result.iters == 150 and result.val_loss < 2.6  # a bigram of English-like text: well below ln(22)
     run = load_run(tmp_path / "run", device="cpu")
     assert isinstance(run.model, Bigram) and run.model.config.scale == 2.0
+    assert run.model.family == "bigram" and run.model.attention_points().names == []  # no attention: the default
     assert run.config["model"] == {"family": "bigram", "vocab_size": run.tokenizer.vocab_size, "scale": 2.0}
     text = run.generate("the", max_new_tokens=300, temperature=0)  # no context limit: no window to slide
     assert len(text) == 300
@@ -139,6 +142,38 @@ def test_capture_records_named_points_and_leaves_no_hooks():
     with capture(model, suffix="nothing-ends-like-this") as none:
         model(idx)
     assert none == {}
+
+
+# Each registered family's attention capture points: (names, heads, cross-attention).
+ATTENTION_POINTS = {
+    "gpt": (["transformer.h.0.attn.probs", "transformer.h.1.attn.probs"], 2, False),
+    **{name: ([], 0, False) for name in ("rnn", "lstm", "gru")},
+    "seq2seq": (["decoder.0.cross.probs", "decoder.1.cross.probs"], 2, True),
+    **{name: (["cross.probs"], 1, True) for name in ("seq2seq-lstm", "seq2seq-gru")},
+}
+
+
+@pytest.mark.parametrize("name", list(ATTENTION_POINTS))
+def test_each_family_names_itself_and_its_attention_points_are_what_capture_records(name):
+    assert set(ATTENTION_POINTS) == set(models.FAMILIES)  # (every registered family is here)
+    sizes = dict(vocab_size=12, sep_id=1, block_size=16, n_layer=2, n_head=2, n_embd=16, n_hidden=16)
+    values = {f.name: sizes[f.name] for f in fields(models.get_family(name).config) if f.name in sizes}
+    torch.manual_seed(0)
+    model = models.build_model(name, models.make_config(name, values)).eval()
+    assert model.family == name  # as --model and a run's config.json name it
+    points = model.attention_points()
+    assert (points.names, points.heads, points.cross) == ATTENTION_POINTS[name]
+    idx = torch.tensor([[5, 6, 7, 1, 8, 9, 1]])  # source <sep> target <sep> (to a decoder-only model: a text)
+    with torch.no_grad(), capture(model) as every:
+        model(idx)
+    with torch.no_grad(), capture(model, names=points.names) as seen:
+        model(idx)
+    assert list(seen) == points.names and set(points.names) <= set(every)  # each fires; no other point listens
+    if not points.cross:
+        assert list(every) == points.names  # a decoder-only model's capture points are all its attention
+    for maps in seen.values():  # (B, heads, queries, keys), or (B, queries, keys) for a single head
+        assert (maps.size(1) if maps.dim() == 4 else 1) == points.heads
+        torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))
 
 
 def test_unknown_family_is_one_line():

@@ -181,6 +181,21 @@ def test_cross_attention_is_the_view_of_an_encoder_decoder(reversed_run):
     torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))
 
 
+@pytest.mark.parametrize("family", ["seq2seq-lstm", "seq2seq-gru"])
+def test_a_recurrent_encoder_decoder_without_attention_has_no_map_to_show(family):
+    from types import SimpleNamespace
+
+    from gptlab.views.inside import attention
+
+    values = dict(vocab_size=12, sep_id=1, n_layer=1, n_embd=8, n_hidden=8)
+    with_it = build_model(family, make_config(family, values))
+    assert with_it.attention_points().names == ["cross.probs"] and with_it.attention_points().cross
+    without = build_model(family, make_config(family, {**values, "attention": False}))
+    assert without.attention_points().names == [] and without.attention_points().heads == 0
+    with pytest.raises(GptlabError, match=f"attention does not apply to --model {family}: it has no attention"):
+        attention(SimpleNamespace(model=without), "hund")
+
+
 def test_the_playground_shows_an_encoder_decoders_cross_attention(reversed_run, capsys):
     from fastapi.testclient import TestClient
 
@@ -190,6 +205,8 @@ def test_the_playground_shows_an_encoder_decoders_cross_attention(reversed_run, 
     http = TestClient(create_app({"rev": Served("rev", load_run(reversed_run[1].run_dir), slots=2)}))
     described = http.get("/v1/models").json()["data"][0]["gptlab"]
     assert (described["family"], described["layers"], described["heads"]) == ("seq2seq", 1, 2)
+    assert list(described) == ["chat", "context", "layers", "heads", "family", "max_tokens"]
+    assert described["chat"] is False and described["context"] is None
     att = http.post("/v1/gptlab/attention", json={"model": "rev", "prompt": "hund", "layer": 0, "head": 1}).json()
     assert att["tokens"] == list("hund") and att["queries"] == list(att["translation"]) + ["<sep>"]
     assert all(sum(row) == pytest.approx(1.0, abs=1e-4) for row in att["map"])

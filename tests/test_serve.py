@@ -193,6 +193,8 @@ def test_the_playgrounds_views_of_the_next_token_and_attention(client):
     http = client[1]
     described = {m["id"]: m["gptlab"] for m in http.get("/v1/models").json()["data"]}
     assert described["chat"]["chat"] and not described["base"]["chat"] and described["base"]["layers"] == 1
+    shape = {k: described["base"][k] for k in ("context", "layers", "heads", "family")}
+    assert shape == {"context": 32, "layers": 1, "heads": 2, "family": "gpt"}  # (the model's own answers)
     cool = http.post("/v1/gptlab/next", json={"model": "base", "prompt": "the c", "temperature": 0.5}).json()
     hot = http.post("/v1/gptlab/next", json={"model": "base", "prompt": "the c", "temperature": 2.0}).json()
     assert cool["entropy"][0] < hot["entropy"][0] and len(cool["candidates"]) == 10

@@ -7,11 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from gptlab.chat.template import SPECIALS, ChatTokenizer
 from gptlab.data.tokenizer import (
     BPETokenizer,
     CharTokenizer,
     WordTokenizer,
     load_tokenizer,
+    printable,
     train_tokenizer,
 )
 from gptlab.errors import GptlabError
@@ -158,6 +160,45 @@ def test_train_empty_text():
     for kind in ("char", "word", "bpe"):
         with pytest.raises(GptlabError, match="empty"):
             train_tokenizer(kind, "")
+
+
+# --- one token's text, and a piece's id ---
+
+
+def test_a_tokens_text_escapes_control_characters_but_newlines():
+    assert printable("a\x07\n \x00é") == "a\\x07\n \\x00é"
+    char = CharTokenizer.train("ab\x07\n")  # vocab: "\x07", "\n", "a", "b"
+    assert [char.token_text(i) for i in range(4)] == ["\\x07", "\n", "a", "b"]
+    word = WordTokenizer.train(WORD_TEXT)
+    assert [word.token_text(i) for i in word.encode("the cat\n\n")] == ["the", " ", "cat", "\n\n"]
+    assert word.token_text(0) == "<unk>"
+
+
+def test_a_byte_piece_shows_by_its_byte_level_name(bpe):
+    smile = bpe.encode("🙂")  # four bytes, none of them a character alone: each decodes to U+FFFD
+    assert len(smile) == 4 and all(bpe.decode([i]) == "\ufffd" for i in smile)
+    assert "".join(bpe.token_text(i) for i in smile) == "ðŁĻĤ"  # GPT-2's names of the bytes F0 9F 99 82
+    whole = bpe.encode(" hear me\n")  # whole characters: as decoded
+    assert [bpe.token_text(i) for i in whole] == [bpe.decode([i]) for i in whole]
+    assert bpe.token_text(bpe.encode("\x00")[0]) == "\\x00"  # a byte that is a character, escaped
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_a_chat_tokenizer_shows_its_tokens_by_name_and_the_rest_as_its_base_does(bpe, kind):
+    base = bpe if kind == "bpe" else CharTokenizer.train("ab\x07🙂")
+    chat = ChatTokenizer(base)
+    assert [chat.token_text(chat.chat_ids[name]) for name in SPECIALS] == list(SPECIALS)
+    ids = base.encode("🙂b\x07")
+    assert [chat.token_text(i) for i in ids] == [base.token_text(i) for i in ids]
+    assert "".join(chat.token_text(i) for i in ids) == ("ðŁĻĤ" if kind == "bpe" else "🙂") + "b\\x07"
+
+
+def test_a_piece_tokenizer_gives_a_pieces_id_or_none():
+    char = CharTokenizer.train("hello world")
+    assert [char.id_of(c) for c in "hel"] == char.encode("hel") and char.id_of("é") is None
+    assert char.id_of("he") is None  # a char tokenizer's pieces are single characters
+    word = WordTokenizer.train(WORD_TEXT)
+    assert word.decode([word.id_of("cat")]) == "cat" and word.id_of("zebra") is None and word.id_of("<unk>") == 0
 
 
 # --- save / load ---

@@ -11,6 +11,7 @@ from helpers import tiny, write_corpus
 
 import gptlab
 from gptlab.cli import main
+from gptlab.data.tokenizer import BPETokenizer
 from gptlab.errors import GptlabError
 from gptlab.views import inside
 
@@ -138,10 +139,12 @@ def test_inspect_tokenizers_compares_them_on_a_corpus(tmp_path, capsys, monkeypa
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_labels_of_byte_pieces_and_control_characters_are_readable():
-    class Bytes:
-        special_tokens = {}
+def test_labels_of_byte_pieces_and_control_characters_are_readable(runs):
+    class Bytes(BPETokenizer):  # a byte-level BPE's answers, without training one
         vocab_size = 3
+
+        def __init__(self):
+            pass
 
         def decode(self, ids):
             return {0: "\ufffd", 1: "a\x07", 2: "\n"}[ids[0]]
@@ -151,7 +154,19 @@ def test_labels_of_byte_pieces_and_control_characters_are_readable():
             def id_to_token(i):
                 return "Ã"
 
-    assert [inside.label(Bytes(), i) for i in range(3)] == ["Ã", "a\\x07", "\n"]
+    assert [Bytes().token_text(i) for i in range(3)] == ["Ã", "a\\x07", "\n"]
+    run = runs[0]["gpt"]  # the views label tokens as their tokenizer shows them
+    assert inside.attention(run, "the\ncat")["tokens"] == [run.tokenizer.token_text(i) for i in
+                                                           run.tokenizer.encode("the\ncat")] == list("the\ncat")
+
+
+def test_the_playground_is_told_each_models_shape_by_the_model(runs):
+    from gptlab.serve.engine import Served
+
+    gpt, lstm = (Served(name, runs[0][name], slots=1).describe() for name in ("gpt", "lstm"))
+    assert gpt == {"chat": False, "context": runs[0]["gpt"].model.max_context, "layers": 2, "heads": 2,
+                   "family": "gpt"}
+    assert lstm == {"chat": False, "context": None, "layers": 0, "heads": 0, "family": "lstm"}
 
 
 def test_chat_tokens_can_be_inspected_and_tiny_temperatures_stay_numbers(runs, tmp_path):

@@ -68,6 +68,10 @@ class ChatTokenizer(Tokenizer):
                 run.append(int(i))
         return "".join(out) + self.base.decode(run)
 
+    def token_text(self, i: int) -> str:
+        """A chat token's name; any other token's text as the wrapped tokenizer shows it."""
+        return self.names[i] if i in self.names else self.base.token_text(i)
+
     def to_str(self) -> str:
         return json.dumps({"gptlab": {"kind": self.kind, "version": FORMAT_VERSION}, "specials": list(SPECIALS),
                            "base": json.loads(self.base.to_str())}, ensure_ascii=False, indent=0)

@@ -59,6 +59,10 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(text) for text in texts]
 
+    def token_text(self, i: int) -> str:
+        """Token i's text on its own, readable: decoded alone, control characters escaped (printable)."""
+        return printable(self.decode([i]))
+
     def to_str(self) -> str:
         """The tokenizer file's text (JSON)."""
         raise NotImplementedError
@@ -86,6 +90,10 @@ class _PieceTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join([self.vocab[i] for i in ids])
+
+    def id_of(self, piece: str) -> int | None:
+        """The id of a piece of the vocabulary (a char tokenizer's: one character); None if it is none of them."""
+        return self.stoi.get(piece)
 
     def to_str(self) -> str:
         data = {"gptlab": {"kind": self.kind, "version": FORMAT_VERSION}, "vocab": self.vocab}
@@ -227,8 +235,21 @@ class BPETokenizer(Tokenizer):
         # Keep special tokens, so that text containing "<|endoftext|>" round-trips.
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def token_text(self, i: int) -> str:
+        """Token i's text on its own, readable: a byte-level piece that is no whole character (U+FFFD when decoded
+        alone) as its byte-level name ("Ã" for the byte 0xC3), control characters escaped (printable)."""
+        text = self.decode([i])
+        if "\ufffd" in text and i < self.vocab_size:
+            text = self.hf.id_to_token(i) or text
+        return printable(text)
+
     def to_str(self) -> str:
         return self.hf.to_str(pretty=True)
+
+
+def printable(text: str) -> str:
+    """The text with each character that does not print, but a newline, escaped as \\xNN (chr(7) as \\x07)."""
+    return "".join(c if c.isprintable() or c in "\n " else f"\\x{ord(c):02x}" for c in text)
 
 
 _CLASSES: dict[str, type[_PieceTokenizer]] = {"char": CharTokenizer, "word": WordTokenizer}

@@ -16,6 +16,8 @@ Training, evaluation, sampling and the views use a model only through this inter
     model.fits_pair(source, target)                  # whether a pair of these lengths fits a training row
     model.prompt_problem(prompt)                     # why it cannot read a prompt (an empty source, say), or None
     wte, head = model.vocab_layers()                 # the layers sized by the vocabulary (grow_vocab uses them)
+    model.family                                     # the name its family is registered under ("gpt", "lstm", ...)
+    points = model.attention_points()                # the capture points of its attention maps, and their heads
 
 Intermediate tensors for the views (attention weights, say) pass through named capture points
 (`Capture` submodules); `with capture(model) as seen:` records them by name while the block runs.
@@ -24,6 +26,7 @@ A model's buffers must be the same in every process: several processes do not sy
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -75,10 +78,23 @@ def split_params(model: nn.Module, heads: tuple[torch.Tensor, ...] = ()) -> Para
     return groups
 
 
+@dataclass
+class AttentionPoints:
+    """Where a model's attention maps can be read (the attention view shows them): the names of its capture
+    points, one per layer in order, each recording maps (B, heads, queries, keys), or (B, queries, keys) for a
+    single head; cross: they are a decoder's attention over the source (queries: the target, keys: the source).
+    No names: the model has no attention."""
+
+    names: list[str] = field(default_factory=list)
+    heads: int = 0
+    cross: bool = False
+
+
 class LanguageModel(nn.Module):
     """The base class of every family: next-token prediction over a vocabulary, plus generation."""
 
     config: object
+    family: str = ""  # the name it is registered under in gptlab.models.FAMILIES; each family sets its own
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -121,6 +137,16 @@ class LanguageModel(nn.Module):
     def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
         """The token embedding and the output head: the layers whose size is the vocabulary."""
         raise NotImplementedError
+
+    def attention_points(self) -> AttentionPoints:
+        """The capture points of the attention maps the views show; by default none (a recurrent net has no
+        attention: it reads the past through its hidden state)."""
+        return AttentionPoints()
+
+    def names_of(self, modules: Iterable[nn.Module]) -> list[str]:
+        """The names (as named_modules gives them) of these submodules, in the order given."""
+        names = {id(m): name for name, m in self.named_modules()}
+        return [names[id(m)] for m in modules]
 
     @torch.no_grad()
     def grow_vocab(self, vocab_size: int) -> None:
@@ -186,15 +212,17 @@ class Capture(nn.Identity):
 
 
 @contextmanager
-def capture(model: nn.Module, suffix: str = ""):
-    """Record, while the block runs, the latest tensor through each capture point whose name ends in suffix.
+def capture(model: nn.Module, suffix: str = "", names: Collection[str] | None = None):
+    """Record, while the block runs, the latest tensor through each capture point whose name ends in suffix (and,
+    given names, is one of them; the others stay idle).
 
         with capture(model) as seen:
             model(idx)
         seen["transformer.h.0.attn.probs"]     # (B, n_head, T, T) for a GPT
     """
     seen: dict[str, torch.Tensor] = {}
-    points = [(name, m) for name, m in model.named_modules() if isinstance(m, Capture) and name.endswith(suffix)]
+    points = [(name, m) for name, m in model.named_modules() if isinstance(m, Capture) and name.endswith(suffix)
+              and (names is None or name in names)]
     handles = []
     for name, point in points:
         point.active = True

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptlab.models.base import Capture, LanguageModel, ParamGroups, lm_loss, split_params
+from gptlab.models.base import AttentionPoints, Capture, LanguageModel, ParamGroups, lm_loss, split_params
 from gptlab.models.configs import POSITION_ENCODINGS, GPTConfig
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "POSITION_ENCODINGS"]
@@ -208,6 +208,8 @@ class Block(nn.Module):
 
 
 class GPT(LanguageModel):
+    family = "gpt"
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -300,6 +302,10 @@ class GPT(LanguageModel):
 
     def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
         return self.transformer.wte, self.lm_head
+
+    def attention_points(self) -> AttentionPoints:
+        """Each block's self-attention: maps (B, n_head, T, T), a query's weights over the keys up to it."""
+        return AttentionPoints(self.names_of(block.attn.probs for block in self.transformer.h), self.config.n_head)
 
     def param_groups(self) -> ParamGroups:
         """Muon takes the blocks' matrices; an untied output head is decayed but left to AdamW."""

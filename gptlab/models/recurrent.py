@@ -219,10 +219,12 @@ class RecurrentLM(LanguageModel):
 
 
 class RNN(RecurrentLM):
+    family = "rnn"
     kind = nn.RNN  # tanh
 
 
 class LSTM(RecurrentLM):
+    family = "lstm"
     kind = nn.LSTM
 
     def init_gates(self) -> None:
@@ -235,4 +237,5 @@ class LSTM(RecurrentLM):
 
 
 class GRU(RecurrentLM):
+    family = "gru"
     kind = nn.GRU

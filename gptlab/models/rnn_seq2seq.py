@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from gptlab.models.base import Capture, LanguageModel, ParamGroups, split_params
+from gptlab.models.base import AttentionPoints, Capture, LanguageModel, ParamGroups, split_params
 from gptlab.models.configs import RecurrentSeq2SeqConfig
 from gptlab.models.recurrent import HiddenState
 from gptlab.models.seq2seq import in_rows, padded, source_problem, split_prompts, split_rows
@@ -143,6 +143,12 @@ class RecurrentSeq2Seq(LanguageModel):
     def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
         return self.wte, self.lm_head
 
+    def attention_points(self) -> AttentionPoints:
+        """The decoder's one attention over the source, a single head: maps (B, D, S); none without attention."""
+        if self.cross is None:
+            return AttentionPoints()
+        return AttentionPoints(self.names_of([self.cross.probs]), heads=1, cross=True)
+
     def new_state(self, batch_size: int) -> SourceState:
         return SourceState(self.decoder, batch_size)
 
@@ -170,8 +176,10 @@ class RecurrentSeq2Seq(LanguageModel):
 
 
 class LSTMSeq2Seq(RecurrentSeq2Seq):
+    family = "seq2seq-lstm"
     kind = nn.LSTM
 
 
 class GRUSeq2Seq(RecurrentSeq2Seq):
+    family = "seq2seq-gru"
     kind = nn.GRU

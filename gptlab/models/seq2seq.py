@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptlab.models.base import Capture, LanguageModel, ParamGroups, lm_loss, split_params
+from gptlab.models.base import AttentionPoints, Capture, LanguageModel, ParamGroups, lm_loss, split_params
 from gptlab.models.configs import Seq2SeqConfig
 from gptlab.models.gpt import MLP, CausalSelfAttention, KVCache, apply_rope, rope_tables, sinusoidal_table
 
@@ -156,6 +156,8 @@ class Seq2SeqCache(KVCache):
 
 
 class Seq2Seq(LanguageModel):
+    family = "seq2seq"
+
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         self.config = config
@@ -275,6 +277,12 @@ class Seq2Seq(LanguageModel):
 
     def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
         return self.wte, self.lm_head
+
+    def attention_points(self) -> AttentionPoints:
+        """Each decoder block's cross-attention: maps (B, n_head, D, S), a target token's weights over the source
+        (the views show these; the encoder's and the decoder's self-attention are capture points too)."""
+        return AttentionPoints(self.names_of(block.cross.probs for block in self.decoder), self.config.n_head,
+                               cross=True)
 
     def param_groups(self) -> ParamGroups:
         return split_params(self, heads=(self.lm_head.weight,))

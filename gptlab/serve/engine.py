@@ -120,14 +120,11 @@ class Served:
 
     def describe(self) -> dict:
         """What the playground needs to know of the model: chat or not, its context, its attention's shape (an
-        encoder-decoder's: its cross-attention's, which the attention view shows)."""
-        from gptlab.views.inside import ATTENTION, CROSS
-
-        names = [n for n, _ in self.run.model.named_modules()]
-        attention = [n for n in names if n.endswith(CROSS)] or [n for n in names if n.endswith(ATTENTION)]
-        heads = getattr(self.run.model.config, "n_head", 1) if attention else 0
-        return {"chat": self.chat, "context": self.run.model.max_context, "layers": len(attention), "heads": heads,
-                "family": self.run.config["model"].get("family", "gpt")}
+        encoder-decoder's: its cross-attention's, which the attention view shows) and its family."""
+        model = self.run.model
+        points = model.attention_points()
+        return {"chat": self.chat, "context": model.max_context, "layers": len(points.names), "heads": points.heads,
+                "family": model.family}
 
     def view(self, name: str, prompt: str, **kwargs) -> dict:
         """A view of views/inside.py on this model (under its lock); GptlabErrors become RequestErrors."""
@@ -180,10 +177,8 @@ class Served:
         return Piece(event.text, event.token, logprob, top, event.finish)
 
     def label(self, token: int) -> str:
-        """A token's own text, distinct for byte-level pieces (views/inside.py's labels)."""
-        from gptlab.views.inside import label
-
-        return label(self.run.tokenizer, token)
+        """A token's own text, distinct for byte-level pieces (the views' labels: Tokenizer.token_text)."""
+        return self.run.tokenizer.token_text(token)
 
 
 class Scheduler:

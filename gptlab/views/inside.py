@@ -18,9 +18,6 @@ from gptlab.errors import GptlabError
 from gptlab.inference.sampling import check_sampling, filter_logits
 from gptlab.models.base import capture
 
-ATTENTION = ".attn.probs"  # the capture points of attention weights (a GPT's, (B, n_head, T, T) each)
-CROSS = "cross.probs"  # an encoder-decoder's cross-attention: (B, n_head, target, source), or (B, target, source)
-
 
 def tokens_of(run, prompt: str) -> tuple[list[int], list[str]]:
     """The prompt's ids (the last max_context of them: what the model sees) and each token's label."""
@@ -31,17 +28,7 @@ def tokens_of(run, prompt: str) -> tuple[list[int], list[str]]:
         raise GptlabError("the prompt is empty after tokenization")
     if run.model.max_context:
         ids = ids[-run.model.max_context:]
-    return ids, [label(run.tokenizer, i) for i in ids]
-
-
-def label(tokenizer, i: int) -> str:
-    """A token's text on its own, readable: a byte-level piece that is no whole character (U+FFFD when decoded
-    alone) as its byte-level name, control characters escaped."""
-    text = tokenizer.decode([i])
-    base = getattr(tokenizer, "base", tokenizer)  # a chat tokenizer wraps the run's own
-    if "\ufffd" in text and hasattr(base, "hf") and i < base.vocab_size:
-        text = base.hf.id_to_token(i) or text
-    return "".join(c if c.isprintable() or c in "\n " else f"\\x{ord(c):02x}" for c in text)
+    return ids, [run.tokenizer.token_text(i) for i in ids]
 
 
 def _forward(run, ids: list[int]) -> torch.Tensor:
@@ -56,17 +43,16 @@ def attention(run, prompt: str) -> dict:
     """{"tokens": [...], "maps": [layer][head][query][key]}: row q is how query token q spreads its attention
     over the keys 0..q (each row sums to 1; keys after q get 0, the causal mask). An encoder-decoder shows its
     cross-attention instead (cross_attention)."""
-    if any(name.endswith(CROSS) for name, _ in run.model.named_modules()):
+    points = run.model.attention_points()
+    if points.cross:
         return cross_attention(run, prompt)
-    points = [name for name, _ in run.model.named_modules() if name.endswith(ATTENTION)]
-    if not points:
-        family = run.config["model"].get("family", "this model")
-        raise GptlabError(f"attention does not apply to --model {family}: it has no attention layers (a recurrent "
-                          f"net reads the past through its hidden state)")
+    if not points.names:
+        raise GptlabError(f"attention does not apply to --model {run.model.family}: it has no attention layers (a "
+                          f"recurrent net reads the past through its hidden state)")
     ids, pieces = tokens_of(run, prompt)
-    with capture(run.model, ATTENTION) as seen:
+    with capture(run.model, names=points.names) as seen:
         _forward(run, ids)
-    maps = torch.stack([seen[name][0].float() for name in points])  # (layers, heads, T, T)
+    maps = torch.stack([seen[name][0].float() for name in points.names])  # (layers, heads, T, T)
     return {"tokens": pieces, "layers": maps.size(0), "heads": maps.size(1), "maps": maps.tolist()}
 
 
@@ -81,14 +67,14 @@ def cross_attention(run, source: str, target: str | None = None) -> dict:
     prompt = prompt_of(run, source)  # source <sep>
     target = translate(run, [source])[0] if target is None else target
     written = run.tokenizer.encode(target) if target else []
-    points = [name for name, _ in run.model.named_modules() if name.endswith(CROSS)]
-    with capture(run.model, CROSS) as seen:
+    points = run.model.attention_points().names  # the decoder's attention over the source, one per layer
+    with capture(run.model, names=points) as seen:
         _forward(run, prompt + written + prompt[-1:])
     maps = [seen[name][0].float() for name in points]  # (heads, D, S) each; a recurrent decoder's (D, S): one head
     maps = torch.stack([m if m.dim() == 3 else m[None] for m in maps])[:, :, :len(written) + 1]
-    return {"tokens": [label(run.tokenizer, i) for i in prompt[:-1]], "layers": maps.size(0), "heads": maps.size(1),
-            "queries": [label(run.tokenizer, i) for i in written] + ["<sep>"], "translation": target,
-            "maps": maps.tolist()}
+    label = run.tokenizer.token_text
+    return {"tokens": [label(i) for i in prompt[:-1]], "layers": maps.size(0), "heads": maps.size(1),
+            "queries": [label(i) for i in written] + ["<sep>"], "translation": target, "maps": maps.tolist()}
 
 
 def entropy_bits(probs: torch.Tensor) -> float:
@@ -117,7 +103,7 @@ def next_token(run, prompt: str, temperatures=(0.5, 1.0, 2.0), top_k: int | None
         after = filter_logits(scaled[None], top_k, top_p)[0].softmax(-1)
         rows[t] = (before, after)
     best = logits.topk(min(k, logits.numel())).indices.tolist()
-    candidates = [{"id": i, "token": label(run.tokenizer, i),
+    candidates = [{"id": i, "token": run.tokenizer.token_text(i),
                    "p": [float(rows[t][0][i]) for t in temperatures],
                    "p_cut": [float(rows[t][1][i]) for t in temperatures]} for i in best]
     seen = run.tokenizer.decode(ids)  # the prompt as the model sees it (the end of one longer than its context)
@@ -157,7 +143,7 @@ def embeddings(run, token: str | None = None, k: int = 10) -> dict:
     if k < 1:
         raise GptlabError("--k must be at least 1")
     coords, explained = pca(matrix)
-    labels = [label(run.tokenizer, i) for i in range(matrix.size(0))]
+    labels = [run.tokenizer.token_text(i) for i in range(matrix.size(0))]
     out = {"labels": labels, "xy": coords.tolist(), "explained": explained, "token": token, "token_id": None,
            "nearest": []}
     if token is not None:

@@ -94,7 +94,7 @@ def unknown_words(tokenizer: Tokenizer, text: str) -> float:
     represents every word (it falls back to bytes)."""
     words = [w for w in WordTokenizer.pattern.findall(text) if w[0].isalnum() or w[0] == "_"]
     if isinstance(tokenizer, CharTokenizer):
-        missing = sum(any(c not in tokenizer.stoi for c in w) for w in words)
+        missing = sum(any(tokenizer.id_of(c) is None for c in w) for w in words)
     elif tokenizer.unk_id is not None:
         counts = Counter(words)
         missing = sum(n for w, n in counts.items() if tokenizer.encode(w) == [tokenizer.unk_id])
@@ -110,7 +110,7 @@ def split_sentence(tokenizer: Tokenizer, sentence: str) -> list[str]:
     U+FFFD, so "".join of a BPE split can differ from the sentence where decode(encode(...)) does not.
     """
     if isinstance(tokenizer, CharTokenizer):
-        return [c if c in tokenizer.stoi else UNK for c in sentence]
+        return [c if tokenizer.id_of(c) is not None else UNK for c in sentence]
     return [tokenizer.decode([i]) for i in tokenizer.encode(sentence)]
 
 
@@ -196,9 +196,8 @@ def _check_bpe_sizes(bpe_sizes: Sequence[int]) -> None:
 def _encode_counting_unknown(tokenizer: Tokenizer, text: str) -> tuple[list[int], int]:
     """The ids of text and how many of them stand for something outside the vocabulary."""
     if isinstance(tokenizer, CharTokenizer):  # its encode refuses unseen characters: count them instead
-        stoi = tokenizer.stoi
-        ids = [stoi.get(c, -1) for c in text]
-        return ids, ids.count(-1)
+        ids = [tokenizer.id_of(c) for c in text]
+        return [-1 if i is None else i for i in ids], ids.count(None)
     ids = tokenizer.encode(text)
     unk = tokenizer.unk_id
     return ids, (0 if unk is None else ids.count(unk))
