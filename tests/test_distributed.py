@@ -34,12 +34,13 @@ def torchrun(*args) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *map(str, args)]
 
 
-def train_in_two(cwd: Path, values: dict | None, out: Path, **kwargs) -> dict:
-    """gptlab.train in two processes; the result rank 0 printed."""
-    job = json.dumps(dict(values=values, out=str(out), **kwargs))
-    proc = subprocess.run(torchrun(WORKER, job), capture_output=True, text=True, cwd=cwd, env=ENV, timeout=240)
+def train_in_two(cwd: Path, jobs: list[dict]) -> dict[str, dict]:
+    """gptlab.train (or finetune) in two processes, job after job in one launch; each job's result by name."""
+    proc = subprocess.run(torchrun(WORKER, json.dumps(jobs, default=str)), capture_output=True, text=True, cwd=cwd,
+                          env=ENV, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {r["name"]: r for r in results}
 
 
 def final_weights(run_dir) -> dict[str, torch.Tensor]:
@@ -53,56 +54,90 @@ def assert_records_close(a: list[dict], b: list[dict], tol: float = 1e-5) -> Non
             assert rb[key] == pytest.approx(value, rel=tol, abs=tol), (ra["iter"], key)
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
-    """2 processes x batch 2 x 2 micro-batches against 1 process x batch 4 x 2 micro-batches: the same windows,
-    the same averaged gradients, so the same losses, learning rates, evaluations and weights. (AdamW: Muon's
-    bfloat16 iterations turn the last-bit differences of a gradient averaged in another order into 1e-4s.)"""
-    base = tiny(write_corpus(tmp_path / "data"), max_iters=12, eval_interval=6, grad_accum=2, optimizer="adamw")
-    train({**base, "batch_size": 4}, out=tmp_path / "one", quiet=True)
-    result = train_in_two(tmp_path, {**base, "batch_size": 2}, tmp_path / "two")
-    assert result["iters"] == 12
-    assert_records_close(untimed(tmp_path / "one"), untimed(tmp_path / "two"))
-    wa, wb = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
-    for key in wa:
-        torch.testing.assert_close(wb[key], wa[key], rtol=1e-5, atol=1e-5)
-
-
-def test_a_finetune_in_two_processes_equals_one_with_the_same_global_batch(tmp_path):
-    """Conversations of different lengths: each process's micro-batches count different numbers of assistant
-    tokens, and the step still follows the mean over every counted token of the global batch."""
-    corpus = write_corpus(tmp_path / "data")
-    train(tiny(corpus, block_size=32, max_iters=4), out=tmp_path / "base", quiet=True)
+@pytest.fixture(scope="module")
+def two(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    """The two-process runs of the tests below, in one launch of torchrun (each launch costs seconds), beside the
+    one-process runs they are compared with. Returns the folder and each two-process job's result by name. (So
+    gptlab.train and finetune are called one after another in the same processes, as a user's script may: each
+    run meets the others under a prefix of its own in torchrun's store.)"""
+    tmp = tmp_path_factory.mktemp("two")
+    corpus = write_corpus(tmp / "data")
+    plain = tiny(corpus, max_iters=12, eval_interval=6, grad_accum=2, optimizer="adamw")
+    train({**plain, "batch_size": 4}, out=tmp / "one", quiet=True)
+    train(tiny(corpus, block_size=32, max_iters=4), out=tmp / "base", quiet=True)
     rng = random.Random(0)
-    data = tmp_path / "pairs.jsonl"
+    data = tmp / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": " ".join(rng.sample(WORDS, rng.randint(1, 3))),
                                         "completion": " ".join(rng.sample(WORDS, rng.randint(1, 4)))}) + "\n"
                             for _ in range(60)))
-    ft = dict(base=str(tmp_path / "base"), data=str(data))
-    values = dict(max_iters=8, eval_interval=4, eval_iters=2, grad_accum=2, log_interval=1, warmup_iters=2,
-                  device="cpu", dtype="float32", val_fraction=0.2)
-    finetune(Finetune(**ft), {**values, "batch_size": 4}, out=tmp_path / "one", quiet=True)
-    result = train_in_two(tmp_path, {**values, "batch_size": 2}, tmp_path / "two", finetune=ft)
-    assert result["iters"] == 8
-    assert_records_close(untimed(tmp_path / "one"), untimed(tmp_path / "two"))
-    wa, wb = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    ft = dict(base=str(tmp / "base"), data=str(data))
+    chat = dict(max_iters=8, eval_interval=4, eval_iters=2, grad_accum=2, log_interval=1, warmup_iters=2,
+                device="cpu", dtype="float32", val_fraction=0.2)
+    finetune(Finetune(**ft), {**chat, "batch_size": 4}, out=tmp / "chat-one", quiet=True)
+    dropout = tiny(corpus, max_iters=16, eval_interval=4, batch_size=2, dropout=0.1, optimizer="muon")
+    budget = tiny(corpus, max_iters=100000, max_time="1.5s", eval_interval=100, log_interval=10)
+    jobs = [dict(name="two", values={**plain, "batch_size": 2}, out=tmp / "two"),
+            dict(name="chat-two", values={**chat, "batch_size": 2}, out=tmp / "chat-two", finetune=ft),
+            dict(name="whole", values=dropout, out=tmp / "whole"),
+            dict(name="paused", values=dropout, out=tmp / "paused", stop_after=10),
+            dict(copy=[tmp / "paused", tmp / "paused-at-10"]),
+            dict(name="resumed", values={"max_iters": 16}, out=tmp / "paused", resume=True),
+            dict(name="budget", values=budget, out=tmp / "budget")]
+    return tmp, train_in_two(tmp, jobs)
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(two):
+    """2 processes x batch 2 x 2 micro-batches against 1 process x batch 4 x 2 micro-batches: the same windows,
+    the same averaged gradients, so the same losses, learning rates, evaluations and weights. (AdamW: Muon's
+    bfloat16 iterations turn the last-bit differences of a gradient averaged in another order into 1e-4s.)"""
+    tmp, results = two
+    assert results["two"]["iters"] == 12
+    assert_records_close(untimed(tmp / "one"), untimed(tmp / "two"))
+    wa, wb = final_weights(tmp / "one"), final_weights(tmp / "two")
     for key in wa:
         torch.testing.assert_close(wb[key], wa[key], rtol=1e-5, atol=1e-5)
 
 
-def test_a_resumed_two_process_run_equals_an_uninterrupted_one(tmp_path):
+def test_a_finetune_in_two_processes_equals_one_with_the_same_global_batch(two):
+    """Conversations of different lengths: each process's micro-batches count different numbers of assistant
+    tokens, and the step still follows the mean over every counted token of the global batch."""
+    tmp, results = two
+    assert results["chat-two"]["iters"] == 8
+    assert_records_close(untimed(tmp / "chat-one"), untimed(tmp / "chat-two"))
+    wa, wb = final_weights(tmp / "chat-one"), final_weights(tmp / "chat-two")
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], rtol=1e-5, atol=1e-5)
+
+
+def test_a_resumed_two_process_run_equals_an_uninterrupted_one(two):
     """Dropout draws from each process's own random numbers: resuming restores every process's state."""
-    values = tiny(write_corpus(tmp_path / "data"), max_iters=16, eval_interval=4, batch_size=2, dropout=0.1,
-                  optimizer="muon")
-    train_in_two(tmp_path, values, tmp_path / "whole")
-    paused = train_in_two(tmp_path, values, tmp_path / "paused", stop_after=10)
-    assert paused["stopped_by"] == "interrupt" and latest_name(tmp_path / "paused") == "step-000010"
-    state = rundir.load_trainer_state(rundir.latest_checkpoint(tmp_path / "paused"))
+    tmp, results = two
+    assert results["paused"]["stopped_by"] == "interrupt" and latest_name(tmp / "paused-at-10") == "step-000010"
+    state = rundir.load_trainer_state(rundir.latest_checkpoint(tmp / "paused-at-10"))
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])  # each process has its own
-    train_in_two(tmp_path, {"max_iters": 16}, tmp_path / "paused", resume=True)
-    assert untimed(tmp_path / "whole") == untimed(tmp_path / "paused")  # exactly
-    wa, wb = final_weights(tmp_path / "whole"), final_weights(tmp_path / "paused")
+    assert results["resumed"]["iters"] == 16
+    assert untimed(tmp / "whole") == untimed(tmp / "paused")  # exactly
+    wa, wb = final_weights(tmp / "whole"), final_weights(tmp / "paused")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_time_budget_gives_both_processes_one_iteration_count(two):
+    """Each process measures its own clock; they must still agree on the count, or their collectives part."""
+    tmp, results = two
+    budget = json.loads((tmp / "budget" / "config.json").read_text())["budget"]
+    assert results["budget"]["iters"] == budget["iters"] and results["budget"]["stopped_by"] == "max_time"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists a process's threads through /proc")
+def test_no_gloo_thread_outlives_a_two_process_run(two):
+    """train() destroys its process groups for good: gloo's threads are joined before it returns. One still
+    running when Python exits can abort a process whose run succeeded (`terminate called without an active
+    exception`, now and then), which a group kept alive by a reference left behind makes possible. (The worker
+    lists its threads after every run of the launch.)"""
+    tmp, _ = two
+    threads = [json.loads((tmp / f"threads{rank}.json").read_text()) for rank in (0, 1)]
+    assert not [name for names in threads for name in names if "gloo" in name], threads  # pt_gloo_runloop, ...
 
 
 def test_failures_stop_both_processes_with_one_line(tmp_path):
@@ -123,36 +158,6 @@ def test_failures_stop_both_processes_with_one_line(tmp_path):
         assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
         assert "[rank1]" not in proc.stderr and "Traceback (most recent call last):\n  File \"/" not in proc.stderr
         assert rundir.latest_checkpoint(out) is None
-
-
-def test_a_time_budget_gives_both_processes_one_iteration_count(tmp_path):
-    """Each process measures its own clock; they must still agree on the count, or their collectives part."""
-    corpus, out = write_corpus(tmp_path / "data"), tmp_path / "run"
-    cmd = torchrun("-m", "gptlab", "train", "--corpus", corpus, "--out", out, *TINY_FLAGS, "--max-iters", "100000",
-                   "--max-time", "1.5s", "--eval-interval", "100", "--log-interval", "10")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    budget = json.loads((out / "config.json").read_text())["budget"]
-    assert f"done: {budget['iters']} iterations" in proc.stderr and "(max_time)" in proc.stderr
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists a process's threads through /proc")
-def test_no_gloo_thread_outlives_a_two_process_run(tmp_path):
-    """train() destroys its process groups for good: gloo's threads are joined before it returns. One still
-    running when Python exits can abort a process whose run succeeded (`terminate called without an active
-    exception`, now and then), which a group kept alive by a reference left behind makes possible."""
-    script = tmp_path / "threads.py"
-    script.write_text("import json, os, sys\nimport gptlab\n"
-                      "gptlab.train(json.loads(sys.argv[1]), out=sys.argv[2], quiet=True)\n"
-                      "tasks = os.listdir('/proc/self/task')\n"
-                      "names = [open(f'/proc/self/task/{t}/comm').read().strip() for t in tasks]\n"
-                      "open(f'threads{os.environ[\"RANK\"]}.json', 'w').write(json.dumps(names))\n")
-    values = tiny(write_corpus(tmp_path / "data"), max_iters=4)
-    cmd = torchrun(script, json.dumps(values), tmp_path / "run")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    threads = [json.loads((tmp_path / f"threads{rank}.json").read_text()) for rank in (0, 1)]
-    assert not [name for names in threads for name in names if "gloo" in name], threads  # pt_gloo_runloop, ...
 
 
 def test_ctrl_c_stops_both_processes_at_one_step_and_saves(tmp_path):

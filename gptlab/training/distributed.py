@@ -23,6 +23,8 @@ import torch
 
 from gptlab.errors import GptlabError
 
+_RUNS = 0  # runs this process has started under torchrun
+
 
 class Distributed:
     """This process's place among the processes of a run: rank, world size, and the collectives training needs.
@@ -59,13 +61,25 @@ class Distributed:
         import torch.distributed as dist
         import torch.distributed.nn.functional  # noqa: F401  before any group exists: see close()
 
+        store = self._store()
         if device.type == "cuda":
             torch.cuda.set_device(device)
-            dist.init_process_group("nccl", device_id=device)
+            dist.init_process_group("nccl", device_id=device, **store)
             self.control = dist.new_group(backend="gloo")
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", **store)
             self.control = dist.group.WORLD
+
+    def _store(self) -> dict:
+        """Where the processes meet: torchrun's store, under a prefix of this run's own. The processes of a second
+        run (gptlab.train called again in the same processes) would otherwise find the first run's addresses there
+        and connect to ports that closed with it."""
+        import torch.distributed as dist
+
+        global _RUNS
+        _RUNS += 1  # (every process starts the same runs in the same order, so the prefixes agree)
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        return dict(store=dist.PrefixStore(f"gptlab-run-{_RUNS}", store), rank=rank, world_size=world_size)
 
     def close(self) -> None:
         """Destroy the process groups for good, gloo's threads with them, while Python is still whole.
