@@ -11,4 +11,31 @@
 
 The formulas are plain Python; torch is needed only to measure: this CPU (hardware.measure_cpu) and torch's own
 memory for training on it (runs.runtime_overhead).
+
+Training reads its pre-run forecast through this package's interface alone (forecast_training, size), not its
+modules.
 """
+
+from __future__ import annotations
+
+
+def forecast_training(family: str, model: dict, *, params: int, width: int, batch_size: int, tokens_per_row: int,
+                      optimizer: str, device_type: str, dtype: str) -> dict[str, float]:
+    """What a training step's tensors will take, in bytes by part (weights, gradients, optimizer, weight_copies,
+    activations, working) and in all ("total"): a GPT's by the formulas (its config's values in `model`), another
+    family's from its exact parameter count `params`, its width and a rough allowance per token for activations."""
+    from gptlab.cost.memory import rough_training_memory
+    from gptlab.cost.runs import precision_of, training_need
+
+    parts = training_need(family, model, batch_size, optimizer, device_type, dtype)
+    if parts is None:
+        parts = rough_training_memory(params, batch_size * tokens_per_row, width, model.get("n_layer", 1),
+                                      model["vocab_size"], precision_of(dtype), optimizer)
+    return parts
+
+
+def size(n: float) -> str:
+    """Bytes, readable: "1.23 GB"."""
+    from gptlab.cost.report import size
+
+    return size(n)

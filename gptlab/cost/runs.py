@@ -22,6 +22,7 @@ from gptlab.cost.hardware import Hardware
 from gptlab.cost.memory import training_memory
 from gptlab.cost.shapes import Shape, gpt_shape
 from gptlab.errors import GptlabError
+from gptlab.models.configs import explicit_attention
 from gptlab.records import CONFIG, METRICS, read_config, read_metrics
 
 
@@ -31,9 +32,10 @@ def precision_of(dtype: str) -> str:
 
 
 def attention_path(on_cpu: bool, dtype: str, dropout: float) -> str:
-    """The attention that gptlab's GPT runs (models/gpt.py): explicit for bf16 on a CPU, where torch's flash kernel
-    is slow, and where torch's CPU kernel falls back to it for dropout; fused otherwise."""
-    return "explicit" if on_cpu and (dtype == "bfloat16" or dropout > 0) else "fused"
+    """The attention that gptlab's GPT runs: explicit where the model chooses it (models.configs.explicit_attention),
+    and where torch's fused CPU kernel falls back to the same products for dropout; fused otherwise."""
+    chosen = explicit_attention("cpu" if on_cpu else "cuda", dtype)
+    return "explicit" if chosen or on_cpu and dropout > 0 else "fused"
 
 
 def training_need(name: str, model: dict, batch_size: int, optimizer: str, device_type: str,
@@ -208,6 +210,5 @@ def runtime_overhead(dtype: str = "bfloat16") -> float:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    attention = "explicit" if dtype == "bfloat16" else "fused"
-    formulas = training_memory(shape, precision_of(dtype), batch, "adamw", attention)["total"]
+    formulas = training_memory(shape, precision_of(dtype), batch, "adamw", attention_path(True, dtype, 0.0))["total"]
     return max(0.0, meter.peak() - base - formulas)

@@ -42,6 +42,14 @@ POSITION_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh")  # gelu_tanh: GPT-2's tanh approximation of GELU
 
 
+def explicit_attention(device_type: str, dtype: str) -> bool:
+    """Whether a GPT computes its attention as explicit matrix products, softmax(q k^T / sqrt(hs)) v, rather than
+    torch's fused scaled_dot_product_attention: for bf16 on a CPU, where torch's flash kernel is several times
+    slower than plain matmuls. dtype: "bfloat16" or torch's "torch.bfloat16". (The views' captures read the
+    weights, so they take the explicit path too.) gptlab cost's memory formulas follow the same choice."""
+    return device_type == "cpu" and dtype.removeprefix("torch.") == "bfloat16"
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = setting(65, "tokens in the vocabulary (set from the tokenizer)")

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlab.models.base import AttentionPoints, Capture, LanguageModel, ParamGroups, lm_loss, split_params
-from gptlab.models.configs import POSITION_ENCODINGS, GPTConfig
+from gptlab.models.configs import POSITION_ENCODINGS, GPTConfig, explicit_attention
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "POSITION_ENCODINGS"]
 
@@ -162,8 +162,8 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.append(layer, k, v, where)  # (B, nh, K, hs): each row's keys so far
             visible, causal = where.visible, where.causal  # (B, 1, T, K), or None: see Placement
         # The explicit form is the same function as torch's fused kernel; it is used when the weights are
-        # captured, and for bf16 on a CPU, where torch's flash kernel is several times slower than plain matmuls.
-        if not self.probs.active and not (x.device.type == "cpu" and q.dtype == torch.bfloat16):
+        # captured, and where the fused kernel is slow (configs.explicit_attention: bf16 on a CPU).
+        if not self.probs.active and not explicit_attention(x.device.type, str(q.dtype)):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=visible, dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
         else:

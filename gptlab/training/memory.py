@@ -82,21 +82,18 @@ class MemoryMeter:
 
 
 def forecast(family: str, config, cfg, device_type: str, dtype: str) -> tuple[dict[str, float], dict[str, str]]:
-    """The memory a training step will take, in bytes by part and in all ("total"), and for each part the flags
-    that make it smaller: a GPT's by gptlab cost's formulas; another family's from its exact parameter count (on
-    torch's meta device: nothing is allocated) and a rough allowance for its activations."""
-    from gptlab.cost.memory import rough_training_memory
-    from gptlab.cost.runs import precision_of, training_need
+    """The memory a training step will take, in bytes by part and in all ("total"), by gptlab cost's forecast (a
+    GPT's by its formulas; another family's from its exact parameter count, counted on torch's meta device where
+    nothing is allocated), and for each part the flags that make it smaller."""
+    from gptlab.cost import forecast_training
     from gptlab.models import build_model, config_to_dict, get_family
 
-    parts = training_need(family, config_to_dict(family, config), cfg.batch_size, cfg.optimizer, device_type, dtype)
+    with torch.device("meta"):
+        params = build_model(family, config).num_params(non_embedding=False)
     width = get_family(family).width or "n_embd"
-    if parts is None:
-        with torch.device("meta"):
-            params = build_model(family, config).num_params(non_embedding=False)
-        parts = rough_training_memory(params, cfg.batch_size * (cfg.seq_len or 1), getattr(config, width, 0),
-                                      getattr(config, "n_layer", 1), config.vocab_size, precision_of(dtype),
-                                      cfg.optimizer)
+    parts = forecast_training(family, config_to_dict(family, config), params=params, width=getattr(config, width, 0),
+                              batch_size=cfg.batch_size, tokens_per_row=cfg.seq_len or 1, optimizer=cfg.optimizer,
+                              device_type=device_type, dtype=dtype)
     sizes, per_token = f"the model's size (--{width.replace('_', '-')}, --n-layer)", "--batch-size (or the context)"
     return parts, dict(weights=sizes, gradients=sizes, optimizer=sizes, weight_copies=sizes, activations=per_token,
                        working=per_token)

@@ -465,7 +465,7 @@ class Trainer:
         """What the steps will take by gptlab cost's formulas (bytes), known before the model is built. A run that
         would take more than is free (on a CPU, every process of this machine together) stops here, naming the
         flag to change; plan.force (--force) starts it anyway."""
-        from gptlab.cost.report import size
+        from gptlab.cost import size
 
         parts, flags = self.memory_forecast()
         free = self.meter.available()
