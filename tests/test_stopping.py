@@ -1,8 +1,6 @@
 """gptlab.training.stopping: --max-time becomes an iteration count once, from a calibration that leaves no
 trace, so a time-budgeted run resumes exactly and replays exactly with its recorded iteration count."""
 
-import time
-
 import pytest
 import torch
 from helpers import latest_name, losses, run_config, tiny, untimed, write_corpus
@@ -41,39 +39,42 @@ def test_iteration_budget_arithmetic():
 
 def test_measure_times_steps_and_a_share_of_an_evaluation():
     """Four warm-up steps are not timed, nor a step slowed by something else; with compilation, nor the first
-    evaluation (which compiles again)."""
+    evaluation (which compiles again). The calls take their seconds on a clock of the test's, which they move on."""
     calls = {"step": 0, "eval": 0}
+    clock = PacedClock(pace=None)  # (the calls below move it on themselves)
 
     def step():
         calls["step"] += 1
-        time.sleep(0.2 if calls["step"] in (1, 2, 7) else 0.01)
+        clock.now += 0.2 if calls["step"] in (1, 2, 7) else 0.0125
 
     def evaluate():
         calls["eval"] += 1
-        time.sleep(1.0 if calls["eval"] == 1 else 0.05)
+        clock.now += 1.0 if calls["eval"] == 1 else 0.06
 
     def save():
         calls["save"] = calls.get("save", 0) + 1
-        time.sleep(0.1)
+        clock.now += 0.1
 
-    cost = measure(step, [(evaluate, 0.1), (save, 0.05)], lambda: None, compiled=True)
+    cost = measure(step, [(evaluate, 0.1), (save, 0.05)], lambda: None, compiled=True, clock=clock)
     assert calls == {"step": 10, "eval": 2, "save": 2}
-    assert 0.01 <= cost.step < 0.015 and 0.01 <= cost.overhead < 0.02, cost  # 0.1 of 0.05 + 0.05 of 0.1
+    assert 0.01 <= cost.step < 0.015 and 0.01 <= cost.overhead < 0.02, cost  # 0.1 of 0.06 + 0.05 of 0.1
     assert cost.per_iter == cost.step + cost.overhead
-    assert measure(step, [(evaluate, 0.1)], lambda: None).per_iter < 0.03 and calls["eval"] == 3  # eager: one
+    eager = measure(step, [(evaluate, 0.1)], lambda: None, clock=clock)
+    assert eager.per_iter < 0.03 and calls["eval"] == 3  # eager: one
 
 
-def test_calibration_leaves_no_trace(corpus, tmp_path):
+def test_calibration_leaves_no_trace(corpus, tmp_path, paced):
     """A budgeted run equals the run replayed with its recorded iteration count: losses, learning rates,
-    evaluations and weights, although calibration stepped the model and drew batches."""
-    values = tiny(corpus, max_time="1.5s", max_iters=10**6, eval_interval=40, log_interval=5, dropout=0.1,
+    evaluations and weights, although calibration stepped the model and drew batches. (6 s of the test's clock
+    at 0.1 s a step: about 45 iterations.)"""
+    values = tiny(corpus, max_time="6s", max_iters=10**6, eval_interval=40, log_interval=5, dropout=0.1,
                   optimizer="muon", warmup_iters=20)
-    timed = train(values, out=tmp_path / "timed", quiet=True)
+    timed = train_on(paced, values, tmp_path / "timed")
     config = run_config(tmp_path / "timed")
     n = config["train"]["max_iters"]
     assert timed.stopped_by == "max_time" and timed.iters == n and 20 < n < 10**6
     assert config["train"]["max_time"] is None
-    assert config["budget"]["max_time"] == "1.5s" and config["budget"]["iters"] == n
+    assert config["budget"]["max_time"] == "6s" and config["budget"]["iters"] == n
     assert config["budget"]["seconds_per_iter"] > 0 and config["budget"]["cap"] == 10**6
     again = train(replay(values, tmp_path / "timed"), out=tmp_path / "replay", quiet=True)
     assert again.stopped_by == "max_iters" and untimed(tmp_path / "timed") == untimed(tmp_path / "replay")
@@ -81,28 +82,31 @@ def test_calibration_leaves_no_trace(corpus, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_a_misjudged_pace_is_settled_at_the_end_of_warmup(corpus, tmp_path, monkeypatch):
+def test_a_misjudged_pace_is_settled_at_the_end_of_warmup(corpus, tmp_path, monkeypatch, paced):
     """Calibration times a few steps; where warmup is long enough the run's own steps set the count again before
-    the schedule depends on it. Here calibration is made to believe a step takes 0.1 ms: its count is far too
-    many, and the settled count ends the run near its budget."""
+    the schedule depends on it. Here calibration is made to believe a step takes 0.1 ms, where the run's steps
+    take 50 ms of the test's clock: its count is far too many, and the settled count ends the run near its
+    budget."""
     import gptlab.training.trainer as trainer
     from gptlab.training.stopping import Cost
 
     monkeypatch.setattr(trainer, "measure", lambda *args, **kwargs: Cost(1e-4, 0.0))
+    paced.pace = lambda c: 0.05
     values = tiny(corpus, max_time="3s", max_iters=10**6, eval_interval=10**5, log_interval=5, warmup_iters=30)
-    result = train(values, out=tmp_path / "run", quiet=True)
+    result = train_on(paced, values, tmp_path / "run")
     budget = run_config(tmp_path / "run")["budget"]
     assert budget["final"] and budget["settled_at_iter"] == 30 and budget["iters"] == result.iters
     assert 30 < result.iters < 3 / 1e-4 / 2 and result.stopped_by == "max_time"
-    assert result.elapsed < 6, result.elapsed  # the misjudged count would have taken minutes
+    assert result.elapsed < 6, result.elapsed  # the misjudged count would have taken 25 minutes
 
 
-def test_a_budget_settles_after_a_resume_in_warmup(corpus, tmp_path):
-    """Interrupted before the end of warmup, the resumed run settles the count, and equals its replay."""
-    values = tiny(corpus, max_time="2s", max_iters=10**6, eval_interval=25, log_interval=5, warmup_iters=40)
-    train(values, out=tmp_path / "run", quiet=True, stop_after=10)
+def test_a_budget_settles_after_a_resume_in_warmup(corpus, tmp_path, paced):
+    """Interrupted before the end of warmup, the resumed run (on the same clock, going on) settles the count, and
+    equals its replay."""
+    values = tiny(corpus, max_time="6s", max_iters=10**6, eval_interval=25, log_interval=5, warmup_iters=40)
+    train_on(paced, values, tmp_path / "run", stop_after=10)
     assert run_config(tmp_path / "run")["budget"]["final"] is False
-    resumed = train({}, out=tmp_path / "run", resume=True, quiet=True)
+    resumed = train_on(paced, {}, tmp_path / "run", resume=True)
     budget = run_config(tmp_path / "run")["budget"]
     assert budget["final"] and budget["settled_at_iter"] == 40 and resumed.iters == budget["iters"] > 40
     train(replay(values, tmp_path / "run"), out=tmp_path / "replay", quiet=True)
@@ -110,30 +114,31 @@ def test_a_budget_settles_after_a_resume_in_warmup(corpus, tmp_path):
     assert untimed(tmp_path / "run") == untimed(tmp_path / "replay")
 
 
-def test_max_iters_given_on_resume_is_not_settled_away(corpus, tmp_path):
-    values = tiny(corpus, max_time="2s", max_iters=10**6, eval_interval=10**5, log_interval=5, warmup_iters=40)
-    train(values, out=tmp_path / "run", quiet=True, stop_after=10)
-    resumed = train({"max_iters": 60}, out=tmp_path / "run", resume=True, quiet=True)
+def test_max_iters_given_on_resume_is_not_settled_away(corpus, tmp_path, paced):
+    """(8 s at 0.1 s a step: a count of 67, which the end of warmup, at 40, would settle.)"""
+    values = tiny(corpus, max_time="8s", max_iters=10**6, eval_interval=10**5, log_interval=5, warmup_iters=40)
+    train_on(paced, values, tmp_path / "run", stop_after=10)
+    resumed = train_on(paced, {"max_iters": 60}, tmp_path / "run", resume=True)
     assert resumed.iters == 60 and resumed.stopped_by == "max_iters"
     assert "settled_at_iter" not in run_config(tmp_path / "run")["budget"]
 
 
-def test_max_time_none_on_resume_keeps_the_count(corpus, tmp_path):
+def test_max_time_none_on_resume_keeps_the_count(corpus, tmp_path, paced):
     """--max-time none (as the command line gives it: a string) turns a budget off: the count stays where it is."""
-    values = tiny(corpus, max_time="1s", max_iters=10**6, eval_interval=5, log_interval=5, warmup_iters=40)
-    train(values, out=tmp_path / "run", quiet=True, stop_after=10)
+    values = tiny(corpus, max_time="8s", max_iters=10**6, eval_interval=5, log_interval=5, warmup_iters=40)
+    train_on(paced, values, tmp_path / "run", stop_after=10)
     count = run_config(tmp_path / "run")["train"]["max_iters"]
-    resumed = train({"max_time": "none"}, out=tmp_path / "run", resume=True, quiet=True)
+    resumed = train_on(paced, {"max_time": "none"}, tmp_path / "run", resume=True)
     budget = run_config(tmp_path / "run")["budget"]
     assert resumed.iters == count and budget["fixed"] and "settled_at_iter" not in budget
 
 
-def test_a_budgeted_run_resumed_equals_its_replay(corpus, tmp_path):
+def test_a_budgeted_run_resumed_equals_its_replay(corpus, tmp_path, paced):
     """The default preset's case: interrupted at iteration 30 and resumed, the run follows its iterations."""
-    values = tiny(corpus, max_time="1s", max_iters=10**6, eval_interval=25, log_interval=5, warmup_iters=10)
-    paused = train(values, out=tmp_path / "run", quiet=True, stop_after=30)
+    values = tiny(corpus, max_time="8s", max_iters=10**6, eval_interval=25, log_interval=5, warmup_iters=10)
+    paused = train_on(paced, values, tmp_path / "run", stop_after=30)
     assert paused.stopped_by == "interrupt" and latest_name(tmp_path / "run") == "step-000030"
-    resumed = train({}, out=tmp_path / "run", resume=True, quiet=True)
+    resumed = train_on(paced, {}, tmp_path / "run", resume=True)
     n = run_config(tmp_path / "run")["train"]["max_iters"]  # (evaluations may have settled it again)
     assert resumed.iters == n and resumed.stopped_by == "max_time"
     train(replay(values, tmp_path / "run"), out=tmp_path / "replay", quiet=True)
@@ -141,21 +146,22 @@ def test_a_budgeted_run_resumed_equals_its_replay(corpus, tmp_path):
     assert untimed(tmp_path / "run") == untimed(tmp_path / "replay")
 
 
-def test_resume_with_a_new_time_budget_calibrates_again(corpus, tmp_path):
-    values = tiny(corpus, max_time="0.5s", max_iters=10**6, eval_interval=10**5, log_interval=1)
-    first = train(values, out=tmp_path / "run", quiet=True)
-    again = train({"max_time": "0.5s"}, out=tmp_path / "run", resume=True, quiet=True)  # the same budget: done
+def test_resume_with_a_new_time_budget_calibrates_again(corpus, tmp_path, paced):
+    """(3 s at 0.1 s a step, less calibration's 1.2 s: 17 iterations; then 8 s in all: 51.)"""
+    values = tiny(corpus, max_time="3s", max_iters=10**6, eval_interval=10**5, log_interval=1)
+    first = train_on(paced, values, tmp_path / "run")
+    again = train_on(paced, {"max_time": "3s"}, tmp_path / "run", resume=True)  # the same budget: done
     assert again.iters == first.iters
-    more = train({"max_time": "2s"}, out=tmp_path / "run", resume=True, quiet=True)
+    more = train_on(paced, {"max_time": "8s"}, tmp_path / "run", resume=True)
     config = run_config(tmp_path / "run")
     assert more.iters > first.iters and config["train"]["max_iters"] == more.iters
-    assert config["budget"]["max_time"] == "2s" and config["budget"]["measured_at_iter"] == first.iters
+    assert config["budget"]["max_time"] == "8s" and config["budget"]["measured_at_iter"] == first.iters
     # the first step after the new calibration already follows the new schedule (it is past warmup)
     lr = {r["iter"]: r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r}
     schedule = TrainConfig(**{**config["train"], "max_iters": more.iters})
     assert lr[first.iters + 1] == pytest.approx(values["lr"] * lr_factor(first.iters, schedule))
     assert lr[first.iters + 1] > 2 * values["min_lr"]  # not the end of the old schedule
-    same = train({"max_time": "2"}, out=tmp_path / "run", resume=True, quiet=True)  # 2 seconds, written otherwise
+    same = train_on(paced, {"max_time": "8"}, tmp_path / "run", resume=True)  # 8 seconds, written otherwise
     assert same.iters == more.iters
 
 
