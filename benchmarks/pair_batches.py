@@ -21,11 +21,11 @@ from gptlab.training.trainer import plan_run, trainer_for
 def measure(trainer, steps: int) -> tuple[float, float]:
     widths, probe = [], trainer.batches.sibling()  # (draws like the steps' batches do, on its own)
     for _ in range(3):  # warm-up: the allocator and oneDNN's kernels
-        trainer.step(trainer.batches)
+        trainer.stepper(trainer.batches)
     started = time.perf_counter()
     for _ in range(steps):
         widths.append(probe.next()[0].size(1))
-        trainer.step(trainer.batches)
+        trainer.stepper(trainer.batches)
     return (time.perf_counter() - started) / steps, sum(widths) / len(widths)
 
 

@@ -17,7 +17,7 @@ from gptlab.chat.data import load_conversations, read_jsonl
 from gptlab.chat.evaluate import evaluate_run, final_number, matches, split_last, with_shots
 from gptlab.chat.finetune import FinetuneTrainer, pack, plan_finetune
 from gptlab.chat.finetune import finetune as run_finetune
-from gptlab.chat.reply import PlainFormat, fit, format_for, reply
+from gptlab.chat.reply import PlainFormat, format_for, prompt_in_context, reply
 from gptlab.chat.template import END, SPECIALS, USER, ChatTokenizer, parse, render, with_chat_tokens
 from gptlab.cli import main
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer
@@ -190,7 +190,7 @@ def test_finetuning_overfits_a_tiny_set_and_answers_it(base, tmp_path):
     assert isinstance(run.tokenizer, ChatTokenizer) and run.config["finetune"]["data"] == str(data)
     fmt = format_for(run.tokenizer)
     for prompt, answer in PAIRS:
-        ids = fit([{"role": "user", "content": prompt}], fmt, run.model.max_context, room=20)
+        ids, _ = prompt_in_context([{"role": "user", "content": prompt}], fmt, run.model.max_context, room=20)
         assert reply(run.model, fmt, ids, max_new_tokens=20, temperature=0) == answer
     score = evaluate_run(run, "chat", [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
                                        for p, a in PAIRS])
@@ -215,7 +215,7 @@ def test_lora_trains_adapters_and_saves_merged_weights_with_the_same_logits(base
     ft = Finetune(base=str(run_dir), data=str(data), lora_rank=4, lora_alpha=8)
     plan, ft = plan_finetune(ft, {**QUICK, "max_iters": 30}, tmp_path / "lora")
     trainer = FinetuneTrainer(plan, ft, Distributed.from_env(), quiet=True)
-    trainer.fit()
+    trainer.train()
     frozen = gptlab.load_run(run_dir, device="cpu").model.state_dict()
     wrapped = trainer.model.eval()
     block = wrapped.transformer.h[0].attn.c_attn

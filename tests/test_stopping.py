@@ -210,7 +210,7 @@ def train_on(clock, values: dict, out, resume: bool = False, stop_after: int | N
 
     dist = Distributed.from_env()
     try:
-        return Trainer(plan_run(values, out=out, resume=resume), dist, quiet=quiet, clock=clock).fit(stop_after)
+        return Trainer(plan_run(values, out=out, resume=resume), dist, quiet=quiet, clock=clock).train(stop_after)
     finally:
         dist.close()
 
@@ -281,7 +281,7 @@ def test_a_misjudged_calibration_never_ends_the_run_in_its_warmup(corpus, tmp_pa
 
     dist = Distributed.from_env()
     try:
-        result = Trainer(plan_run(values, out=tmp_path / "run"), dist, clock=paced).fit()
+        result = Trainer(plan_run(values, out=tmp_path / "run"), dist, clock=paced).train()
     finally:
         dist.close()
     err = capsys.readouterr().err

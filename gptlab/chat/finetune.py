@@ -56,9 +56,9 @@ class Rows:
         return self.chars / max(1, self.learned)
 
 
-def pieces(ids: list[int], mask: list[int], length: int):
-    """A conversation longer than a row as row-long pieces, each starting with the last token of the one
-    before (it is the input for the piece's first target): every token is a target exactly once."""
+def windows(ids: list[int], mask: list[int], length: int):
+    """A conversation longer than a row as row-long windows, each starting with the last token of the one
+    before (it is the input for the window's first target): every token is a target exactly once."""
     for start in range(0, max(1, len(ids) - 1), length):
         yield ids[start:start + length + 1], mask[start:start + length + 1]
 
@@ -74,7 +74,7 @@ def pack(conversations: list[list[dict]], tokenizer: ChatTokenizer, length: int)
         except GptlabError as e:  # a character the base run's tokenizer never saw
             raise GptlabError(f"{origin_of(messages)}: {e}") from None
         if len(ids) > length + 1:
-            rows += list(pieces(ids, mask, length))
+            rows += list(windows(ids, mask, length))
             split += 1
             continue
         if len(row_ids) + len(ids) > length + 1:
@@ -283,7 +283,7 @@ def finetune(ft: Finetune | None, values: dict | None = None, *, out: str | Path
     plan.force = force
     dist = Distributed.from_env()
     try:
-        result = FinetuneTrainer(plan, ft, dist, quiet=quiet).fit(stop_after)
+        result = FinetuneTrainer(plan, ft, dist, quiet=quiet).train(stop_after)
         dist.barrier()
         return result
     finally:

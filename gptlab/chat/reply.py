@@ -60,13 +60,9 @@ def format_for(tokenizer):
     return ChatFormat(tokenizer) if isinstance(tokenizer, ChatTokenizer) else PlainFormat(tokenizer)
 
 
-def fit(messages: list[dict], fmt, context: int | None, room: int) -> list[int]:
-    """The prompt's ids, its oldest turns dropped to leave room for the reply (see trim)."""
-    return fit_and_say(messages, fmt, context, room)[0]
-
-
-def fit_and_say(messages: list[dict], fmt, context: int | None, room: int) -> tuple[list[int], str | None]:
-    """fit's ids, and what was cut to fit the context, in words (None where nothing was)."""
+def prompt_in_context(messages: list[dict], fmt, context: int | None, room: int) -> tuple[list[int], str | None]:
+    """The prompt's ids, its oldest turns dropped to leave room for the reply (see trim), and what was cut to fit
+    the context, in words (None where nothing was)."""
     kept = trim(messages, fmt, context, room)
     ids, cut = fmt.prompt(kept), []
     dropped = (len(messages) - len(kept)) // 2

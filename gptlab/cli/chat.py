@@ -99,9 +99,9 @@ class Chat:
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The ids that ask for the next reply: the oldest turns are dropped until room for the reply is left
         inside the model's context (fit leaves at most half of it); what was cut is said on stderr."""
-        from gptlab.chat.reply import fit_and_say
+        from gptlab.chat.reply import prompt_in_context
 
-        ids, cut = fit_and_say(messages, self.fmt, self.model.max_context, room=self.max_new_tokens)
+        ids, cut = prompt_in_context(messages, self.fmt, self.model.max_context, room=self.max_new_tokens)
         if cut:
             sys.stdout.flush()
             print(f"({cut})", file=sys.stderr, flush=True)

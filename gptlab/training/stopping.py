@@ -117,7 +117,7 @@ class Budget:
         iters = iteration_budget(seconds, elapsed, it, cost.per_iter, cap)
         return cls(max_time, seconds, cap, iters, round(cost.per_iter, 6), round(cost.overhead, 6), it)
 
-    def fit_warmup(self, warmup: int) -> int:
+    def shorten_warmup(self, warmup: int) -> int:
         """The warmup the run keeps: where the first count would end a new run inside it, the budget is shorter
         than the warmup would take, and the warmup becomes a quarter of the count (a count that --max-iters cut
         short is the user's own choice, and keeps it)."""

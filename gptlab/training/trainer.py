@@ -2,7 +2,7 @@
 
     plan = plan_run(values, ...)     what to train, from what, into which folder (checked before anything runs)
     trainer = Trainer(plan, dist)    data, model, optimizers, batches, the step, progress: the parts
-    trainer.fit()                    a time budget becomes iterations; then step / log / evaluate / save
+    trainer.train()                  a time budget becomes iterations; then step / log / evaluate / save
 
 The loop itself is Trainer.loop. It is the same for one process and for several under torchrun, where
 every process runs it in step with the others and only rank 0 writes.
@@ -184,7 +184,7 @@ class Trainer:
         self.forecast = self.check_memory()  # before anything large is allocated
         self.model_config, self.model, self.seq_len = self._model()
         self.optimizers = build_optimizers(self.model, cfg)
-        self.step = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
+        self.stepper = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
                             schedulers(self.optimizers, cfg, 0), cfg, self.device, self.dtype,
                             notice=self.progress.message, compiled=cfg.compile, dist=dist)
         self.batches, self.eval_sources = self._sources()
@@ -245,7 +245,7 @@ class Trainer:
         """This process's resumable state (live tensors: copy before changing anything)."""
         return dict(iter=self.it, tokens=self.tokens, elapsed=self.timer.elapsed(), best_val_loss=self.best_val,
                     optimizers=[o.state_dict() for o in self.optimizers], batches=self.batches.state_dict(),
-                    scaler=self.step.scaler.state_dict(),
+                    scaler=self.stepper.scaler.state_dict(),
                     pace_since=list(self.pace_since) if self.pace_since else None)
 
     def restore(self, state: dict, source: Path | None = None) -> None:
@@ -265,10 +265,10 @@ class Trainer:
         self.timer = Timer(state["elapsed"], self.clock)
         saved_pace = state.get("pace_since") if source is not None else None  # (calibration starts it anew)
         self.pace_since = tuple(saved_pace) if saved_pace else None
-        self.step.schedulers = schedulers(self.optimizers, self.cfg, self.it)
+        self.stepper.schedulers = schedulers(self.optimizers, self.cfg, self.it)
         self.batches.load_state_dict(state["batches"])
         if state.get("scaler"):
-            self.step.scaler.load_state_dict(state["scaler"])
+            self.stepper.scaler.load_state_dict(state["scaler"])
         self._restore_rng(state)
 
     def _restore_rng(self, state: dict) -> None:
@@ -306,7 +306,7 @@ class Trainer:
 
     # --- the run ------------------------------------------------------------------------------------------------
 
-    def fit(self, stop_after: int | None = None) -> TrainResult:
+    def train(self, stop_after: int | None = None) -> TrainResult:
         self.announce()
         if self.plan.max_time is not None:
             self.calibrate(self.plan.max_time)
@@ -343,12 +343,12 @@ class Trainer:
         batches = min(2, self.cfg.eval_iters)  # an evaluation of `batches`, scaled to eval_iters, per eval_interval
         extras = [(lambda: self.evaluate(batches), self.cfg.eval_iters / batches / self.cfg.eval_interval),
                   (self._scratch_checkpoint, 1 / self.cfg.eval_interval)]
-        cost = measure(lambda: self.step(self.batches), extras, self._sync, self.cfg.compile, self.clock)
+        cost = measure(lambda: self.stepper(self.batches), extras, self._sync, self.cfg.compile, self.clock)
         cost = Cost(self.dist.max(cost.step), self.dist.max(cost.overhead))  # every process: the same count
         elapsed = self.dist.max(self.timer.elapsed())
         budget = Budget.first(self.cfg.max_time, max_time, self.plan.cap, cost, elapsed, self.it)
         cfg = self.cfg
-        cfg.warmup_iters = budget.fit_warmup(cfg.warmup_iters)
+        cfg.warmup_iters = budget.shorten_warmup(cfg.warmup_iters)
         budget.plan(cfg.warmup_iters, cfg.eval_interval)
         cfg.max_iters, cfg.max_time, cfg.schedule_ends = budget.iters, None, None  # the run follows iterations
         self.budget = budget
@@ -398,7 +398,7 @@ class Trainer:
         if self.it > cfg.warmup_iters and iters != old:
             cfg.schedule_ends = add_end(cfg.schedule_ends, self.it, old)
         cfg.max_iters = iters
-        self.step.schedulers = schedulers(self.optimizers, cfg, self.it)  # the next step's rate, on the new end
+        self.stepper.schedulers = schedulers(self.optimizers, cfg, self.it)  # the next step's rate, on the new end
         if self.dist.is_main:
             rundir.write_run_files(self.plan.run_dir, self.config(), self.tokenizer)
         self.progress.message(f"time budget {self.budget.max_time}: {per_iter:.4f} s per iteration {over}, so "
@@ -512,7 +512,7 @@ class Trainer:
             warm_until, started = self.it + WARM_STEPS, self.dist.max(since[0])
         self.meter.reset()  # the peak memory logged is the steps' (evaluations and checkpoints reset it)
         while self.it < cfg.max_iters:
-            self.last_loss = self.step(self.batches)
+            self.last_loss = self.stepper(self.batches)
             self.it += 1
             self.tokens += self.tokens_per_iter
             if self.it == warm_until:
@@ -547,7 +547,7 @@ class Trainer:
         last_time, last_iter = self.last_log
         tps = self.tokens_per_iter * (self.it - last_iter) / max(1e-9, now - last_time)
         self.last_log = (now, self.it)
-        self.metrics.write(iter=self.it, tokens=self.tokens, loss=loss, lr=self.step.last_lr,
+        self.metrics.write(iter=self.it, tokens=self.tokens, loss=loss, lr=self.stepper.last_lr,
                            tokens_per_s=round(tps, 1), step_s=round(self.tokens_per_iter / tps, 6),
                            time=round(now, 3), **self.measured_memory())
         self.progress.update(self.it, loss, tps, self.cfg.max_iters)
@@ -570,7 +570,7 @@ class Trainer:
         return record
 
     def evaluate(self, iters: int | None = None) -> dict[str, float]:
-        return evaluate(self.step.forward, self.eval_sources, iters or self.cfg.eval_iters, self.cfg.seed + 1,
+        return evaluate(self.stepper.forward, self.eval_sources, iters or self.cfg.eval_iters, self.cfg.seed + 1,
                         self.device, self.dtype, self.dist)
 
     def _choice_items(self, mirror) -> list | None:
@@ -672,7 +672,7 @@ def train(values: dict | None = None, *, preset: str | None = None, out: str | P
         _check_same_kind(plan)
     dist = Distributed.from_env()
     try:
-        result = trainer_for(plan.cfg.corpus, plan.model["family"])(plan, dist, mirror=mirror, quiet=quiet).fit(
+        result = trainer_for(plan.cfg.corpus, plan.model["family"])(plan, dist, mirror=mirror, quiet=quiet).train(
             stop_after)
         dist.barrier()  # every process ends the run together (rank 0 was still drawing loss.png)
         return result

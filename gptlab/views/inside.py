@@ -49,11 +49,11 @@ def attention(run, prompt: str) -> dict:
     if not points.names:
         raise GptlabError(f"attention does not apply to --model {run.model.family}: it has no attention layers (a "
                           f"recurrent net reads the past through its hidden state)")
-    ids, pieces = tokens_of(run, prompt)
+    ids, labels = tokens_of(run, prompt)
     with capture(run.model, names=points.names) as seen:
         _forward(run, ids)
     maps = torch.stack([seen[name][0].float() for name in points.names])  # (layers, heads, T, T)
-    return {"tokens": pieces, "layers": maps.size(0), "heads": maps.size(1), "maps": maps.tolist()}
+    return {"tokens": labels, "layers": maps.size(0), "heads": maps.size(1), "maps": maps.tolist()}
 
 
 def cross_attention(run, source: str, target: str | None = None) -> dict:
