@@ -22,6 +22,9 @@ Every settlement is recorded in the run's config.json and its checkpoints ("budg
 iterations alone: a resumed run equals the uninterrupted one, and `--max-iters N --max-time none` with the
 recorded --schedule-ends replays it exactly. A count the user gives on resuming (--max-iters) is never moved.
 
+Budget holds the count and its record; Pacer measures the run's own pace and says when to settle; the trainer
+calibrates (it alone can snapshot and put back the run) and moves the count.
+
 Ctrl-C, or SIGTERM as torchrun and cluster schedulers send it, sets a flag that the loop reads between steps.
 """
 
@@ -170,6 +173,86 @@ class Budget:
             return cls(**known)
         except TypeError:
             raise GptlabError("the run's time budget record is incomplete; resume it with --max-iters N") from None
+
+
+class Pacer:
+    """The pace of the run's own steps, which settles a time budget's count as the run goes (the module's
+    docstring says when): where the pace is measured from, the seconds spent evaluating, and which iteration the
+    first settlement is due at. It reads the run's time through `elapsed`, every process's largest through
+    `agree` (the counts must be the same everywhere), after `sync`; it says when to settle and at what pace, and
+    the trainer moves the count (Trainer.settle), then tells it (settled)."""
+
+    def __init__(self, budget: Budget | None, elapsed: Callable[[], float], agree: Callable[[float], float],
+                 sync: Callable[[], None]):
+        self.budget, self.elapsed, self.agree, self.sync = budget, elapsed, agree, sync
+        self.since: tuple[float, int] | None = None  # (elapsed, iteration) evaluations measure from (checkpointed)
+        self.eval_seconds = 0.0  # spent evaluating and saving, which the pace of the steps leaves out
+        self.first_at: int | None = None  # where the first settlement on the run's own pace is due
+        self.window: tuple[float, int, float] = (0.0, 0, 0.0)  # (elapsed, iteration, eval_seconds) it measures from
+        self.warm: tuple[int, float] | None = None  # a resumed run: (iteration, elapsed) of its warm steps' end
+
+    @property
+    def active(self) -> bool:
+        """Whether the count may still move: a budget the user has not replaced by a count of their own."""
+        return self.budget is not None and not self.budget.fixed
+
+    def begin(self, it: int, max_iters: int) -> None:
+        """Start measuring at iteration `it` (a new run's first, or a resumed run's). A resumed run goes on measuring
+        its pace from where its checkpoint had come to, and measures at least REFINE_STEPS steps of its own before
+        a first settlement."""
+        now = self.elapsed()
+        self.first_at, self.window, self.warm = self._first_at(it, max_iters), (now, it, self.eval_seconds), None
+        if self.since is None:
+            self.since = (self.agree(now), it)
+        elif self.active:
+            self.warm = (it + WARM_STEPS, self.agree(now))
+
+    def _first_at(self, it: int, max_iters: int) -> int | None:
+        budget = self.budget
+        if not budget or budget.final or budget.fixed:
+            return None
+        at = budget.settle_at if it == budget.measured_at_iter else max(budget.settle_at, it + REFINE_STEPS)
+        if at < max_iters:
+            return at
+        budget.settle_at = None  # (too close to its end to measure: the count stays)
+        return None
+
+    def after_step(self, it: int) -> tuple[float, str, bool] | None:
+        """After step `it`: the pace to settle the count by now (seconds per iteration, over what, whether it is
+        the first settlement), or None. The first is the pace of the run's own steps since `window`, evaluations
+        left out, plus calibration's share of evaluations per iteration."""
+        if self.warm and it == self.warm[0]:
+            self._discount_warm_steps()
+        if it != self.first_at:
+            return None
+        start, start_it, eval_start = self.window
+        self.sync()
+        step = (self.elapsed() - start - (self.eval_seconds - eval_start)) / (it - start_it)
+        return self.agree(step) + self.budget.overhead_per_iter, f"over {it - start_it} steps", True
+
+    def _discount_warm_steps(self) -> None:
+        """A resumed process's first WARM_STEPS steps allocate memory (and compile, with --compile): the time they
+        take beyond the run's pace is a one-off, left out of the pace that settles the count (the budget still
+        pays for it)."""
+        excess = max(0.0, self.agree(self.elapsed()) - self.warm[1] - WARM_STEPS * self.budget.seconds_per_iter)
+        self.since = (self.since[0] + excess, self.since[1])
+        self.window = (self.window[0] + excess, *self.window[1:])
+
+    def after_evaluation(self, it: int) -> tuple[float, str, bool] | None:
+        """After an evaluation at iteration `it`: the pace since the last settlement (steps, evaluations and
+        checkpoints together). The window grows until a settlement moves the count: a step's time varies by
+        several percent on a shared machine, and a short window would move the count back and forth."""
+        start, start_it = self.since
+        self.sync()
+        now = self.agree(self.elapsed())
+        if it == start_it:  # the end of warmup has just settled it: measure from after this evaluation, so
+            self.since = (now, it)  # that each window holds one evaluation per eval_interval steps
+            return None
+        return (now - start) / (it - start_it), f"over the last {it - start_it} iterations", False
+
+    def settled(self, elapsed: float, it: int) -> None:
+        """The count moved at iteration `it`: the next pace is measured from here."""
+        self.since = (elapsed, it)
 
 
 class StopFlag:

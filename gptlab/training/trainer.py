@@ -50,7 +50,7 @@ from gptlab.training.memory import MemoryMeter, forecast
 from gptlab.training.metrics import MetricsLog, ProgressLine, Timer
 from gptlab.training.optim import build_optimizers, load_state, schedulers
 from gptlab.training.step import Stepper
-from gptlab.training.stopping import REFINE_STEPS, WARM_STEPS, Budget, Cost, StopFlag, measure
+from gptlab.training.stopping import Budget, Cost, Pacer, StopFlag, measure
 
 STATE_FORMAT = 2  # trainer.pt: torch optimizers, the random-number state of every process
 
@@ -189,13 +189,12 @@ class Trainer:
                             notice=self.progress.message, compiled=cfg.compile, dist=dist)
         self.batches, self.eval_sources = self._sources()
         self.choices = self._choice_items(mirror)  # (a bad task file stops the run before its first step)
-        self.it, self.best_val, self.budget = 0, None, plan.budget
+        self.it, self.best_val = 0, None
         self.tokens = 0  # tokens trained on so far, every process's (a resume with other processes counts right)
         self.timer, self.metrics, self.last_log = Timer(clock=clock), MetricsLog(None, enabled=False), (0.0, 0)
         self.val_loss, self.last_ckpt, self.last_eval_iter, self.last_loss = None, None, None, None
         self.logged_memory = False
-        self.eval_seconds = 0.0  # spent evaluating and saving, which the pace of the steps leaves out
-        self.pace_since = None  # (elapsed, iteration) where the pace an evaluation settles by is measured from
+        self.pacer = Pacer(plan.budget, lambda: self.timer.elapsed(), dist.max, self._sync)  # the time budget
         if plan.resume_from is not None:
             self.load_weights(plan.resume_from)
             self.restore(rundir.load_trainer_state(plan.resume_from), plan.resume_from)
@@ -246,7 +245,7 @@ class Trainer:
         return dict(iter=self.it, tokens=self.tokens, elapsed=self.timer.elapsed(), best_val_loss=self.best_val,
                     optimizers=[o.state_dict() for o in self.optimizers], batches=self.batches.state_dict(),
                     scaler=self.stepper.scaler.state_dict(),
-                    pace_since=list(self.pace_since) if self.pace_since else None)
+                    pace_since=list(self.pacer.since) if self.pacer.since else None)
 
     def restore(self, state: dict, source: Path | None = None) -> None:
         """Continue from a checkpoint's state (source: its folder) or from calibration's snapshot."""
@@ -264,7 +263,7 @@ class Trainer:
         self.tokens = state.get("tokens", self.it * per_process * state.get("world_size", self.dist.world_size))
         self.timer = Timer(state["elapsed"], self.clock)
         saved_pace = state.get("pace_since") if source is not None else None  # (calibration starts it anew)
-        self.pace_since = tuple(saved_pace) if saved_pace else None
+        self.pacer.since = tuple(saved_pace) if saved_pace else None
         self.stepper.schedulers = schedulers(self.optimizers, self.cfg, self.it)
         self.batches.load_state_dict(state["batches"])
         if state.get("scaler"):
@@ -300,8 +299,8 @@ class Trainer:
     def config(self) -> dict:
         config = to_dict(self.cfg, config_to_dict(self.plan.model["family"], self.model_config))
         config.update(self.plan.sections)
-        if self.budget:
-            config["budget"] = self.budget.record()
+        if self.pacer.budget:
+            config["budget"] = self.pacer.budget.record()
         return config
 
     # --- the run ------------------------------------------------------------------------------------------------
@@ -351,7 +350,7 @@ class Trainer:
         cfg.warmup_iters = budget.shorten_warmup(cfg.warmup_iters)
         budget.plan(cfg.warmup_iters, cfg.eval_interval)
         cfg.max_iters, cfg.max_time, cfg.schedule_ends = budget.iters, None, None  # the run follows iterations
-        self.budget = budget
+        self.pacer.budget = budget
         self.model.load_state_dict(snapshot.pop("model"))
         self.restore(snapshot)  # the schedulers are rebuilt for the new max_iters
         self.timer = Timer(elapsed, self.clock)
@@ -362,79 +361,37 @@ class Trainer:
         self.progress.message(f"time budget {budget.max_time}: {cost.per_iter:.4f} s per iteration, so {later}"
                               f"{shortened}; settled again at each evaluation")
 
-    def settle_on_own_pace(self, since: tuple[float, int, float]) -> None:
-        """Set calibration's count again from the pace of the run's own steps since `since` (elapsed, iteration,
-        seconds spent evaluating then), and calibration's share of evaluations: at the end of warmup, where the
-        schedule does not yet depend on the count (stopping.Budget.plan)."""
-        start, start_it, eval_start = since
-        self._sync()
-        step = (self.timer.elapsed() - start - (self.eval_seconds - eval_start)) / (self.it - start_it)
-        self._settle(self.dist.max(step) + self.budget.overhead_per_iter, f"over {self.it - start_it} steps",
-                     first=True)
-
-    def settle_at_evaluation(self) -> None:
-        """After an evaluation: the count again from the pace since the last settlement (steps, evaluations and
-        checkpoints together), where the run would end more than stopping.TOLERANCE off its budget. The window
-        grows until then: a step's time varies by several percent on a shared machine, and a short window would
-        move the count back and forth."""
-        start, start_it = self.pace_since
-        self._sync()
-        now = self.dist.max(self.timer.elapsed())
-        if self.it == start_it:  # the end of warmup has just settled it: measure from after this evaluation, so
-            self.pace_since = (now, self.it)  # that each window holds one evaluation per eval_interval steps
-            return
-        per_iter = (now - start) / (self.it - start_it)
-        self._settle(per_iter, f"over the last {self.it - start_it} iterations")
-
-    def _settle(self, per_iter: float, over: str, first: bool = False) -> None:
-        """Move the count to what the pace per_iter gives (never inside warmup); past warmup, the decay runs on
-        from where it is to the new end, which the configuration records."""
+    def settle(self, pace: tuple[float, str, bool]) -> None:
+        """Move the count to what the pacer's pace gives (seconds per iteration, over what, whether it is the first
+        settlement; never inside warmup); past warmup, the decay runs on from where it is to the new end, which
+        the configuration records."""
+        per_iter, over, first = pace
         cfg, elapsed = self.cfg, self.dist.max(self.timer.elapsed())
         old = cfg.max_iters
-        iters = self.budget.settle(self.it, elapsed, per_iter, least=cfg.warmup_iters + 1, first=first)
+        iters = self.pacer.budget.settle(self.it, elapsed, per_iter, least=cfg.warmup_iters + 1, first=first)
         if iters is None:
             return  # the pace goes on being measured over a longer window, and so with less noise
-        self.pace_since = (elapsed, self.it)
+        self.pacer.settled(elapsed, self.it)
         if self.it > cfg.warmup_iters and iters != old:
             cfg.schedule_ends = add_end(cfg.schedule_ends, self.it, old)
         cfg.max_iters = iters
         self.stepper.schedulers = schedulers(self.optimizers, cfg, self.it)  # the next step's rate, on the new end
         if self.dist.is_main:
             rundir.write_run_files(self.plan.run_dir, self.config(), self.tokenizer)
-        self.progress.message(f"time budget {self.budget.max_time}: {per_iter:.4f} s per iteration {over}, so "
+        self.progress.message(f"time budget {self.pacer.budget.max_time}: {per_iter:.4f} s per iteration {over}, so "
                               f"{iters} iterations (to replay: {self.replay_flags()})")
 
     def replay_flags(self) -> str:
         """The flags that replay the run without its budget: the count, and what the budget changed of the
         schedule (a shortened warmup, the moved ends of the decay)."""
         cfg = self.cfg
-        warmup = "" if self.budget.warmup_from is None else f" --warmup-iters {cfg.warmup_iters}"
+        warmup = "" if self.pacer.budget.warmup_from is None else f" --warmup-iters {cfg.warmup_iters}"
         ends = f" --schedule-ends {cfg.schedule_ends}" if cfg.schedule_ends else ""
         return f"--max-iters {cfg.max_iters} --max-time none{warmup}{ends}"
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # the queued steps count in the time too
-
-    def _settles_at(self) -> int | None:
-        """The iteration at which the run's own pace first settles the count (None: it does not, or did). A
-        resumed run measures at least REFINE_STEPS steps of its own first."""
-        budget = self.budget
-        if not budget or budget.final or budget.fixed:
-            return None
-        at = budget.settle_at if self.it == budget.measured_at_iter else max(budget.settle_at, self.it + REFINE_STEPS)
-        if at < self.cfg.max_iters:
-            return at
-        budget.settle_at = None  # (too close to its end to measure: the count stays)
-        return None
-
-    def _discount_warm_steps(self, started: float, since: tuple) -> tuple:
-        """A resumed process's first WARM_STEPS steps allocate memory (and compile, with --compile): the time they
-        take beyond the run's pace is a one-off, left out of the pace that settles the count (the budget still
-        pays for it). Returns the own-pace window `since`, moved alike."""
-        excess = max(0.0, self.dist.max(self.timer.elapsed()) - started - WARM_STEPS * self.budget.seconds_per_iter)
-        self.pace_since = (self.pace_since[0] + excess, self.pace_since[1])
-        return (since[0] + excess, *since[1:])
 
     def _scratch_checkpoint(self) -> None:
         """A checkpoint written to a temporary folder and removed: what saving costs, for the time budget."""
@@ -504,21 +461,15 @@ class Trainer:
         """Step, log, evaluate and save until the iterations run out or the run is stopped."""
         cfg = self.cfg
         self.last_log = (self.timer.elapsed(), self.it)
-        settle_at, since = self._settles_at(), (self.timer.elapsed(), self.it, self.eval_seconds)
-        warm_until = None  # a resumed run goes on measuring its pace from where its checkpoint had come to
-        if self.pace_since is None:
-            self.pace_since = (self.dist.max(since[0]), self.it)
-        elif self.budget and not self.budget.fixed:
-            warm_until, started = self.it + WARM_STEPS, self.dist.max(since[0])
+        self.pacer.begin(self.it, cfg.max_iters)
         self.meter.reset()  # the peak memory logged is the steps' (evaluations and checkpoints reset it)
         while self.it < cfg.max_iters:
             self.last_loss = self.stepper(self.batches)
             self.it += 1
             self.tokens += self.tokens_per_iter
-            if self.it == warm_until:
-                since = self._discount_warm_steps(started, since)
-            if self.it == settle_at:
-                self.settle_on_own_pace(since)
+            pace = self.pacer.after_step(self.it)
+            if pace:
+                self.settle(pace)
             if self.it % cfg.log_interval == 0 or self.it == cfg.max_iters:
                 self.log_step()
             if self.it % cfg.eval_interval == 0 and self.it < cfg.max_iters:
@@ -526,7 +477,7 @@ class Trainer:
             stopping = stop.set or (stop_after is not None and self.it >= stop_after)
             if self.it < cfg.max_iters and self.dist.any(stopping):
                 return "interrupt"
-        return "max_time" if self.budget and self.budget.iters == cfg.max_iters else "max_iters"
+        return "max_time" if self.pacer.budget and self.pacer.budget.iters == cfg.max_iters else "max_iters"
 
     def finish(self, stopped_by: str) -> None:
         if stopped_by == "interrupt":
@@ -612,12 +563,13 @@ class Trainer:
         shown += f", choices {record['choices_acc_norm']:.1%}" if self.choices else ""
         self.progress.message(f"iter {self.it}: train {losses['train']:.4f}, {shown}, {self.timer.elapsed():.1f}s")
         self.val_loss = val
-        if self.budget and not self.budget.fixed and self.it < self.cfg.max_iters:
-            self.settle_at_evaluation()  # before the checkpoint, which a resumed run continues from
+        pace = self.pacer.after_evaluation(self.it) if self.pacer.active and self.it < self.cfg.max_iters else None
+        if pace:
+            self.settle(pace)  # before the checkpoint, which a resumed run continues from
         self.save(val)
         self.meter.reset()
         self.last_log = (self.timer.elapsed(), self.it)  # tokens/s counts training alone
-        self.eval_seconds += self.last_log[0] - started
+        self.pacer.eval_seconds += self.last_log[0] - started
 
     def _non_finite(self, what: str, value: float) -> GptlabError:
         """The one-line error for a NaN or inf loss: nothing is saved, and the last good checkpoint is named."""
