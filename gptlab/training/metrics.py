@@ -72,7 +72,11 @@ class Timer:
 
     def __init__(self, already: float = 0.0, clock=time.perf_counter):
         self.clock = clock
-        self.start = clock() - already
+        self.restart(already)
+
+    def restart(self, already: float) -> None:
+        """Go on from `already` seconds (a checkpoint's, or where calibration started)."""
+        self.start = self.clock() - already
 
     def elapsed(self) -> float:
         return self.clock() - self.start

@@ -153,6 +153,11 @@ def _rng_state(device: torch.device) -> dict:
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
+def _waiter(device: torch.device) -> Callable[[], None]:
+    """What waits for the device's queued work before the time is read (the queued steps count in the time too)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def _to_cpu(obj):
     """A copy of a (nested) state with every tensor copied to host memory: a snapshot that costs no GPU memory."""
     if isinstance(obj, torch.Tensor):
@@ -175,6 +180,7 @@ class Trainer:
         device, self.dtype = setup(cfg.device, cfg.dtype, seed=cfg.seed + dist.rank)
         self.device = dist.device(device)
         self.threads = Threads(cfg.threads, follow=self.device.type == "cpu")
+        self._sync = _waiter(self.device)
         dist.start(self.device)
         self.progress = ProgressLine(quiet=quiet or not dist.is_main)
         with dist.main_first():
@@ -194,7 +200,9 @@ class Trainer:
         self.timer, self.metrics, self.last_log = Timer(clock=clock), MetricsLog(None, enabled=False), (0.0, 0)
         self.val_loss, self.last_ckpt, self.last_eval_iter, self.last_loss = None, None, None, None
         self.logged_memory = False
-        self.pacer = Pacer(plan.budget, lambda: self.timer.elapsed(), dist.max, self._sync)  # the time budget
+        # (nothing the pacer holds may hold the trainer: a cycle would keep the DDP wrapper, and with it the
+        # process group and gloo's threads, alive past the run; see Distributed.close)
+        self.pacer = Pacer(plan.budget, self.timer.elapsed, dist.max, self._sync)  # the time budget
         if plan.resume_from is not None:
             self.load_weights(plan.resume_from)
             self.restore(rundir.load_trainer_state(plan.resume_from), plan.resume_from)
@@ -261,7 +269,7 @@ class Trainer:
         self.it, self.best_val = state["iter"], state["best_val_loss"]
         per_process = self.tokens_per_iter // self.dist.world_size  # older checkpoints: from the processes they had
         self.tokens = state.get("tokens", self.it * per_process * state.get("world_size", self.dist.world_size))
-        self.timer = Timer(state["elapsed"], self.clock)
+        self.timer.restart(state["elapsed"])
         saved_pace = state.get("pace_since") if source is not None else None  # (calibration starts it anew)
         self.pacer.since = tuple(saved_pace) if saved_pace else None
         self.stepper.schedulers = schedulers(self.optimizers, self.cfg, self.it)
@@ -353,7 +361,7 @@ class Trainer:
         self.pacer.budget = budget
         self.model.load_state_dict(snapshot.pop("model"))
         self.restore(snapshot)  # the schedulers are rebuilt for the new max_iters
-        self.timer = Timer(elapsed, self.clock)
+        self.timer.restart(elapsed)
         shortened = "" if budget.warmup_from is None else \
             f"; shorter than the warmup's {budget.warmup_from}, which is now {cfg.warmup_iters}"
         later = f"about {budget.iters} iterations, to be settled at iteration {budget.settle_at}" if \
@@ -388,10 +396,6 @@ class Trainer:
         warmup = "" if self.pacer.budget.warmup_from is None else f" --warmup-iters {cfg.warmup_iters}"
         ends = f" --schedule-ends {cfg.schedule_ends}" if cfg.schedule_ends else ""
         return f"--max-iters {cfg.max_iters} --max-time none{warmup}{ends}"
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()  # the queued steps count in the time too
 
     def _scratch_checkpoint(self) -> None:
         """A checkpoint written to a temporary folder and removed: what saving costs, for the time budget."""
