@@ -15,7 +15,7 @@ import time
 
 from gptlab.training import pairs
 from gptlab.training.distributed import Distributed
-from gptlab.training.trainer import plan_run, trainer_for
+from gptlab.training.trainer import Trainer, plan_run, source_for
 
 
 def measure(trainer, steps: int) -> tuple[float, float]:
@@ -42,7 +42,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as out:
                 plan = plan_run({"model": args.model, "corpus": args.corpus, "max_time": None, "max_iters": 10**6},
                                 out=out, overwrite=True)
-                trainer = trainer_for(plan.cfg.corpus, args.model)(plan, Distributed.from_env(), quiet=True)
+                trainer = Trainer(plan, Distributed.from_env(), source_for(plan.cfg.corpus, args.model), quiet=True)
                 seconds, width = measure(trainer, args.steps)
             print(json.dumps(dict(round=round_, batches=way, model=args.model, corpus=args.corpus,
                                   step_s=round(seconds, 4), mean_width=round(width, 1))), flush=True)

@@ -15,7 +15,7 @@ from gptlab.chat import tasks
 from gptlab.chat.config import Finetune
 from gptlab.chat.data import load_conversations, read_jsonl
 from gptlab.chat.evaluate import evaluate_run, final_number, matches, split_last, with_shots
-from gptlab.chat.finetune import FinetuneTrainer, pack, plan_finetune
+from gptlab.chat.finetune import Conversations, pack, plan_finetune
 from gptlab.chat.finetune import finetune as run_finetune
 from gptlab.chat.reply import PlainFormat, format_for, prompt_in_context, reply
 from gptlab.chat.template import END, SPECIALS, USER, ChatTokenizer, parse, render, with_chat_tokens
@@ -26,6 +26,7 @@ from gptlab.models import build_model, make_config
 from gptlab.training.batches import RandomRows
 from gptlab.training.config import UNBOUNDED_ITERS
 from gptlab.training.distributed import Distributed
+from gptlab.training.trainer import Trainer
 
 MIRROR = Path(os.environ.get("GPTLAB_MIRROR", "../shared/data"))
 TEXT = "Reverse the word: stone enots. Sort the letters: abc. hello hi there, how are you? well. Be brief. Q: A:\n" * 20
@@ -214,7 +215,7 @@ def test_lora_trains_adapters_and_saves_merged_weights_with_the_same_logits(base
     run_dir, data = base
     ft = Finetune(base=str(run_dir), data=str(data), lora_rank=4, lora_alpha=8)
     plan, ft = plan_finetune(ft, {**QUICK, "max_iters": 30}, tmp_path / "lora")
-    trainer = FinetuneTrainer(plan, ft, Distributed.from_env(), quiet=True)
+    trainer = Trainer(plan, Distributed.from_env(), Conversations(ft), quiet=True)
     trainer.train()
     frozen = gptlab.load_run(run_dir, device="cpu").model.state_dict()
     wrapped = trainer.model.eval()
@@ -378,8 +379,6 @@ def test_a_finetunes_defaults_and_time_budget(base, tmp_path):
 def test_loras_memory_forecast_counts_what_trains(base, tmp_path):
     """With LoRA the frozen weights take no gradients or optimizer state: the forecast is below full finetuning's,
     and it grows with the rank by the adapters' own part."""
-    from gptlab.chat.finetune import FinetuneTrainer
-
     run_dir, data = base
     forecasts = {}
     for rank in (0, 2, 32):
@@ -387,7 +386,7 @@ def test_loras_memory_forecast_counts_what_trains(base, tmp_path):
                                  tmp_path / f"r{rank}")
         dist = Distributed.from_env()
         try:
-            forecasts[rank] = FinetuneTrainer(plan, ft, dist, quiet=True).memory_forecast()[0]
+            forecasts[rank] = Trainer(plan, dist, Conversations(ft), quiet=True).memory_forecast()[0]
         finally:
             dist.close()
     full, small, large = forecasts[0], forecasts[2], forecasts[32]

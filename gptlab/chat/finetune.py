@@ -9,8 +9,9 @@
             so every other command loads a finetuned run as an ordinary run
 
 A row holds several conversations one after another (attention may look back into the one before, which
-ends with <|end|>; the mask keeps its tokens from counting twice). A conversation longer than a row is cut
-to the row, and the number cut is reported.
+ends with <|end|>; the mask keeps its tokens from counting twice). A conversation longer than a row is split
+into row-long windows (windows: every token a target once), and the number split is reported. The engine's
+Trainer is given a Conversations source: the data and model above, and LoRA's share of checkpoints.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from gptlab.records import read_config
 from gptlab.training.batches import RandomRows
 from gptlab.training.config import UNBOUNDED_ITERS, TrainConfig, check_values, parse_duration, train_fields
 from gptlab.training.distributed import Distributed
-from gptlab.training.trainer import Plan, Trainer, TrainResult, stopping_note
+from gptlab.training.trainer import Plan, Source, Trainer, TrainResult, stopping_note
 
 # --- data: conversations as packed rows -----------------------------------------------------------------------------
 
@@ -168,110 +169,105 @@ def check_finetune(ft: Finetune, family: str, config, base: Path) -> None:
         check_writable(load_conversations(ft.val_data, "test"), encode)
 
 
-class FinetuneTrainer(Trainer):
-    """The engine's trainer, with conversations for data and a pretrained run (plus chat tokens, and perhaps
-    LoRA adapters) for the model."""
+class Conversations(Source):
+    """What a finetune learns from and trains, for the engine's Trainer: conversations for data, and a pretrained
+    run (plus chat tokens, and perhaps LoRA adapters) for the model."""
 
-    def __init__(self, plan: Plan, ft: Finetune, dist: Distributed, quiet: bool = False):
+    def __init__(self, ft: Finetune):
         self.ft = ft
-        super().__init__(plan, dist, quiet=quiet)
 
-    def _data(self, mirror):
-        resumed = self.plan.resume_from
+    def data(self, t: Trainer):
+        resumed = t.plan.resume_from
         base = rundir.open_checkpoint(self.ft.base, need=rundir.FOR_SAMPLING) if resumed is None else resumed
         tokenizer = with_chat_tokens(load_tokenizer(base / rundir.TOKENIZER))
-        train, val = split_conversations(self.ft, self.cfg.val_fraction, self.cfg.seed)
-        length = self._window()
+        train, val = split_conversations(self.ft, t.cfg.val_fraction, t.cfg.seed)
+        length = window(t.plan, t.cfg)
         data = ChatData(pack(train, tokenizer, length), pack(val, tokenizer, length) if val else None)
         if not train or not data.train.learned:
             raise GptlabError(f"{self.ft.data} has no assistant text to learn from")
         if data.val is not None and not data.val.learned:
             data.val = None  # nothing there counts: no validation loss
         split = data.train.split + (data.val.split if data.val else 0)
-        self.progress.message(f"{len(train)} conversations in {len(data.train.ids)} rows of {length} tokens "
+        t.progress.message(f"{len(train)} conversations in {len(data.train.ids)} rows of {length} tokens "
                               f"({data.train.learned:,} learned tokens), {len(val)} held out"
                               + (f"; {split} longer than a row, split across rows" if split else ""))
         unknown = int((data.train.ids == tokenizer.unk_id).sum()) if tokenizer.unk_id is not None else 0
         if unknown:
-            self.progress.message(f"note: {unknown:,} tokens of the data are {tokenizer.decode([tokenizer.unk_id])} "
+            t.progress.message(f"note: {unknown:,} tokens of the data are {tokenizer.decode([tokenizer.unk_id])} "
                                   f"(words the base run's tokenizer does not know)")
         return tokenizer, data, self.ft.data
 
-    def _window(self) -> int:
-        from gptlab.models import get_family
-
-        family, values = split_section(self.plan.model)
-        context = get_family(family).context
-        return values[context] if context else self.cfg.seq_len
-
-    def _model(self):
-        family = self.plan.model["family"]
-        resumed = self.plan.resume_from
-        source = resumed or rundir.open_checkpoint(self.ft.base, need=rundir.FOR_SAMPLING)
+    def model(self, t: Trainer):
+        family = t.plan.model["family"]
+        source = t.plan.resume_from or rundir.open_checkpoint(self.ft.base, need=rundir.FOR_SAMPLING)
         _, config = config_from_dict(read_config(source)["model"])
         model = build_model(family, config)
         rundir.load_weights(model, source)
-        if config.vocab_size < self.tokenizer.vocab_size:
-            model.grow_vocab(self.tokenizer.vocab_size)  # the chat tokens
+        if config.vocab_size < t.tokenizer.vocab_size:
+            model.grow_vocab(t.tokenizer.vocab_size)  # the chat tokens
         if self.ft.lora_rank:
             targets = lora.resolve_targets(model, target_names(self.ft))
             lora.add_lora(model, self.ft.lora_rank, self.ft.lora_alpha, targets)
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            self.progress.message(f"LoRA rank {self.ft.lora_rank} on {len(targets)} matrices: {trained:,} of "
+            t.progress.message(f"LoRA rank {self.ft.lora_rank} on {len(targets)} matrices: {trained:,} of "
                                   f"{sum(p.numel() for p in model.parameters()):,} parameters train")
-        return model.config, model.to(self.device), self._window()
+        return model.config, model.to(t.device), window(t.plan, t.cfg)
 
-    def memory_forecast(self) -> tuple[dict[str, float], dict[str, str]]:
+    def forecast(self, t: Trainer, parts: dict[str, float], flags: dict[str, str]):
         """The engine's forecast, with LoRA: gradients and optimizer state only for what trains (the adapters and
         the layers sized by the vocabulary), and the adapters' own weights and activations added."""
-        parts, flags = super().memory_forecast()
         if not self.ft.lora_rank:
             return parts, flags
-        family, values = split_section(self.plan.model)
+        family, values = split_section(t.plan.model)
         with torch.device("meta"):  # counted, not allocated
-            model = build_model(family, make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size}))
+            model = build_model(family, make_config(family, {**values, "vocab_size": t.tokenizer.vocab_size}))
             total = sum(p.numel() for p in model.parameters())
             lora.add_lora(model, self.ft.lora_rank, self.ft.lora_alpha, target_names(self.ft))
         trains = sum(p.numel() for p in model.parameters() if p.requires_grad) / total  # adapters included
-        per_value = 4 if self.dtype == torch.float32 else 2
+        per_value = 4 if t.dtype == torch.float32 else 2
         parts["gradients"] *= trains
         parts["optimizer"] *= trains
-        parts["adapters"] = lora.adapter_memory(model, self.cfg.batch_size * self._window(), per_value)
+        parts["adapters"] = lora.adapter_memory(model, t.cfg.batch_size * window(t.plan, t.cfg), per_value)
         parts["total"] = sum(v for k, v in parts.items() if k != "total")
         flags["adapters"] = "--lora-rank"
         return parts, flags
 
-    def _sources(self):
-        cfg, dist = self.cfg, self.dist
-        args = (cfg.batch_size, self.device, cfg.seed, dist.rank, dist.world_size)
-        batches = RandomRows(self.data.train.ids, self.data.train.mask, *args)
+    def batches(self, t: Trainer):
+        cfg, dist = t.cfg, t.dist
+        args = (cfg.batch_size, t.device, cfg.seed, dist.rank, dist.world_size)
+        batches = RandomRows(t.data.train.ids, t.data.train.mask, *args)
         sources = {"train": batches.sibling()}
-        if self.data.val is not None:
-            sources["val"] = RandomRows(self.data.val.ids, self.data.val.mask, *args)
+        if t.data.val is not None:
+            sources["val"] = RandomRows(t.data.val.ids, t.data.val.mask, *args)
         return batches, sources
 
-    def load_weights(self, ckpt: Path) -> None:
-        pass  # _model loaded them (and restore loads LoRA's unmerged weights)
+    def load_weights(self, t: Trainer, ckpt: Path) -> None:
+        pass  # model() loaded them (and restore loads LoRA's unmerged weights)
 
-    def state(self) -> dict:
-        state = super().state()
+    def state(self, t: Trainer) -> dict:
+        return {"lora": lora.adapter_state(t.model)} if self.ft.lora_rank else {}
+
+    def restore(self, t: Trainer, state: dict) -> None:
         if self.ft.lora_rank:
-            state["lora"] = lora.adapter_state(self.model)
-        return state
+            lora.load_adapter_state(t.model, state["lora"])
 
-    def restore(self, state: dict, source: Path | None = None) -> None:
-        if self.ft.lora_rank:
-            lora.load_adapter_state(self.model, state["lora"])
-        super().restore(state, source)
-
-    def weights(self) -> torch.nn.Module:
+    def weights(self, t: Trainer) -> torch.nn.Module:
         """With LoRA, a plain model holding the merged weights: what every other command loads."""
         if not self.ft.lora_rank:
-            return self.model
+            return t.model
         with torch.random.fork_rng(devices=[]):  # its initialisation must not move the run's random numbers
-            plain = build_model(self.plan.model["family"], self.model_config)
-        plain.load_state_dict(lora.merged_state_dict(self.model))
+            plain = build_model(t.plan.model["family"], t.model_config)
+        plain.load_state_dict(lora.merged_state_dict(t.model))
         return plain
+
+
+def window(plan: Plan, cfg: TrainConfig) -> int:
+    """The tokens of a row: the model's context, or --seq-len for a family without one."""
+    from gptlab.models import get_family
+
+    family, values = split_section(plan.model)
+    context = get_family(family).context
+    return values[context] if context else cfg.seq_len
 
 
 def finetune(ft: Finetune | None, values: dict | None = None, *, out: str | Path | None = None,
@@ -283,7 +279,7 @@ def finetune(ft: Finetune | None, values: dict | None = None, *, out: str | Path
     plan.force = force
     dist = Distributed.from_env()
     try:
-        result = FinetuneTrainer(plan, ft, dist, quiet=quiet).train(stop_after)
+        result = Trainer(plan, dist, Conversations(ft), quiet=quiet).train(stop_after)
         dist.barrier()
         return result
     finally:

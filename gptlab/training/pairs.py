@@ -4,7 +4,7 @@
     tok   = a tokenizer of the training pairs' text    (char: of every split's characters, so none is unknown)
     rows  = source <sep> target <sep>, one pair a row; the loss mask is set on the target and its closing <sep>
     train = the engine's own loop (checkpoints, exact resume, time budget, torchrun) on random rows, each batch cut
-            to its longest row
+            to its longest row: the Trainer is given a PairSource
 
 <sep> is the newline token: no source or target holds one. A decoder-only model reads the row as one text and
 learns the target after the source; the encoder–decoder (--model seq2seq) encodes what comes before the first
@@ -14,6 +14,7 @@ learns the target after the source; the encoder–decoder (--model seq2seq) enco
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from gptlab.data.tokens import get_tokenizer
 from gptlab.errors import GptlabError
 from gptlab.models import build_model, get_family, make_config, split_section
 from gptlab.training.batches import RandomRows
-from gptlab.training.trainer import Trainer
+from gptlab.training.trainer import Source, Trainer
 
 SEP = "\n"
 BUCKET = 16  # global batches of pairs in a bucket of about one length
@@ -117,52 +118,54 @@ class PairData:
         return self.val.chars_per_token if self.val else 1.0
 
 
-class PairTrainer(Trainer):
-    """The engine's trainer, with pairs for data: the model family is any (see the module's docstring)."""
+class PairSource(Source):
+    """Pairs for data, one pair a row, and a new model of any family (see the module's docstring). The rows are
+    made with the model, which says which pairs fit it."""
 
-    def _data(self, mirror):
-        self.pairs = load_parallel(self.cfg.corpus, mirror=mirror)
-        if self.plan.resume_from is not None:
-            tokenizer = load_tokenizer(self.plan.resume_from / rundir.TOKENIZER)
+    def __init__(self, mirror: str | Path | None = None):
+        self.mirror = mirror
+
+    def data(self, t: Trainer):
+        self.pairs = load_parallel(t.cfg.corpus, mirror=self.mirror)
+        if t.plan.resume_from is not None:
+            tokenizer = load_tokenizer(t.plan.resume_from / rundir.TOKENIZER)
         else:
             p = self.pairs  # char: every character gets an id; word and bpe learn from the training pairs only
-            text = pair_text(p.train + p.val + p.test) if self.cfg.tokenizer == "char" else pair_text(p.train)
-            corpus = Corpus(name=p.name, text=text)
-            tokenizer = get_tokenizer(corpus, self.cfg.tokenizer, self.cfg.vocab_size, 0.0)
+            text = pair_text(p.train + p.val + p.test) if t.cfg.tokenizer == "char" else pair_text(p.train)
+            tokenizer = get_tokenizer(Corpus(name=p.name, text=text), t.cfg.tokenizer, t.cfg.vocab_size, 0.0)
         sep_id(tokenizer)
-        return tokenizer, None, self.pairs.name  # (the rows are made with the model, which says what fits)
+        return tokenizer, None, self.pairs.name  # (the rows are made with the model: see model)
 
-    def _model(self):
-        family, values = split_section(self.plan.model)
-        config = make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size,
-                                      **({"sep_id": sep_id(self.tokenizer)} if "sep_id" in _fields(family) else {})})
-        model = build_model(family, config).to(self.device)
-        self.data = self._rows(model)
-        real = self.data.train.lengths - 1  # inputs per row: every token but the last
+    def model(self, t: Trainer):
+        family, values = split_section(t.plan.model)
+        config = make_config(family, {**values, "vocab_size": t.tokenizer.vocab_size,
+                                      **({"sep_id": sep_id(t.tokenizer)} if "sep_id" in _fields(family) else {})})
+        model = build_model(family, config).to(t.device)
+        t.data = self._rows(t, model)
+        real = t.data.train.lengths - 1  # inputs per row: every token but the last
         return config, model, max(1, round(float(real.mean())))  # tokens per row, on average: what a step counts
 
-    def _rows(self, model) -> PairData:
-        train = encode_pairs(self.pairs.train, self.tokenizer, model.fits_pair)
-        val = encode_pairs(self.pairs.val, self.tokenizer, model.fits_pair) if self.pairs.val else None
+    def _rows(self, t: Trainer, model) -> PairData:
+        train = encode_pairs(self.pairs.train, t.tokenizer, model.fits_pair)
+        val = encode_pairs(self.pairs.val, t.tokenizer, model.fits_pair) if self.pairs.val else None
         if not len(train.ids):
             raise GptlabError(f"no training pair of {self.pairs.name} fits the model; raise --block-size")
         left_out = train.left_out + (val.left_out if val else 0)
-        self.progress.message(
+        t.progress.message(
             f"{len(train.ids):,} training pairs ({train.learned:,} target tokens), "
             f"{len(val.ids) if val else 0:,} validation pairs, {len(self.pairs.test):,} test pairs held out"
             + (f"; {left_out:,} pairs longer than the model takes left out" if left_out else ""))
-        self.plan.sections["pairs"] = dict(corpus=self.pairs.name, sep=SEP, train=len(train.ids),
-                                           val=len(val.ids) if val else 0, test=len(self.pairs.test),
-                                           left_out=left_out)
+        t.plan.sections["pairs"] = dict(corpus=self.pairs.name, sep=SEP, train=len(train.ids),
+                                        val=len(val.ids) if val else 0, test=len(self.pairs.test), left_out=left_out)
         return PairData(train, val if val is not None and len(val.ids) else None)
 
-    def _sources(self):
-        cfg, dist = self.cfg, self.dist
-        args = (cfg.batch_size, self.device, cfg.seed, dist.rank, dist.world_size)
-        batches = RandomPairs(self.data.train, *args)
+    def batches(self, t: Trainer):
+        cfg, dist = t.cfg, t.dist
+        args = (cfg.batch_size, t.device, cfg.seed, dist.rank, dist.world_size)
+        batches = RandomPairs(t.data.train, *args)
         sources = {"train": batches.sibling()}
-        if self.data.val is not None:
-            sources["val"] = RandomPairs(self.data.val, *args)
+        if t.data.val is not None:
+            sources["val"] = RandomPairs(t.data.val, *args)
         return batches, sources
 
 

@@ -1,7 +1,7 @@
 """The training run, top to bottom.
 
     plan = plan_run(values, ...)     what to train, from what, into which folder (checked before anything runs)
-    trainer = Trainer(plan, dist)    data, model, optimizers, batches, the step, progress: the parts
+    trainer = Trainer(plan, dist, source)   data, model, optimizers, batches, the step, progress: the parts
     trainer.train()                  a time budget becomes iterations; then step / log / evaluate / save
 
 The loop itself is Trainer.loop. It is the same for one process and for several under torchrun, where
@@ -169,13 +169,92 @@ def _to_cpu(obj):
     return obj
 
 
+class Source:
+    """What a run learns from and what it trains, passed to the Trainer: its tokenizer and data, its model, its
+    batches, and what a checkpoint keeps of the model. The trainer asks in this order: data, model (the
+    tokenizer and data are set by then), batches; each method is given the trainer for its plan, configuration,
+    device and progress line (and keeps no reference to it). This base class keeps the model as it is: its
+    weights in checkpoints, no state of its own, the engine's memory forecast."""
+
+    def data(self, t: Trainer):
+        """(tokenizer, data, the corpus's name); called in rank 0 first (a download, a cache)."""
+        raise NotImplementedError
+
+    def model(self, t: Trainer):
+        """(the model's config, the model on t.device, the tokens a row of a step holds)."""
+        raise NotImplementedError
+
+    def batches(self, t: Trainer):
+        """The training batches, and the sources evaluation reads ("train", and "val" where there is one)."""
+        raise NotImplementedError
+
+    def forecast(self, t: Trainer, parts: dict[str, float], flags: dict[str, str]):
+        """The memory forecast's parts and flags, changed for what this source trains (LoRA, say)."""
+        return parts, flags
+
+    def load_weights(self, t: Trainer, ckpt: Path) -> None:
+        rundir.load_weights(t.model, ckpt)
+
+    def weights(self, t: Trainer) -> torch.nn.Module:
+        """The model as a checkpoint stores it."""
+        return t.model
+
+    def state(self, t: Trainer) -> dict:
+        """What a checkpoint's trainer state keeps beside the weights (LoRA's adapters, say)."""
+        return {}
+
+    def restore(self, t: Trainer, state: dict) -> None:
+        """Put back what state() kept."""
+
+
+class TextSource(Source):
+    """A corpus read in random windows, and a new model of the plan's family: what `gptlab train` learns from."""
+
+    def __init__(self, mirror: str | Path | None = None):
+        self.mirror = mirror
+
+    def data(self, t: Trainer):
+        corpus = load_corpus(t.cfg.corpus, mirror=self.mirror)
+        if t.plan.resume_from is not None:
+            tokenizer = load_tokenizer(t.plan.resume_from / rundir.TOKENIZER)
+        else:
+            tokenizer = get_tokenizer(corpus, t.cfg.tokenizer, t.cfg.vocab_size, t.cfg.val_fraction)
+        data = prepare(corpus, tokenizer, t.cfg.val_fraction)
+        return tokenizer, data, corpus.name  # training reads the token files: the text itself is let go
+
+    def model(self, t: Trainer):
+        family, values = split_section(t.plan.model)
+        config = make_config(family, {**values, "vocab_size": t.tokenizer.vocab_size})
+        model = build_model(family, config).to(t.device)
+        context, seq_len = model.max_context, t.cfg.seq_len
+        if context is None and seq_len is None:
+            raise GptlabError(f"--model {family} takes any length: set the training window with --seq-len")
+        if context is not None and seq_len not in (None, context):
+            raise GptlabError(f"--seq-len is for models without a longest context; --model {family} trains on "
+                              f"windows of its context, {context} tokens")
+        check_length(t.data, seq_len or context, t.cfg.val_fraction)
+        return config, model, seq_len or context
+
+    def batches(self, t: Trainer):
+        cfg, dist = t.cfg, t.dist
+        args = (t.seq_len, cfg.batch_size, t.device, cfg.seed, dist.rank, dist.world_size)
+        batches = RandomWindows(t.data.train, *args)
+        sources = {"train": batches.sibling()}  # evaluate() reseeds them; the tokens are shared
+        if len(t.data.val) > t.seq_len:
+            sources["val"] = RandomWindows(t.data.val, *args)
+        return batches, sources
+
+
 class Trainer:
     """The parts of one run, built once: data, model, optimizers, batch sources, the step, the log."""
 
-    def __init__(self, plan: Plan, dist: Distributed, mirror: str | Path | None = None, quiet: bool = False,
-                 clock: Callable[[], float] = time.perf_counter):
-        """clock: where the run reads the time (its budget and its log); tests give one of their own."""
+    def __init__(self, plan: Plan, dist: Distributed, source: Source | None = None, mirror: str | Path | None = None,
+                 quiet: bool = False, clock: Callable[[], float] = time.perf_counter):
+        """source: what the run learns from and trains (default: the plan's corpus, read as text, and a new model);
+        mirror: where named corpora and tasks are read from; clock: where the run reads the time (its budget and
+        its log), which tests give of their own."""
         self.plan, self.cfg, self.dist, self.clock = plan, plan.cfg, dist, clock
+        self.source = source or TextSource(mirror)
         cfg = self.cfg
         device, self.dtype = setup(cfg.device, cfg.dtype, seed=cfg.seed + dist.rank)
         self.device = dist.device(device)
@@ -184,16 +263,16 @@ class Trainer:
         dist.start(self.device)
         self.progress = ProgressLine(quiet=quiet or not dist.is_main)
         with dist.main_first():
-            self.tokenizer, self.data, self.corpus_name = self._data(mirror)
+            self.tokenizer, self.data, self.corpus_name = self.source.data(self)
         self.meter = MemoryMeter(self.device)
         self.mem_base = self.meter.current()  # before the model: what the steps' peak is measured above
         self.forecast = self.check_memory()  # before anything large is allocated
-        self.model_config, self.model, self.seq_len = self._model()
+        self.model_config, self.model, self.seq_len = self.source.model(self)
         self.optimizers = build_optimizers(self.model, cfg)
         self.stepper = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
                             schedulers(self.optimizers, cfg, 0), cfg, self.device, self.dtype,
                             notice=self.progress.message, compiled=cfg.compile, dist=dist)
-        self.batches, self.eval_sources = self._sources()
+        self.batches, self.eval_sources = self.source.batches(self)
         self.choices = self._choice_items(mirror)  # (a bad task file stops the run before its first step)
         self.it, self.best_val = 0, None
         self.tokens = 0  # tokens trained on so far, every process's (a resume with other processes counts right)
@@ -204,47 +283,8 @@ class Trainer:
         # process group and gloo's threads, alive past the run; see Distributed.close)
         self.pacer = Pacer(plan.budget, self.timer.elapsed, dist.max, self._sync)  # the time budget
         if plan.resume_from is not None:
-            self.load_weights(plan.resume_from)
+            self.source.load_weights(self, plan.resume_from)
             self.restore(rundir.load_trainer_state(plan.resume_from), plan.resume_from)
-
-    def _data(self, mirror):
-        corpus = load_corpus(self.cfg.corpus, mirror=mirror)
-        if self.plan.resume_from is not None:
-            tokenizer = load_tokenizer(self.plan.resume_from / rundir.TOKENIZER)
-        else:
-            tokenizer = get_tokenizer(corpus, self.cfg.tokenizer, self.cfg.vocab_size, self.cfg.val_fraction)
-        data = prepare(corpus, tokenizer, self.cfg.val_fraction)
-        return tokenizer, data, corpus.name  # training reads the token files: the text itself is let go
-
-    def _sources(self):
-        """The training batches, and the sources evaluation reads ("train", and "val" if it holds a window)."""
-        cfg, dist = self.cfg, self.dist
-        args = (self.seq_len, cfg.batch_size, self.device, cfg.seed, dist.rank, dist.world_size)
-        batches = RandomWindows(self.data.train, *args)
-        sources = {"train": batches.sibling()}  # evaluate() reseeds them; the tokens are shared
-        if len(self.data.val) > self.seq_len:
-            sources["val"] = RandomWindows(self.data.val, *args)
-        return batches, sources
-
-    def load_weights(self, ckpt: Path) -> None:
-        rundir.load_weights(self.model, ckpt)
-
-    def weights(self) -> torch.nn.Module:
-        """The model as a checkpoint stores it."""
-        return self.model
-
-    def _model(self):
-        family, values = split_section(self.plan.model)
-        config = make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size})
-        model = build_model(family, config).to(self.device)
-        context, seq_len = model.max_context, self.cfg.seq_len
-        if context is None and seq_len is None:
-            raise GptlabError(f"--model {family} takes any length: set the training window with --seq-len")
-        if context is not None and seq_len not in (None, context):
-            raise GptlabError(f"--seq-len is for models without a longest context; --model {family} trains on "
-                              f"windows of its context, {context} tokens")
-        check_length(self.data, seq_len or context, self.cfg.val_fraction)
-        return config, model, seq_len or context
 
     # --- state: what a checkpoint holds, and what calibration puts back ---------------------------------------
 
@@ -253,12 +293,13 @@ class Trainer:
         return dict(iter=self.it, tokens=self.tokens, elapsed=self.timer.elapsed(), best_val_loss=self.best_val,
                     optimizers=[o.state_dict() for o in self.optimizers], batches=self.batches.state_dict(),
                     scaler=self.stepper.scaler.state_dict(),
-                    pace_since=list(self.pacer.since) if self.pacer.since else None)
+                    pace_since=list(self.pacer.since) if self.pacer.since else None, **self.source.state(self))
 
     def restore(self, state: dict, source: Path | None = None) -> None:
         """Continue from a checkpoint's state (source: its folder) or from calibration's snapshot."""
         if state.get("format", 1) > STATE_FORMAT:
             raise GptlabError(f"checkpoint {source} was written by a newer gptlab; update gptlab to resume it")
+        self.source.restore(self, state)
         if len(state["optimizers"]) != len(self.optimizers):
             raise GptlabError(f"checkpoint {source} was written with another optimizer")
         for opt, saved in zip(self.optimizers, state["optimizers"]):
@@ -299,7 +340,7 @@ class Trainer:
         if self.dist.is_main:
             state = dict(self.state(), rng=rng, val_loss=val_loss, world_size=self.dist.world_size,
                          format=STATE_FORMAT)
-            path = rundir.save_checkpoint(self.plan.run_dir, self.it, self.weights(), state, self.config(),
+            path = rundir.save_checkpoint(self.plan.run_dir, self.it, self.source.weights(self), state, self.config(),
                                           self.tokenizer)
         self.last_ckpt = path
         return path
@@ -401,7 +442,8 @@ class Trainer:
         """A checkpoint written to a temporary folder and removed: what saving costs, for the time budget."""
         if self.dist.is_main:
             with tempfile.TemporaryDirectory(prefix="gptlab-calibration-") as scratch:
-                rundir.save_checkpoint(scratch, self.it, self.weights(), self.state(), self.config(), self.tokenizer)
+                rundir.save_checkpoint(scratch, self.it, self.source.weights(self), self.state(), self.config(),
+                                       self.tokenizer)
 
     def announce(self) -> None:
         cfg, world = self.cfg, self.dist.world_size
@@ -443,7 +485,8 @@ class Trainer:
         """The steps' memory by part, and the flags that make each part smaller (training.memory.forecast)."""
         family, values = split_section(self.plan.model)
         config = make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size})
-        return forecast(family, config, self.cfg, self.device.type, str(self.dtype).removeprefix("torch."))
+        parts, flags = forecast(family, config, self.cfg, self.device.type, str(self.dtype).removeprefix("torch."))
+        return self.source.forecast(self, parts, flags)
 
     def begin(self) -> None:
         """Write the run folder's files (an overwritten run's are cleared only now) and open the log."""
@@ -594,18 +637,18 @@ def _check_same_kind(plan: Plan) -> None:
                           f"{'pairs' if on_pairs else 'text'}")
 
 
-def trainer_for(corpus: str, family: str) -> type[Trainer]:
-    """The trainer of a corpus: text is read in windows; pairs (a parallel corpus) one pair a row."""
+def source_for(corpus: str, family: str, mirror: str | Path | None = None) -> Source:
+    """What a run on a corpus learns from: text is read in windows; pairs (a parallel corpus) one pair a row."""
     from gptlab.data.parallel import is_parallel
 
     if is_parallel(corpus):
-        from gptlab.training.pairs import PairTrainer
+        from gptlab.training.pairs import PairSource
 
-        return PairTrainer
+        return PairSource(mirror)
     if family == "seq2seq":
         raise GptlabError(f"--model seq2seq learns from pairs, source -> target; {corpus} is text. Give a parallel "
                           f"corpus: tatoeba-da-en, numbers-da, reverse, or a .tsv or .jsonl file of pairs")
-    return Trainer
+    return TextSource(mirror)
 
 
 CHOICE_ITEMS = 100  # --eval-choices items scored at each evaluation
@@ -628,8 +671,8 @@ def train(values: dict | None = None, *, preset: str | None = None, out: str | P
         _check_same_kind(plan)
     dist = Distributed.from_env()
     try:
-        result = trainer_for(plan.cfg.corpus, plan.model["family"])(plan, dist, mirror=mirror, quiet=quiet).train(
-            stop_after)
+        source = source_for(plan.cfg.corpus, plan.model["family"], mirror)
+        result = Trainer(plan, dist, source, mirror=mirror, quiet=quiet).train(stop_after)
         dist.barrier()  # every process ends the run together (rank 0 was still drawing loss.png)
         return result
     finally:
