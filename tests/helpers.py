@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -125,3 +126,28 @@ def base_and_chat(folder: Path, base_iters: int = 20) -> dict:
              dict(max_iters=60, batch_size=8, lr=1e-2, device="cpu", dtype="float32", eval_interval=1000),
              out=folder / "chat", quiet=True)
     return {name: Served(name, gptlab.load_run(folder / name, device="cpu")) for name in ("base", "chat")}
+
+
+# --- a server, a reply ---------------------------------------------------------------------------------------------
+
+@contextmanager
+def serving(app):
+    """The app served by uvicorn in a background thread on 127.0.0.1 (gptlab.serve.app.listen); its base URL:
+
+        with serving(create_app(served)) as url:     # "http://127.0.0.1:PORT"
+    """
+    from gptlab.serve.app import listen
+
+    server, thread = listen(app, "127.0.0.1", None, 20.0)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def reply(model, fmt, prompt: list[int], **kwargs) -> str:
+    """A whole reply as one string (gptlab.chat.reply.stream_reply's pieces joined)."""
+    from gptlab.chat.reply import stream_reply
+
+    return "".join(stream_reply(model, fmt, prompt, **kwargs))

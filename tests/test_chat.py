@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny, untimed, write_corpus
+from helpers import reply, tiny, untimed, write_corpus
 
 import gptlab
 from gptlab.chat import tasks
@@ -17,8 +17,8 @@ from gptlab.chat.data import load_conversations, read_jsonl
 from gptlab.chat.evaluate import evaluate_run, final_number, matches, split_last, with_shots
 from gptlab.chat.finetune import Conversations, pack, plan_finetune
 from gptlab.chat.finetune import finetune as run_finetune
-from gptlab.chat.reply import PlainFormat, format_for, prompt_in_context, reply
-from gptlab.chat.template import END, SPECIALS, USER, ChatTokenizer, parse, render, with_chat_tokens
+from gptlab.chat.reply import PlainFormat, format_for, prompt_in_context
+from gptlab.chat.template import END, ROLES, SPECIALS, USER, ChatTokenizer, render, with_chat_tokens
 from gptlab.cli import main
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer
 from gptlab.errors import GptlabError
@@ -60,6 +60,19 @@ def test_chat_tokens_follow_the_vocabulary_and_ordinary_text_never_makes_them(ki
     ids, _ = render(tok, CONVERSATION)
     assert loaded.decode(ids) == tok.decode(ids)
     assert with_chat_tokens(loaded) is loaded
+
+
+def parse(text: str) -> list[dict]:
+    """The messages of a rendered conversation's text (decode(render(...)[0])): the inverse of render."""
+    names = {v: k for k, v in ROLES.items()}
+    messages, rest = [], text
+    while rest:
+        role = next((name for name in names if rest.startswith(name)), None)
+        close = rest.find(END)
+        assert role is not None and close >= 0, f"not a rendered conversation at {rest[:30]!r}"
+        messages.append({"role": names[role], "content": rest[len(role):close]})
+        rest = rest[close + len(END):]
+    return messages
 
 
 @pytest.mark.parametrize("kind", ["char", "word", "bpe"])

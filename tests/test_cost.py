@@ -169,6 +169,7 @@ def train_run(tmp_path: Path, name: str, *flags) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc to read peak memory")
 @pytest.mark.parametrize("flags", [
     ("--dtype", "float32", "--n-layer", "2", "--n-embd", "256", "--n-head", "4", "--optimizer", "adamw"),

@@ -25,6 +25,7 @@ from gptlab.chat.finetune import finetune
 from gptlab.records import read_metrics
 from gptlab.training.trainer import train
 
+pytestmark = pytest.mark.slow  # (torchrun: processes of their own)
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
        "PYTHONUNBUFFERED": "1"}

@@ -11,7 +11,8 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from gptlab.cli import build_parser
 from gptlab.data.tokenizer import BPETokenizer, CharTokenizer
 from gptlab.errors import GptlabError
-from gptlab.inference import StreamDecoder, check_sampling, filter_logits, generate, sample_next
+from gptlab.inference import Sampling, StreamDecoder, check_sampling, filter_logits, generate
+from gptlab.inference.sampling import sample_rows
 from gptlab.run import Run
 
 BLOCK = 16
@@ -152,6 +153,12 @@ def test_empty_prompt_and_bad_settings_raise(model):
     check_sampling(0.0, 1, 1.0)  # the edges that are allowed
 
 
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
+    """One next token per row (B,), every row with the same settings: the engine's sample_rows."""
+    rows = logits.size(0)
+    return sample_rows(logits, [Sampling(temperature, top_k, top_p)] * rows, [generator] * rows)
+
+
 @pytest.mark.parametrize("temperature", [1e-45, 1e-300, 1e-6])
 def test_tiny_temperature_is_nearly_greedy(model, temperature):
     logits = torch.tensor([[1.0, 3.0, 2.5, -1e30], [1e30, -1e30, 0.0, 1e30 - 1e24]])
@@ -212,7 +219,7 @@ def test_top_k_and_top_p_per_row():
     assert torch.equal(filter_logits(logits, top_k=10), logits)  # k >= vocab: nothing to do
 
 
-def test_sample_next_only_draws_from_the_nucleus():
+def test_sampling_only_draws_from_the_nucleus():
     logits = probs_to_logits([0.05, 0.5, 0.15, 0.3]).repeat(500, 1)
     g = torch.Generator().manual_seed(0)
     drawn = sample_next(logits, temperature=1.0, top_p=0.7, generator=g)

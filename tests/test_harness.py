@@ -48,6 +48,7 @@ metric_list:
     return GptlabLM(run=str(folder / "run"), device="cpu"), folder
 
 
+@pytest.mark.slow
 def test_the_harness_scores_as_gptlab_eval_choices(harness, monkeypatch):
     from lm_eval.tasks import TaskManager
 

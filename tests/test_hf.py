@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import assert_one_line_error, base_and_chat, run_cli, tiny, write_corpus
+from helpers import assert_one_line_error, base_and_chat, reply, run_cli, tiny, write_corpus
 
 import gptlab
 from gptlab.inference import generate
@@ -67,7 +67,7 @@ def test_an_exported_run_loads_in_transformers_with_the_same_logits_and_text(run
 
 
 def test_a_chat_run_exported_renders_and_answers_as_gptlab_chat(runs, tmp_path):
-    from gptlab.chat.reply import format_for, reply
+    from gptlab.chat.reply import format_for
     from gptlab.hf.convert import export_run
 
     export_run(runs["chat"], tmp_path / "hf")

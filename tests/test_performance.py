@@ -52,6 +52,7 @@ def test_explicit_attention_equals_the_fused_kernel():
     assert (xb.grad - xf.grad).norm() / xf.grad.norm() < 3e-2
 
 
+@pytest.mark.slow
 def test_compiled_model_equals_eager():
     pytest.importorskip("torch._inductor")
     model = tiny_model(pos="learned", n_embd=16, n_layer=1)
@@ -79,6 +80,7 @@ def test_muon_training_beats_adamw_at_equal_steps(tmp_path):
     assert final["muon"] < final["adamw"], final
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     corpus = write_corpus(tmp_path)
     out = tmp_path / "run"

@@ -10,13 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import base_and_chat, tiny
+from helpers import base_and_chat, serving, tiny
 
-from gptlab.serve.app import create_app, serving
+from gptlab.serve.app import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt-get install chromium "
-                                                         "(.ci/run installs it)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt-get install chromium "
+                                                          "(.ci/run installs it)")]
 ARTEFACTS = Path(__file__).parent / "artefacts"
 
 

@@ -10,9 +10,9 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import base_and_chat
+from helpers import base_and_chat, serving
 
-from gptlab.serve.app import MAX_BODY, create_app, free_port, serving
+from gptlab.serve.app import MAX_BODY, create_app, free_port
 
 openai = pytest.importorskip("openai")
 

@@ -38,7 +38,6 @@ class Score:
         return asdict(self)
 
 
-MATCHES = ("exact", "number")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 

@@ -134,6 +134,3 @@ def replies(model, fmt, prompts: list[list[int]], max_new_tokens: int, temperatu
     return ["".join(shown(fmt, texts[group[0]])) for group in groups], \
         [group[1].score if answers else None for group in groups]
 
-
-def reply(model, fmt, prompt: list[int], **kwargs) -> str:
-    return "".join(stream_reply(model, fmt, prompt, **kwargs))

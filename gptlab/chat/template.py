@@ -104,15 +104,3 @@ def render(tokenizer: ChatTokenizer, messages: list[dict], reply: bool = False) 
     return ids, mask
 
 
-def parse(text: str) -> list[dict]:
-    """The messages of a rendered conversation's text (decode(render(...)[0])): the inverse of render."""
-    names = {v: k for k, v in ROLES.items()}
-    messages, rest = [], text
-    while rest:
-        role = next((name for name in names if rest.startswith(name)), None)
-        close = rest.find(END)
-        if role is None or close < 0:
-            raise GptlabError(f"not a rendered conversation at {rest[:30]!r}")
-        messages.append({"role": names[role], "content": rest[len(role):close]})
-        rest = rest[close + len(END):]
-    return messages

@@ -8,9 +8,9 @@
 """
 
 from gptlab.inference.engine import Engine, Event, Request, Sequence, generate
-from gptlab.inference.sampling import Sampling, check_sampling, filter_logits, sample_next
+from gptlab.inference.sampling import Sampling, check_sampling, filter_logits
 from gptlab.inference.score import Score, score
 from gptlab.inference.text import StreamDecoder, TextStream
 
 __all__ = ["Engine", "Event", "Request", "Sampling", "Score", "Sequence", "StreamDecoder", "TextStream",
-           "check_sampling", "filter_logits", "generate", "sample_next", "score"]
+           "check_sampling", "filter_logits", "generate", "score"]

@@ -81,18 +81,6 @@ def filter_rows(logits: torch.Tensor, top_k: list[int | None], top_p: list[float
     return logits
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One next token (B,) from logits (B, V), every row with the same settings and one generator."""
-    if not torch.isfinite(logits).all():
-        raise GptlabError("the model produced non-finite logits (NaN or inf): its weights may be broken")
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = _probabilities(logits, [temperature] * logits.size(0), [top_k] * logits.size(0),
-                           [top_p] * logits.size(0))
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
 def sample_rows(logits: torch.Tensor, settings: list[Sampling],
                 generators: list[torch.Generator | None]) -> torch.Tensor:
     """One next token per row (B,) from logits (B, V), row i with settings[i] and drawn from generators[i] (None:

@@ -17,7 +17,6 @@ import secrets
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -448,18 +447,3 @@ def listen(app: FastAPI, host: str = "127.0.0.1", port: int | None = None, timeo
         server.should_exit = True
         raise GptlabError(f"could not listen on {host}:{port} (is the port in use?)")
     return server, thread
-
-
-@contextmanager
-def serving(app: FastAPI, host: str = "127.0.0.1", port: int | None = None, timeout: float = 20.0):
-    """The app served by uvicorn in a background thread, for tests, benchmarks and notebooks:
-
-        with serving(create_app(served)) as url:     # "http://127.0.0.1:PORT"
-            ...
-    """
-    server, thread = listen(app, host, port, timeout)
-    try:
-        yield f"http://{host}:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
