@@ -246,7 +246,9 @@ class TextSource(Source):
 
 
 class Trainer:
-    """The parts of one run, built once: data, model, optimizers, batch sources, the step, the log."""
+    """The parts of one run, built once: data, model, optimizers, batch sources, the stepper, the log; then the run,
+    top to bottom in the order it happens: announce, calibrate (a time budget), begin, loop (step, log, evaluate
+    and save, settle the budget's count), finish, draw loss.png."""
 
     def __init__(self, plan: Plan, dist: Distributed, source: Source | None = None, mirror: str | Path | None = None,
                  quiet: bool = False, clock: Callable[[], float] = time.perf_counter):
@@ -285,6 +287,40 @@ class Trainer:
         if plan.resume_from is not None:
             self.source.load_weights(self, plan.resume_from)
             self.restore(rundir.load_trainer_state(plan.resume_from), plan.resume_from)
+
+    def check_memory(self) -> float:
+        """What the steps will take by gptlab cost's formulas (bytes), known before the model is built. A run that
+        would take more than is free (on a CPU, every process of this machine together) stops here, naming the
+        flag to change; plan.force (--force) starts it anyway."""
+        from gptlab.cost import size
+
+        parts, flags = self.memory_forecast()
+        free = self.meter.available()
+        sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.device.type == "cpu" else 1
+        too_much = bool(free) and parts["total"] * sharing > free
+        if self.dist.any(too_much) and not self.plan.force:  # (every process decides alike)
+            largest = max((k for k in parts if k != "total" and k in flags), key=lambda k: parts[k])
+            raise GptlabError(f"the steps would take about {size(parts['total'] * sharing)} for tensors (gptlab "
+                              f"cost's forecast, {largest.replace('_', ' ')} the most), more than the {size(free)} "
+                              f"free: lower {flags[largest]}, or pass --force to try anyway")
+        return parts["total"]
+
+    def memory_forecast(self) -> tuple[dict[str, float], dict[str, str]]:
+        """The steps' memory by part, and the flags that make each part smaller (training.memory.forecast)."""
+        family, values = split_section(self.plan.model)
+        config = make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size})
+        parts, flags = forecast(family, config, self.cfg, self.device.type, str(self.dtype).removeprefix("torch."))
+        return self.source.forecast(self, parts, flags)
+
+    def _choice_items(self, mirror) -> list | None:
+        if not self.cfg.eval_choices:
+            return None
+        from gptlab.tasks.choices import check_items
+        from gptlab.tasks.data import load_items
+
+        items = load_items(self.cfg.eval_choices, "test", mirror)[:CHOICE_ITEMS]
+        check_items(self.tokenizer, items, "this run")
+        return items
 
     # --- state: what a checkpoint holds, and what calibration puts back ---------------------------------------
 
@@ -372,17 +408,24 @@ class Trainer:
         return TrainResult(self.plan.run_dir, self.it, self.val_loss, self.best_val, self.timer.elapsed(),
                            self.last_ckpt, stopped_by)
 
-    def draw_losses(self) -> None:
-        """loss.png from metrics.jsonl, in this process (gptlab.pictures changes no global state); a picture that
-        cannot be drawn is reported in one line, and the run has still finished."""
-        from gptlab import pictures
+    def announce(self) -> None:
+        cfg, world = self.cfg, self.dist.world_size
+        self.progress.message(
+            f"training {self.plan.model['family']} ({self.model.num_params() / 1e6:.2f}M parameters) on "
+            f"{self.corpus_name} with a {self.tokenizer.kind} tokenizer ({self.tokenizer.vocab_size} tokens), "
+            f"{self.device.type}, {str(self.dtype).replace('torch.', '')}; run folder {self.plan.run_dir}")
+        self.progress.message(
+            f"global batch: {world} process(es) x {cfg.batch_size} sequences x {cfg.grad_accum} micro-batch(es) "
+            f"x {self.seq_len} tokens = {self.tokens_per_iter:,} tokens per step")
+        self.progress.message(self.threads.note)
+        if self.plan.stopping:
+            self.progress.message(self.plan.stopping)
+        self.announce_memory()
 
-        run_dir = self.plan.run_dir
-        try:
-            pictures.losses(read_metrics(run_dir / rundir.METRICS), run_dir / rundir.PLOT)
-        except Exception as e:  # (matplotlib missing or broken, a full disk: the numbers are in metrics.jsonl)
-            self.progress.message(f"could not draw {rundir.PLOT} ({type(e).__name__}: {e}); "
-                                  f"{rundir.METRICS} has the numbers")
+    def announce_memory(self) -> None:
+        free = self.meter.available()
+        self.progress.message(f"memory: the steps will take about {self.forecast / 1e6:,.0f} MB for tensors "
+                              f"(gptlab cost)" + (f", of {free / 1e6:,.0f} MB free" if free else ""))
 
     def calibrate(self, max_time: float) -> None:
         """Turn the time budget into a first iteration count (gptlab.training.stopping), and record it."""
@@ -410,83 +453,12 @@ class Trainer:
         self.progress.message(f"time budget {budget.max_time}: {cost.per_iter:.4f} s per iteration, so {later}"
                               f"{shortened}; settled again at each evaluation")
 
-    def settle(self, pace: tuple[float, str, bool]) -> None:
-        """Move the count to what the pacer's pace gives (seconds per iteration, over what, whether it is the first
-        settlement; never inside warmup); past warmup, the decay runs on from where it is to the new end, which
-        the configuration records."""
-        per_iter, over, first = pace
-        cfg, elapsed = self.cfg, self.dist.max(self.timer.elapsed())
-        old = cfg.max_iters
-        iters = self.pacer.budget.settle(self.it, elapsed, per_iter, least=cfg.warmup_iters + 1, first=first)
-        if iters is None:
-            return  # the pace goes on being measured over a longer window, and so with less noise
-        self.pacer.settled(elapsed, self.it)
-        if self.it > cfg.warmup_iters and iters != old:
-            cfg.schedule_ends = add_end(cfg.schedule_ends, self.it, old)
-        cfg.max_iters = iters
-        self.stepper.schedulers = schedulers(self.optimizers, cfg, self.it)  # the next step's rate, on the new end
-        if self.dist.is_main:
-            rundir.write_run_files(self.plan.run_dir, self.config(), self.tokenizer)
-        self.progress.message(f"time budget {self.pacer.budget.max_time}: {per_iter:.4f} s per iteration {over}, so "
-                              f"{iters} iterations (to replay: {self.replay_flags()})")
-
-    def replay_flags(self) -> str:
-        """The flags that replay the run without its budget: the count, and what the budget changed of the
-        schedule (a shortened warmup, the moved ends of the decay)."""
-        cfg = self.cfg
-        warmup = "" if self.pacer.budget.warmup_from is None else f" --warmup-iters {cfg.warmup_iters}"
-        ends = f" --schedule-ends {cfg.schedule_ends}" if cfg.schedule_ends else ""
-        return f"--max-iters {cfg.max_iters} --max-time none{warmup}{ends}"
-
     def _scratch_checkpoint(self) -> None:
         """A checkpoint written to a temporary folder and removed: what saving costs, for the time budget."""
         if self.dist.is_main:
             with tempfile.TemporaryDirectory(prefix="gptlab-calibration-") as scratch:
                 rundir.save_checkpoint(scratch, self.it, self.source.weights(self), self.state(), self.config(),
                                        self.tokenizer)
-
-    def announce(self) -> None:
-        cfg, world = self.cfg, self.dist.world_size
-        self.progress.message(
-            f"training {self.plan.model['family']} ({self.model.num_params() / 1e6:.2f}M parameters) on "
-            f"{self.corpus_name} with a {self.tokenizer.kind} tokenizer ({self.tokenizer.vocab_size} tokens), "
-            f"{self.device.type}, {str(self.dtype).replace('torch.', '')}; run folder {self.plan.run_dir}")
-        self.progress.message(
-            f"global batch: {world} process(es) x {cfg.batch_size} sequences x {cfg.grad_accum} micro-batch(es) "
-            f"x {self.seq_len} tokens = {self.tokens_per_iter:,} tokens per step")
-        self.progress.message(self.threads.note)
-        if self.plan.stopping:
-            self.progress.message(self.plan.stopping)
-        self.announce_memory()
-
-    def announce_memory(self) -> None:
-        free = self.meter.available()
-        self.progress.message(f"memory: the steps will take about {self.forecast / 1e6:,.0f} MB for tensors "
-                              f"(gptlab cost)" + (f", of {free / 1e6:,.0f} MB free" if free else ""))
-
-    def check_memory(self) -> float:
-        """What the steps will take by gptlab cost's formulas (bytes), known before the model is built. A run that
-        would take more than is free (on a CPU, every process of this machine together) stops here, naming the
-        flag to change; plan.force (--force) starts it anyway."""
-        from gptlab.cost import size
-
-        parts, flags = self.memory_forecast()
-        free = self.meter.available()
-        sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.device.type == "cpu" else 1
-        too_much = bool(free) and parts["total"] * sharing > free
-        if self.dist.any(too_much) and not self.plan.force:  # (every process decides alike)
-            largest = max((k for k in parts if k != "total" and k in flags), key=lambda k: parts[k])
-            raise GptlabError(f"the steps would take about {size(parts['total'] * sharing)} for tensors (gptlab "
-                              f"cost's forecast, {largest.replace('_', ' ')} the most), more than the {size(free)} "
-                              f"free: lower {flags[largest]}, or pass --force to try anyway")
-        return parts["total"]
-
-    def memory_forecast(self) -> tuple[dict[str, float], dict[str, str]]:
-        """The steps' memory by part, and the flags that make each part smaller (training.memory.forecast)."""
-        family, values = split_section(self.plan.model)
-        config = make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size})
-        parts, flags = forecast(family, config, self.cfg, self.device.type, str(self.dtype).removeprefix("torch."))
-        return self.source.forecast(self, parts, flags)
 
     def begin(self) -> None:
         """Write the run folder's files (an overwritten run's are cleared only now) and open the log."""
@@ -526,17 +498,6 @@ class Trainer:
                 return "interrupt"
         return "max_time" if self.pacer.budget and self.pacer.budget.iters == cfg.max_iters else "max_iters"
 
-    def finish(self, stopped_by: str) -> None:
-        if stopped_by == "interrupt":
-            loss = self.dist.mean(self.last_loss)
-            if not math.isfinite(loss):  # never save weights that a NaN step has already spoiled
-                raise self._non_finite("training loss", loss)
-            self.progress.message(f"interrupted at iteration {self.it}: saving a checkpoint to resume from")
-            self.save(None)
-            self.dist.barrier()  # no process leaves (and ends the run for torchrun) before rank 0 has saved
-        elif self.it != self.last_eval_iter:  # (a run that just evaluated needs no second evaluation)
-            self.evaluate_and_save()
-
     def log_step(self) -> None:
         loss = self.dist.mean(self.last_loss)
         if not math.isfinite(loss):
@@ -570,16 +531,6 @@ class Trainer:
     def evaluate(self, iters: int | None = None) -> dict[str, float]:
         return evaluate(self.stepper.forward, self.eval_sources, iters or self.cfg.eval_iters, self.cfg.seed + 1,
                         self.device, self.dtype, self.dist)
-
-    def _choice_items(self, mirror) -> list | None:
-        if not self.cfg.eval_choices:
-            return None
-        from gptlab.tasks.choices import check_items
-        from gptlab.tasks.data import load_items
-
-        items = load_items(self.cfg.eval_choices, "test", mirror)[:CHOICE_ITEMS]
-        check_items(self.tokenizer, items, "this run")
-        return items
 
     def choice_accuracy(self) -> float:
         """The acc_norm of the model as it is now on the --eval-choices items."""
@@ -617,6 +568,57 @@ class Trainer:
         self.meter.reset()
         self.last_log = (self.timer.elapsed(), self.it)  # tokens/s counts training alone
         self.pacer.eval_seconds += self.last_log[0] - started
+
+    def settle(self, pace: tuple[float, str, bool]) -> None:
+        """Move the count to what the pacer's pace gives (seconds per iteration, over what, whether it is the first
+        settlement; never inside warmup); past warmup, the decay runs on from where it is to the new end, which
+        the configuration records."""
+        per_iter, over, first = pace
+        cfg, elapsed = self.cfg, self.dist.max(self.timer.elapsed())
+        old = cfg.max_iters
+        iters = self.pacer.budget.settle(self.it, elapsed, per_iter, least=cfg.warmup_iters + 1, first=first)
+        if iters is None:
+            return  # the pace goes on being measured over a longer window, and so with less noise
+        self.pacer.settled(elapsed, self.it)
+        if self.it > cfg.warmup_iters and iters != old:
+            cfg.schedule_ends = add_end(cfg.schedule_ends, self.it, old)
+        cfg.max_iters = iters
+        self.stepper.schedulers = schedulers(self.optimizers, cfg, self.it)  # the next step's rate, on the new end
+        if self.dist.is_main:
+            rundir.write_run_files(self.plan.run_dir, self.config(), self.tokenizer)
+        self.progress.message(f"time budget {self.pacer.budget.max_time}: {per_iter:.4f} s per iteration {over}, so "
+                              f"{iters} iterations (to replay: {self.replay_flags()})")
+
+    def replay_flags(self) -> str:
+        """The flags that replay the run without its budget: the count, and what the budget changed of the
+        schedule (a shortened warmup, the moved ends of the decay)."""
+        cfg = self.cfg
+        warmup = "" if self.pacer.budget.warmup_from is None else f" --warmup-iters {cfg.warmup_iters}"
+        ends = f" --schedule-ends {cfg.schedule_ends}" if cfg.schedule_ends else ""
+        return f"--max-iters {cfg.max_iters} --max-time none{warmup}{ends}"
+
+    def finish(self, stopped_by: str) -> None:
+        if stopped_by == "interrupt":
+            loss = self.dist.mean(self.last_loss)
+            if not math.isfinite(loss):  # never save weights that a NaN step has already spoiled
+                raise self._non_finite("training loss", loss)
+            self.progress.message(f"interrupted at iteration {self.it}: saving a checkpoint to resume from")
+            self.save(None)
+            self.dist.barrier()  # no process leaves (and ends the run for torchrun) before rank 0 has saved
+        elif self.it != self.last_eval_iter:  # (a run that just evaluated needs no second evaluation)
+            self.evaluate_and_save()
+
+    def draw_losses(self) -> None:
+        """loss.png from metrics.jsonl, in this process (gptlab.pictures changes no global state); a picture that
+        cannot be drawn is reported in one line, and the run has still finished."""
+        from gptlab import pictures
+
+        run_dir = self.plan.run_dir
+        try:
+            pictures.losses(read_metrics(run_dir / rundir.METRICS), run_dir / rundir.PLOT)
+        except Exception as e:  # (matplotlib missing or broken, a full disk: the numbers are in metrics.jsonl)
+            self.progress.message(f"could not draw {rundir.PLOT} ({type(e).__name__}: {e}); "
+                                  f"{rundir.METRICS} has the numbers")
 
     def _non_finite(self, what: str, value: float) -> GptlabError:
         """The one-line error for a NaN or inf loss: nothing is saved, and the last good checkpoint is named."""
