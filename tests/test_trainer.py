@@ -451,6 +451,19 @@ def test_an_interrupt_after_a_nan_step_saves_nothing(corpus, tmp_path, monkeypat
     assert all(torch.isfinite(w).all() for w in weights(ckpt_io.latest_checkpoint(out)).values())
 
 
+def test_resume_over_a_damaged_metrics_line_names_it(corpus, tmp_path):
+    """metrics.jsonl has one reader (gptlab.records): a line cut short at the end is a crash's and is left out,
+    but a bad line before others is damage, named in one line with what to do; the run resumes once it is gone."""
+    out = tmp_path / "run"
+    train(tiny(corpus, max_iters=4, eval_interval=2), out=out, quiet=True, stop_after=3)
+    good = (out / "metrics.jsonl").read_text()
+    (out / "metrics.jsonl").write_text("not json\n" + good)
+    with pytest.raises(GptlabError, match=r"metrics.jsonl line 1 is not JSON .*: mend or remove that line to resume"):
+        train({"max_iters": 5}, out=out, resume=True, quiet=True)
+    (out / "metrics.jsonl").write_text(good)
+    assert train({"max_iters": 5}, out=out, resume=True, quiet=True).iters == 5
+
+
 def test_resume_with_a_broken_config_or_a_cut_metrics_line(corpus, tmp_path):
     out = tmp_path / "run"
     train(tiny(corpus, max_iters=4, eval_interval=2), out=out, quiet=True, stop_after=3)

@@ -127,7 +127,9 @@ def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Pa
             raise GptlabError(f"{out} is not a finetuned run; continue it with gptlab train --resume")
         return plan, Finetune(**plan.sections["finetune"])
     base = rundir.open_checkpoint(ft.base, need=rundir.FOR_SAMPLING)
-    saved = read_config(base)  # a finetuned base is fine too: it has the chat tokens already
+    saved = read_config(base, run=False)  # a finetuned base is fine too: it has the chat tokens already
+    if "model" not in saved:
+        raise GptlabError(f"{base} is not a gptlab run (a Hugging Face model? gptlab import {base} --out RUN first)")
     unknown = sorted(set(values) - set(train_fields()))
     if unknown:
         raise GptlabError(f"finetune takes training values only, not {', '.join(unknown)} (the model is the base's)")
@@ -181,7 +183,7 @@ class Conversations(Source):
         base = rundir.open_checkpoint(self.ft.base, need=rundir.FOR_SAMPLING) if resumed is None else resumed
         tokenizer = with_chat_tokens(load_tokenizer(base / rundir.TOKENIZER))
         train, val = split_conversations(self.ft, t.cfg.val_fraction, t.cfg.seed)
-        length = window(t.plan, t.cfg)
+        length = row_length(t.plan, t.cfg)
         data = ChatData(pack(train, tokenizer, length), pack(val, tokenizer, length) if val else None)
         if not train or not data.train.learned:
             raise GptlabError(f"{self.ft.data} has no assistant text to learn from")
@@ -211,7 +213,7 @@ class Conversations(Source):
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
             t.progress.message(f"LoRA rank {self.ft.lora_rank} on {len(targets)} matrices: {trained:,} of "
                                   f"{sum(p.numel() for p in model.parameters()):,} parameters train")
-        return model.config, model.to(t.device), window(t.plan, t.cfg)
+        return model.config, model.to(t.device), row_length(t.plan, t.cfg)
 
     def forecast(self, t: Trainer, parts: dict[str, float], flags: dict[str, str]):
         """The engine's forecast, with LoRA: gradients and optimizer state only for what trains (the adapters and
@@ -227,7 +229,7 @@ class Conversations(Source):
         per_value = 4 if t.dtype == torch.float32 else 2
         parts["gradients"] *= trains
         parts["optimizer"] *= trains
-        parts["adapters"] = lora.adapter_memory(model, t.cfg.batch_size * window(t.plan, t.cfg), per_value)
+        parts["adapters"] = lora.adapter_memory(model, t.cfg.batch_size * row_length(t.plan, t.cfg), per_value)
         parts["total"] = sum(v for k, v in parts.items() if k != "total")
         flags["adapters"] = "--lora-rank"
         return parts, flags
@@ -261,7 +263,7 @@ class Conversations(Source):
         return plain
 
 
-def window(plan: Plan, cfg: TrainConfig) -> int:
+def row_length(plan: Plan, cfg: TrainConfig) -> int:
     """The tokens of a row: the model's context, or --seq-len for a family without one."""
     from gptlab.models import get_family
 

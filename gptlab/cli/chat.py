@@ -98,7 +98,8 @@ class Chat:
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The ids that ask for the next reply: the oldest turns are dropped until room for the reply is left
-        inside the model's context (fit leaves at most half of it); what was cut is said on stderr."""
+        inside the model's context (a room of at most half of it: reply.prompt_limit); what was cut is said on
+        stderr."""
         from gptlab.chat.reply import prompt_in_context
 
         ids, cut = prompt_in_context(messages, self.fmt, self.model.max_context, room=self.max_new_tokens)

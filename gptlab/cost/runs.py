@@ -97,6 +97,8 @@ def _whole(value, low: int = 1) -> bool:
 def _measurements(path: Path) -> list[dict]:
     """The last process's records (a resumed run logs its base again): the first holds mem_base and the rest."""
     records = read_metrics(path / METRICS)
+    if not records and (path / METRICS).exists():
+        raise GptlabError(f"{path / METRICS} is empty: the run has not logged a step yet")
     starts = [i for i, r in enumerate(records) if _whole(r.get("mem_base"), 0)]
     return records[starts[-1]:] if starts else []
 

@@ -61,7 +61,7 @@ class Distributed:
         import torch.distributed as dist
         import torch.distributed.nn.functional  # noqa: F401  before any group exists: see close()
 
-        store = self._store()
+        store = self._store("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
             dist.init_process_group("nccl", device_id=device, **store)
@@ -70,16 +70,22 @@ class Distributed:
             dist.init_process_group("gloo", **store)
             self.control = dist.group.WORLD
 
-    def _store(self) -> dict:
-        """Where the processes meet: torchrun's store, under a prefix of this run's own. The processes of a second
-        run (gptlab.train called again in the same processes) would otherwise find the first run's addresses there
-        and connect to ports that closed with it."""
+    def _store(self, backend: str) -> dict:
+        """Where the processes meet: the launcher's store (torchrun's; rank 0's under a plain env:// launch), read
+        from the same variables init_process_group reads, under a prefix of this run's own, with the backend's
+        default timeout. The processes of a second run (gptlab.train called again in the same processes) would
+        otherwise find the first run's addresses there and connect to ports that closed with it. Every process
+        must start the same runs in the same order, as a script under torchrun does: the prefixes count them."""
         import torch.distributed as dist
+        from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 
         global _RUNS
-        _RUNS += 1  # (every process starts the same runs in the same order, so the prefixes agree)
-        store, rank, world_size = next(dist.rendezvous("env://"))
-        return dict(store=dist.PrefixStore(f"gptlab-run-{_RUNS}", store), rank=rank, world_size=world_size)
+        _RUNS += 1
+        timeout = (default_pg_nccl_timeout or default_pg_timeout) if backend == "nccl" else default_pg_timeout
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+        store.set_timeout(timeout)
+        return dict(store=dist.PrefixStore(f"gptlab-run-{_RUNS}", store), rank=rank, world_size=world_size,
+                    timeout=timeout)
 
     def close(self) -> None:
         """Destroy the process groups for good, gloo's threads with them, while Python is still whole.

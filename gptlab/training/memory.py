@@ -88,10 +88,13 @@ def forecast(family: str, config, cfg, device_type: str, dtype: str) -> tuple[di
     from gptlab.cost import forecast_training
     from gptlab.models import build_model, config_to_dict, get_family
 
-    with torch.device("meta"):
-        params = build_model(family, config).num_params(non_embedding=False)
+    def count_params() -> int:
+        with torch.device("meta"):
+            return build_model(family, config).num_params(non_embedding=False)
+
     width = get_family(family).width or "n_embd"
-    parts = forecast_training(family, config_to_dict(family, config), params=params, width=getattr(config, width, 0),
+    parts = forecast_training(family, config_to_dict(family, config), params=count_params,
+                              width=getattr(config, width, 0),
                               batch_size=cfg.batch_size, tokens_per_row=cfg.seq_len or 1, optimizer=cfg.optimizer,
                               device_type=device_type, dtype=dtype)
     sizes, per_token = f"the model's size (--{width.replace('_', '-')}, --n-layer)", "--batch-size (or the context)"

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from gptlab.errors import GptlabError
 from gptlab.records import read_metrics
 
 
@@ -16,7 +17,11 @@ class MetricsLog:
     def __init__(self, path: Path, resume_from: int | None = None, enabled: bool = True):
         self.path, self.enabled = path, enabled
         if enabled and resume_from is not None and path.exists():  # forget what came after the checkpoint
-            kept = [r for r in read_metrics(path) if r["iter"] <= resume_from]  # (a line cut short: left out)
+            try:
+                records = read_metrics(path)  # (a last line cut short by a crash is left out)
+            except GptlabError as e:
+                raise GptlabError(f"{e}: mend or remove that line to resume") from None
+            kept = [r for r in records if r["iter"] <= resume_from]
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, **record) -> None:

@@ -188,7 +188,7 @@ class Pacer:
         self.since: tuple[float, int] | None = None  # (elapsed, iteration) evaluations measure from (checkpointed)
         self.eval_seconds = 0.0  # spent evaluating and saving, which the pace of the steps leaves out
         self.first_at: int | None = None  # where the first settlement on the run's own pace is due
-        self.window: tuple[float, int, float] = (0.0, 0, 0.0)  # (elapsed, iteration, eval_seconds) it measures from
+        self.measured_from: tuple[float, int, float] = (0.0, 0, 0.0)  # that: (elapsed, iteration, eval_seconds)
         self.warm: tuple[int, float] | None = None  # a resumed run: (iteration, elapsed) of its warm steps' end
 
     @property
@@ -201,7 +201,7 @@ class Pacer:
         its pace from where its checkpoint had come to, and measures at least REFINE_STEPS steps of its own before
         a first settlement."""
         now = self.elapsed()
-        self.first_at, self.window, self.warm = self._first_at(it, max_iters), (now, it, self.eval_seconds), None
+        self.first_at, self.measured_from, self.warm = self._first_at(it, max_iters), (now, it, self.eval_seconds), None
         if self.since is None:
             self.since = (self.agree(now), it)
         elif self.active:
@@ -219,13 +219,13 @@ class Pacer:
 
     def after_step(self, it: int) -> tuple[float, str, bool] | None:
         """After step `it`: the pace to settle the count by now (seconds per iteration, over what, whether it is
-        the first settlement), or None. The first is the pace of the run's own steps since `window`, evaluations
-        left out, plus calibration's share of evaluations per iteration."""
+        the first settlement), or None. The first is the pace of the run's own steps since `measured_from`,
+        evaluations left out, plus calibration's share of evaluations per iteration."""
         if self.warm and it == self.warm[0]:
             self._discount_warm_steps()
         if it != self.first_at:
             return None
-        start, start_it, eval_start = self.window
+        start, start_it, eval_start = self.measured_from
         self.sync()
         step = (self.elapsed() - start - (self.eval_seconds - eval_start)) / (it - start_it)
         return self.agree(step) + self.budget.overhead_per_iter, f"over {it - start_it} steps", True
@@ -236,7 +236,7 @@ class Pacer:
         pays for it)."""
         excess = max(0.0, self.agree(self.elapsed()) - self.warm[1] - WARM_STEPS * self.budget.seconds_per_iter)
         self.since = (self.since[0] + excess, self.since[1])
-        self.window = (self.window[0] + excess, *self.window[1:])
+        self.measured_from = (self.measured_from[0] + excess, *self.measured_from[1:])
 
     def after_evaluation(self, it: int) -> tuple[float, str, bool] | None:
         """After an evaluation at iteration `it`: the pace since the last settlement (steps, evaluations and

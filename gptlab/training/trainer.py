@@ -250,8 +250,8 @@ class Trainer:
     top to bottom in the order it happens: announce, calibrate (a time budget), begin, loop (step, log, evaluate
     and save, settle the budget's count), finish, draw loss.png."""
 
-    def __init__(self, plan: Plan, dist: Distributed, source: Source | None = None, mirror: str | Path | None = None,
-                 quiet: bool = False, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, plan: Plan, dist: Distributed, source: Source | None = None, *,
+                 mirror: str | Path | None = None, quiet: bool = False, clock: Callable[[], float] = time.perf_counter):
         """source: what the run learns from and trains (default: the plan's corpus, read as text, and a new model);
         mirror: where named corpora and tasks are read from; clock: where the run reads the time (its budget and
         its log), which tests give of their own."""
@@ -268,12 +268,12 @@ class Trainer:
             self.tokenizer, self.data, self.corpus_name = self.source.data(self)
         self.meter = MemoryMeter(self.device)
         self.mem_base = self.meter.current()  # before the model: what the steps' peak is measured above
-        self.forecast = self.check_memory()  # before anything large is allocated
+        self.forecast_bytes = self.check_memory()  # before anything large is allocated
         self.model_config, self.model, self.seq_len = self.source.model(self)
         self.optimizers = build_optimizers(self.model, cfg)
         self.stepper = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
-                            schedulers(self.optimizers, cfg, 0), cfg, self.device, self.dtype,
-                            notice=self.progress.message, compiled=cfg.compile, dist=dist)
+                               schedulers(self.optimizers, cfg, 0), cfg, self.device, self.dtype,
+                               notice=self.progress.message, compiled=cfg.compile, dist=dist)
         self.batches, self.eval_sources = self.source.batches(self)
         self.choices = self._choice_items(mirror)  # (a bad task file stops the run before its first step)
         self.it, self.best_val = 0, None
@@ -424,7 +424,7 @@ class Trainer:
 
     def announce_memory(self) -> None:
         free = self.meter.available()
-        self.progress.message(f"memory: the steps will take about {self.forecast / 1e6:,.0f} MB for tensors "
+        self.progress.message(f"memory: the steps will take about {self.forecast_bytes / 1e6:,.0f} MB for tensors "
                               f"(gptlab cost)" + (f", of {free / 1e6:,.0f} MB free" if free else ""))
 
     def calibrate(self, max_time: float) -> None:
@@ -611,11 +611,15 @@ class Trainer:
     def draw_losses(self) -> None:
         """loss.png from metrics.jsonl, in this process (gptlab.pictures changes no global state); a picture that
         cannot be drawn is reported in one line, and the run has still finished."""
+        import warnings
+
         from gptlab import pictures
 
         run_dir = self.plan.run_dir
         try:
-            pictures.losses(read_metrics(run_dir / rundir.METRICS), run_dir / rundir.PLOT)
+            with warnings.catch_warnings():  # (a glyph the font lacks, in a run folder's name, say: not the user's)
+                warnings.simplefilter("ignore")
+                pictures.losses(read_metrics(run_dir / rundir.METRICS), run_dir / rundir.PLOT)
         except Exception as e:  # (matplotlib missing or broken, a full disk: the numbers are in metrics.jsonl)
             self.progress.message(f"could not draw {rundir.PLOT} ({type(e).__name__}: {e}); "
                                   f"{rundir.METRICS} has the numbers")

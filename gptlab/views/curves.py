@@ -77,6 +77,8 @@ def load_curves(run_dir: str | Path) -> Curves:
             raise GptlabError(f"{path} is not a run folder (it has no {CONFIG} and no {METRICS}); "
                               f"is it a folder written by 'gptlab train'?")
         raise GptlabError(f"{path} has no {METRICS}: the run has not logged a step yet")
+    if not (path / CONFIG).exists():
+        raise GptlabError(f"{path} has {METRICS} but no {CONFIG}; is it a folder written by 'gptlab train'?")
     config = read_config(path)
     train_cfg, model_cfg = config["train"], config["model"]
     window = model_cfg.get("block_size") or train_cfg.get("seq_len")
