@@ -17,6 +17,7 @@ from gptlab.errors import GptlabError
 
 # The run folder's files (gptlab.rundir writes them, and the checkpoints' own)
 CONFIG, TOKENIZER, METRICS, PLOT = "config.json", "tokenizer.json", "metrics.jsonl", "loss.png"
+BOARD = "tensorboard"  # the folder of TensorBoard's event files (train --tensorboard)
 WEIGHTS = "model.safetensors"
 
 

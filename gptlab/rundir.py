@@ -38,7 +38,7 @@ from gptlab.data.corpora import NAMED
 from gptlab.data.tokenizer import KINDS
 from gptlab.errors import GptlabError, is_main_process
 from gptlab.files import fsync_dir, sha256_file, write_atomic
-from gptlab.records import CONFIG, METRICS, PLOT, TOKENIZER, WEIGHTS, read_config
+from gptlab.records import BOARD, CONFIG, METRICS, PLOT, TOKENIZER, WEIGHTS, read_config
 
 CKPT_DIR, LATEST = "checkpoints", "latest"
 TRAINER, SUMS = "trainer.pt", "SHA256SUMS"
@@ -102,6 +102,7 @@ def _is_run_config(path: Path) -> bool:
 def clear(run_dir: Path) -> None:
     """Remove what a run wrote (and nothing else) before an overwriting run starts."""
     shutil.rmtree(run_dir / CKPT_DIR, ignore_errors=True)
+    shutil.rmtree(run_dir / BOARD, ignore_errors=True)
     for name in (CONFIG, TOKENIZER, METRICS, PLOT):
         (run_dir / name).unlink(missing_ok=True)
 

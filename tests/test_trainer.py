@@ -3,6 +3,7 @@ NaN stops, interrupts, overwrite policy, and one-line errors for invalid values.
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -499,3 +500,44 @@ def test_a_checkpoint_from_a_newer_gptlab_is_refused_in_one_line(corpus, tmp_pat
     reseal(path.parent)
     with pytest.raises(GptlabError, match="written by a newer gptlab; update gptlab to resume it"):
         train({"max_iters": 5}, out=out, resume=True, quiet=True)
+
+
+# --- TensorBoard -------------------------------------------------------------------------------------------------
+
+def board_scalars(run_dir) -> dict[str, dict[int, float]]:
+    """Every scalar of a run's TensorBoard events, by tag and step (as TensorBoard itself reads them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert all(len({step for step, _ in points}) == len(points) for points in scalars.values())  # each step once
+    return {tag: dict(points) for tag, points in scalars.items()}
+
+
+def test_tensorboard_holds_what_metrics_jsonl_holds_and_a_resume_continues_it(corpus, tmp_path):
+    values = tiny(corpus, max_iters=8, eval_interval=4, log_interval=1, tensorboard=True)
+    train(values, out=tmp_path / "whole", quiet=True)
+    records = read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    board = board_scalars(tmp_path / "whole")
+    for key, tag in [("loss", "train/loss"), ("lr", "train/lr"), ("grad_norm", "train/grad_norm"),
+                     ("val_loss", "eval/val_loss"), ("tokens_per_s", "train/tokens_per_s")]:
+        logged = {r["iter"]: r[key] for r in records if key in r}
+        assert logged and board[tag] == pytest.approx(logged, rel=1e-6), tag  # (float32 in the events)
+    assert sorted(board["train/loss"]) == list(range(1, 9)) and sorted(board["eval/val_loss"]) == [4, 8]
+    crashed = tmp_path / "crashed"  # a run that logged up to 8 but whose newest checkpoint is at 4
+    train(values, out=crashed, quiet=True)
+    shutil.rmtree(crashed / "checkpoints" / "step-000008")
+    (crashed / "checkpoints" / "latest").write_text("step-000004\n")
+    train({"max_iters": 8}, out=crashed, resume=True, quiet=True)
+    resumed = board_scalars(crashed)
+    assert resumed["train/loss"] == pytest.approx(board["train/loss"], rel=1e-6)  # steps 5-8 once, as in one run
+    assert resumed["eval/val_loss"] == pytest.approx(board["eval/val_loss"], rel=1e-6)
+
+
+def test_tensorboard_without_its_package_is_one_line(corpus, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import raise ImportError
+    with pytest.raises(GptlabError, match=r"--tensorboard needs the tensorboard package: pip install"):
+        train(tiny(corpus, tensorboard=True), out=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()  # stopped before anything was written

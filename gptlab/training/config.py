@@ -59,6 +59,9 @@ class TrainConfig:
                                              "shakespeare, ... or a JSONL file): the acc_norm of its first 100 items "
                                              "goes into metrics.jsonl as choices_acc_norm")
     log_interval: int = setting(10, "log the training loss every this many steps")
+    tensorboard: bool = setting(False, "also write what metrics.jsonl holds as TensorBoard event files into "
+                                       "RUN_DIR/tensorboard (pip install 'gptlab[tensorboard]'; then tensorboard "
+                                       "--logdir runs)")
     # system
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps (auto: cuda, then mps, then cpu)")
     dtype: str = setting("auto", "autocast format; auto is bfloat16 where the hardware is fast at it",
@@ -113,7 +116,7 @@ UNBOUNDED_ITERS = 10**9
 
 # Values a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"max_iters", "max_time", "eval_interval", "eval_iters", "log_interval", "device", "compile",
-             "threads", "corpus"}
+             "threads", "corpus", "tensorboard"}
 
 
 def default_preset(device_type: str) -> str:

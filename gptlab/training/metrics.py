@@ -12,10 +12,12 @@ from gptlab.records import read_metrics
 
 
 class MetricsLog:
-    """Appends one JSON object per line to RUN_DIR/metrics.jsonl (rank 0 only, under several processes)."""
+    """Appends one JSON object per line to RUN_DIR/metrics.jsonl (rank 0 only, under several processes), and,
+    given a board, the same numbers to TensorBoard."""
 
-    def __init__(self, path: Path, resume_from: int | None = None, enabled: bool = True):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, resume_from: int | None = None, enabled: bool = True,
+                 board: TensorBoard | None = None):
+        self.path, self.enabled, self.board = path, enabled, board
         if enabled and resume_from is not None and path.exists():  # forget what came after the checkpoint
             try:
                 records = read_metrics(path)  # (a last line cut short by a crash is left out)
@@ -28,6 +30,41 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.board is not None:
+                self.board.write(record)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+def tensorboard_writer():
+    """torch.utils.tensorboard's SummaryWriter; one line where the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise GptlabError("--tensorboard needs the tensorboard package: pip install 'gptlab[tensorboard]'") from None
+    return SummaryWriter
+
+
+class TensorBoard:
+    """metrics.jsonl's numbers as TensorBoard scalars, at their iteration, in RUN_DIR/tensorboard (`tensorboard
+    --logdir runs` shows every run). A resumed run drops the events after its checkpoint, as metrics.jsonl does."""
+
+    TAGS = {"loss": "train/loss", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s",
+            "grad_norm": "train/grad_norm", "peak_mem": "train/peak_memory_bytes", "train_loss": "eval/train_loss",
+            "val_loss": "eval/val_loss", "val_bpc": "eval/val_bpc", "choices_acc_norm": "eval/choices_acc_norm"}
+
+    def __init__(self, folder: Path, resume_from: int | None = None):
+        self.writer = tensorboard_writer()(str(folder), purge_step=None if resume_from is None else resume_from + 1)
+
+    def write(self, record: dict) -> None:
+        for key, tag in self.TAGS.items():
+            if key in record:
+                self.writer.add_scalar(tag, record[key], record["iter"])
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class ProgressLine:

@@ -34,6 +34,7 @@ class Stepper:
         self.cfg, self.device, self.dtype, self.notice = cfg, device, dtype, notice
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         self.dist = dist  # several processes: the count of masked targets is summed over them
+        self.last_lr, self.last_grad_norm = None, None  # the last step's, for the log
 
     def __call__(self, batches) -> torch.Tensor:
         """One optimizer step; returns its loss as this process sees it (detached; see _step)."""
@@ -67,8 +68,9 @@ class Stepper:
         self.last_lr = self.optimizers[-1].param_groups[0]["lr"]  # the rate of this step (logged)
         for opt in self.optimizers:
             self.scaler.unscale_(opt)
+        self.last_grad_norm = None  # (clipping measures it; without clipping it is not computed)
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         for opt in self.optimizers:
             self.scaler.step(opt)
         self.scaler.update()

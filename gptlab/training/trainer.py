@@ -47,7 +47,7 @@ from gptlab.training.config import (
 from gptlab.training.distributed import Distributed
 from gptlab.training.evaluate import evaluate
 from gptlab.training.memory import MemoryMeter, forecast
-from gptlab.training.metrics import MetricsLog, ProgressLine, Timer
+from gptlab.training.metrics import MetricsLog, ProgressLine, TensorBoard, Timer, tensorboard_writer
 from gptlab.training.optim import build_optimizers, load_state, schedulers
 from gptlab.training.step import Stepper
 from gptlab.training.stopping import Budget, Cost, Pacer, StopFlag, measure
@@ -264,6 +264,8 @@ class Trainer:
         self._sync = _waiter(self.device)
         dist.start(self.device)
         self.progress = ProgressLine(quiet=quiet or not dist.is_main)
+        if cfg.tensorboard and dist.is_main:
+            tensorboard_writer()  # (a missing package stops the run before it starts)
         with dist.main_first():
             self.tokenizer, self.data, self.corpus_name = self.source.data(self)
         self.meter = MemoryMeter(self.device)
@@ -401,6 +403,7 @@ class Trainer:
                 self.finish(stopped_by)
         finally:
             self.progress.close()
+            self.metrics.close()
         if stopped_by != "interrupt" and self.dist.is_main:
             self.draw_losses()
         self.progress.message(f"done: {self.it} iterations in {self.timer.elapsed():.1f}s ({stopped_by}); "
@@ -468,8 +471,9 @@ class Trainer:
             if not resumed:
                 rundir.clear(run_dir)
             rundir.write_run_files(run_dir, self.config(), self.tokenizer)
-        self.metrics = MetricsLog(run_dir / rundir.METRICS, resume_from=self.it if resumed else None,
-                                  enabled=self.dist.is_main)
+        start = self.it if resumed else None
+        board = TensorBoard(run_dir / rundir.BOARD, start) if self.cfg.tensorboard and self.dist.is_main else None
+        self.metrics = MetricsLog(run_dir / rundir.METRICS, resume_from=start, enabled=self.dist.is_main, board=board)
         self.progress.start(self.cfg.max_iters, self.it)
 
     @property
@@ -506,7 +510,9 @@ class Trainer:
         last_time, last_iter = self.last_log
         tps = self.tokens_per_iter * (self.it - last_iter) / max(1e-9, now - last_time)
         self.last_log = (now, self.it)
+        norm = self.stepper.last_grad_norm
         self.metrics.write(iter=self.it, tokens=self.tokens, loss=loss, lr=self.stepper.last_lr,
+                           **({} if norm is None else {"grad_norm": round(float(norm), 6)}),
                            tokens_per_s=round(tps, 1), step_s=round(self.tokens_per_iter / tps, 6),
                            time=round(now, 3), **self.measured_memory())
         self.progress.update(self.it, loss, tps, self.cfg.max_iters)
