@@ -56,6 +56,8 @@ def warn(text: str) -> None:
 
 def default_run_dir(cfg) -> Path:
     """runs/CORPUS-TOKENIZER, with CORPUS a named corpus or the stem of the user's path before any glob."""
+    if cfg.data:
+        return Path("runs") / re.sub(r"[^\w.-]+", "_", Path(cfg.data).resolve().name)
     corpus = cfg.corpus
     if corpus not in NAMED:
         plain = Path(re.split(r"[*?\[]", corpus)[0] or ".")

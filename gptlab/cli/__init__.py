@@ -21,6 +21,7 @@ from gptlab.cli import (
     inspect,
     listing,
     plot,
+    prepare,
     sample,
     serve,
     train,
@@ -28,7 +29,7 @@ from gptlab.cli import (
 )
 from gptlab.errors import GptlabError, is_main_process
 
-COMMANDS = {"train": train, "sample": sample, "finetune": finetune, "chat": chat, "eval": evaluate,
+COMMANDS = {"prepare": prepare, "train": train, "sample": sample, "finetune": finetune, "chat": chat, "eval": evaluate,
             "translate": translate, "inspect": inspect, "plot": plot, "serve": serve, "compare": compare,
             "cost": cost, "import": import_, "export": export, "list": listing}
 

@@ -94,3 +94,30 @@ class RandomRows(Seeded):
         pick = self.draw(len(self.ids))
         ids, mask = self.ids[pick].to(self.device), self.mask[pick].to(self.device)
         return ids[:, :-1], ids[:, 1:], mask[:, 1:]
+
+
+class ShardWindows(Seeded):
+    """Random windows of seq_len + 1 tokens from memory-mapped token shards (gptlab prepare's), a window never
+    across two shards: the global batch's picks are numbers in [0, every shard's windows), each mapped to its
+    shard and offset. Only the windows drawn are read, so memory stays flat however large the corpus; the
+    generator's state (saved in checkpoints) is the position in the data that a resumed run goes on from."""
+
+    def __init__(self, shards: list[np.ndarray], seq_len: int, batch_size: int, device: torch.device, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        self.shards = [s for s in shards if len(s) > seq_len]
+        self.seq_len, self.batch_size, self.device = seq_len, batch_size, torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.ends = np.cumsum([len(s) - seq_len for s in self.shards])  # windows up to and with shard i
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        picks = self.draw(int(self.ends[-1])).numpy()
+        which = np.searchsorted(self.ends, picks, side="right")  # the shard of each pick
+        starts = picks - np.concatenate(([0], self.ends))[which]
+        window = np.stack([self.shards[w][s:s + self.seq_len + 1] for w, s in zip(which, starts)]).astype(np.int64)
+        window = torch.from_numpy(window)
+        if self.device.type == "cuda":
+            window = window.pin_memory().to(self.device, non_blocking=True)
+        else:
+            window = window.to(self.device)
+        return window[:, :-1], window[:, 1:]

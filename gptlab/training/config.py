@@ -26,6 +26,8 @@ class TrainConfig:
     # data
     corpus: str = setting("shakespeare", "a named corpus, or a file, folder or glob of your own .txt files; or pairs "
                                          "to translate: tatoeba-da-en, numbers-da, reverse, a .tsv or .jsonl file")
+    data: str | None = setting(None, "a folder of token shards that gptlab prepare wrote, trained on instead of "
+                                     "--corpus (its own tokenizer; validation on its held-out shard)")
     tokenizer: str = setting("char", "char, word, bpe, or a path to a tokenizer.json")
     vocab_size: int | None = setting(None, "vocabulary size of the word and bpe tokenizers (unset: word keeps "
                                                  "every word, bpe has 1024)")
@@ -116,7 +118,7 @@ UNBOUNDED_ITERS = 10**9
 
 # Values a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"max_iters", "max_time", "eval_interval", "eval_iters", "log_interval", "device", "compile",
-             "threads", "corpus", "tensorboard"}
+             "threads", "corpus", "data", "tensorboard"}
 
 
 def default_preset(device_type: str) -> str:
@@ -235,6 +237,10 @@ def check_overrides(cfg: TrainConfig, model: dict, overrides: dict) -> None:
         fixed = "the char tokenizer's vocabulary is the corpus's characters" if cfg.tokenizer == "char" else \
             "a tokenizer file brings its own vocabulary"
         raise GptlabError(f"--vocab-size applies to the word and bpe tokenizers; {fixed}")
+    if overrides.get("data") and ({"corpus", "tokenizer", "vocab_size", "val_fraction"} & set(overrides)):
+        given = sorted({"corpus", "tokenizer", "vocab_size", "val_fraction"} & set(overrides))
+        raise GptlabError(f"--data is a prepared folder, with its own tokenizer and held-out shard: leave out "
+                          f"{', '.join('--' + g.replace('_', '-') for g in given)}")
     if "muon_lr" in overrides and cfg.optimizer != "muon":
         raise GptlabError("--muon-lr applies to --optimizer muon")
     if "rope_base" in overrides and model.get("pos") != "rope":

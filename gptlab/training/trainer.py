@@ -223,17 +223,9 @@ class TextSource(Source):
         return tokenizer, data, corpus.name  # training reads the token files: the text itself is let go
 
     def model(self, t: Trainer):
-        family, values = split_section(t.plan.model)
-        config = make_config(family, {**values, "vocab_size": t.tokenizer.vocab_size})
-        model = build_model(family, config).to(t.device)
-        context, seq_len = model.max_context, t.cfg.seq_len
-        if context is None and seq_len is None:
-            raise GptlabError(f"--model {family} takes any length: set the training window with --seq-len")
-        if context is not None and seq_len not in (None, context):
-            raise GptlabError(f"--seq-len is for models without a longest context; --model {family} trains on "
-                              f"windows of its context, {context} tokens")
-        check_length(t.data, seq_len or context, t.cfg.val_fraction)
-        return config, model, seq_len or context
+        config, model, window = new_model(t)
+        check_length(t.data, window, t.cfg.val_fraction)
+        return config, model, window
 
     def batches(self, t: Trainer):
         cfg, dist = t.cfg, t.dist
@@ -243,6 +235,21 @@ class TextSource(Source):
         if len(t.data.val) > t.seq_len:
             sources["val"] = RandomWindows(t.data.val, *args)
         return batches, sources
+
+
+def new_model(t: Trainer):
+    """(config, model on t.device, training window) of a new model of the plan's family, its vocabulary the
+    tokenizer's; the window is its context, or --seq-len for a family without one."""
+    family, values = split_section(t.plan.model)
+    config = make_config(family, {**values, "vocab_size": t.tokenizer.vocab_size})
+    model = build_model(family, config).to(t.device)
+    context, seq_len = model.max_context, t.cfg.seq_len
+    if context is None and seq_len is None:
+        raise GptlabError(f"--model {family} takes any length: set the training window with --seq-len")
+    if context is not None and seq_len not in (None, context):
+        raise GptlabError(f"--seq-len is for models without a longest context; --model {family} trains on "
+                          f"windows of its context, {context} tokens")
+    return config, model, seq_len or context
 
 
 class Trainer:
@@ -649,9 +656,15 @@ def _check_same_kind(plan: Plan) -> None:
                           f"{'pairs' if on_pairs else 'text'}")
 
 
-def source_for(corpus: str, family: str, mirror: str | Path | None = None) -> Source:
-    """What a run on a corpus learns from: text is read in windows; pairs (a parallel corpus) one pair a row."""
+def source_for(corpus: str, family: str, mirror: str | Path | None = None, data: str | None = None) -> Source:
+    """What a run learns from: a prepared folder's token shards (data); else its corpus, text read in windows,
+    pairs (a parallel corpus) one pair a row."""
     from gptlab.data.parallel import is_parallel
+
+    if data:
+        from gptlab.training.shards import ShardSource
+
+        return ShardSource(data)
 
     if is_parallel(corpus):
         from gptlab.training.pairs import PairSource
@@ -683,7 +696,7 @@ def train(values: dict | None = None, *, preset: str | None = None, out: str | P
         _check_same_kind(plan)
     dist = Distributed.from_env()
     try:
-        source = source_for(plan.cfg.corpus, plan.model["family"], mirror)
+        source = source_for(plan.cfg.corpus, plan.model["family"], mirror, plan.cfg.data)
         result = Trainer(plan, dist, source, mirror=mirror, quiet=quiet).train(stop_after)
         dist.barrier()  # every process ends the run together (rank 0 was still drawing loss.png)
         return result
