@@ -139,6 +139,17 @@ def test_windows_stay_inside_a_shard_and_processes_split_the_global_batch():
     assert {int(v) for v in every} == set(range(0, 22)) | set(range(1000, 1004))  # each window start, no other
 
 
+def test_windows_read_from_the_shard_files_equal_the_arrays(tmp_path):
+    """Memory-mapped shards are read by pread (memory stays flat): the same windows as the arrays give."""
+    arrays = [np.random.default_rng(i).integers(0, 70000, n).astype(np.uint32) for i, n in enumerate((300, 41))]
+    for i, ids in enumerate(arrays):
+        write_shard(tmp_path / f"{i}.bin", ids)
+    mapped = [read_shard(tmp_path / f"{i}.bin") for i in range(2)]
+    a, b = ShardWindows(arrays, 16, 8, "cpu", seed=1), ShardWindows(mapped, 16, 8, "cpu", seed=1)
+    for _ in range(4):
+        assert all(torch.equal(u, v) for u, v in zip(a.next(), b.next()))
+
+
 def test_training_on_shards_resumes_exactly_and_the_command_says_so(sources, tmp_path, capsys):
     assert main(["prepare", str(sources), "--out", str(tmp_path / "data"), "--tokenizer", "char",
                  "--val-tokens", "800", "--shard-tokens", "3000", "--quiet"]) == 0

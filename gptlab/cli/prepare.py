@@ -41,7 +41,12 @@ def run(args) -> int:
         raise GptlabError("--sample-mb must be more than 0")
     settings = Settings([str(s) for s in args.sources], args.tokenizer, args.vocab_size, args.text_field,
                         args.val_tokens, args.shard_tokens, args.sample_mb)
-    manifest = prepare(settings, args.out, overwrite=args.overwrite, quiet=args.quiet)
+    try:
+        manifest = prepare(settings, args.out, overwrite=args.overwrite, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print(f"gptlab: interrupted; the same command again goes on after the last whole shard in {args.out}",
+              file=sys.stderr)
+        return 130
     shards = manifest["shards"]
     train = sum(s["tokens"] for s in shards if s["split"] == "train")
     val = sum(s["tokens"] for s in shards if s["split"] == "val")
