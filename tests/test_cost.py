@@ -147,6 +147,22 @@ def test_gpu_names_match_the_table():
         assert match_gpu(f"cuda: {other}") is None, other  # not guessed at
 
 
+def test_an_fsdp_run_is_predicted_with_its_states_split_and_no_ddp_buckets():
+    """A run's config says --fsdp: the weights, gradients and optimizer state are 1/world_size a process (plus a
+    gathered block), and there is no DDP bucket; under DDP every process holds them whole, and the buckets."""
+    values = dict(batch_size=8, grad_accum=1, dropout=0.0, optimizer="adamw", compile=False)
+    shape = gpt_shape("x", CONFIGS[0])
+    ddp = runs.Run(Path("x"), shape, values, "cpu: test", "float32", 100, 200, "steps", 0.25, world_size=2)
+    fsdp = runs.Run(Path("x"), shape, values, "cpu: test", "float32", 100, 200, "steps", 0.25, world_size=2,
+                    fsdp=True)
+    whole, split = runs.predicted_memory(ddp, 0.0), runs.predicted_memory(fsdp, 0.0)
+    assert whole["ddp_buckets"] == whole["gradients"] > 0 and split["ddp_buckets"] == 0
+    for part in ("weights", "gradients", "optimizer"):
+        assert split[part] == pytest.approx(whole[part] / 2)
+    assert split["gathered"] > 0 and split["activations"] == whole["activations"]
+    assert any("--fsdp" in note for note in runs.notes(fsdp, Hardware("cpu", None, None, 2e11, 8e9, 1e10, 65, None)))
+
+
 def test_calibration_predicts_its_own_run_exactly():
     run = runs.Run(Path("x"), gpt_shape("x", CONFIGS[0]),
                    dict(batch_size=8, grad_accum=2, dropout=0.0, optimizer="adamw", compile=False),

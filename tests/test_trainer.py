@@ -541,3 +541,15 @@ def test_tensorboard_without_its_package_is_one_line(corpus, tmp_path, monkeypat
     with pytest.raises(GptlabError, match=r"--tensorboard needs the tensorboard package: pip install"):
         train(tiny(corpus, tensorboard=True), out=tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()  # stopped before anything was written
+
+
+def test_fsdp_is_refused_where_it_cannot_shard_and_alone_trains_as_usual(corpus, tmp_path, capsys):
+    with pytest.raises(GptlabError, match="--fsdp trains with --optimizer adamw"):
+        train(tiny(corpus, fsdp=True, optimizer="muon"), out=tmp_path / "muon", quiet=True)
+    with pytest.raises(GptlabError, match="--fsdp shards a transformer block by block; --model lstm has no blocks"):
+        values = {k: v for k, v in tiny(corpus, fsdp=True).items() if k not in ("n_head", "block_size")}
+        train({**values, "model": "lstm", "seq_len": 16, "n_hidden": 16}, out=tmp_path / "lstm", quiet=True)
+    alone = train(tiny(corpus, fsdp=True, max_iters=4), out=tmp_path / "alone")
+    plain = train(tiny(corpus, max_iters=4), out=tmp_path / "plain", quiet=True)
+    assert "--fsdp: one process, nothing to shard" in capsys.readouterr().err
+    assert alone.val_loss == plain.val_loss

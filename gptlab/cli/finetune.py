@@ -11,7 +11,8 @@ from gptlab.cli.train import SECTIONS, _add_flag
 from gptlab.errors import GptlabError, is_main_process
 from gptlab.training.config import train_fields
 
-DATA_FIELDS = {"corpus", "data", "tokenizer", "vocab_size", "seq_len"}  # the data and the window are the base run's
+# the data and the window are the base run's (and a finetune is not sharded: LoRA's adapters are its own)
+DATA_FIELDS = {"corpus", "data", "tokenizer", "vocab_size", "seq_len", "fsdp"}
 RUN_OPTIONS = {"command", "base", "data", "val_data", "out", "resume", "overwrite", "force", "quiet", "lora_rank",
                "lora_alpha", "lora_targets"}
 

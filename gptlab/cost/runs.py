@@ -66,6 +66,7 @@ class Run:
     world_size: int = 1
     lora: bool = False  # a LoRA finetune (frozen weights)
     tokens: float = 0  # tokens trained on, every process's (the metrics' count, cumulative over resumes)
+    fsdp: bool = False  # trained with --fsdp: the states sharded over the processes
 
     @property
     def on_cpu(self) -> bool:
@@ -129,15 +130,18 @@ def read_run(path: str | Path) -> Run:
     return Run(path, gpt_shape(path.name, model), values, str(first.get("device", "cpu")),
                str(first.get("dtype", "float32")), first["mem_base"], max(peaks), str(first.get("mem_scope", "steps")),
                statistics.median(steps[1:] or steps), first.get("world_size", 1) if _whole(first.get("world_size"))
-               else 1, bool(finetune.get("lora_rank")), tokens)
+               else 1, bool(finetune.get("lora_rank")), tokens, bool(train.get("fsdp")))
 
 
 def predicted_memory(run: Run, overhead: float) -> dict:
     """The run's steps' peak memory by part, and in all (the run's mem_base and the runtime's overhead added).
-    Under DDP (several processes) each process also keeps its gradients' all-reduce buckets: another copy."""
+    Under DDP (several processes) each process also keeps its gradients' all-reduce buckets: another copy. Under
+    FSDP (--fsdp) each process holds 1/world_size of the weights, gradients and optimizer state, and gathers
+    whole blocks to compute with them."""
+    shards = run.world_size if run.fsdp else 1
     parts = training_memory(run.shape, run.precision, run.train["batch_size"], run.train["optimizer"],
-                            run.attention, run.train["dropout"], typed_masks=run.on_cpu)
-    parts["ddp_buckets"] = parts["gradients"] if run.world_size > 1 else 0.0
+                            run.attention, run.train["dropout"], typed_masks=run.on_cpu, shards=shards)
+    parts["ddp_buckets"] = parts["gradients"] if run.world_size > 1 and not run.fsdp else 0.0
     parts["total"] += parts["ddp_buckets"]
     parts["runtime"] = overhead
     parts["peak"] = run.mem_base + parts["total"] + overhead
@@ -184,6 +188,9 @@ def notes(run: Run, hardware: Hardware) -> list[str]:
                    f"it was (or another machine trained it), so predicted times run long")
     if run.world_size > 1:
         out.append(f"{run.world_size} processes: the peak is the largest process's, the step time each one's")
+    if run.fsdp:
+        out.append(f"--fsdp: weights, gradients and optimizer state are predicted split {run.world_size} ways, and "
+                   f"a gathered block (and the next one, prefetched) whole")
     return out
 
 

@@ -143,6 +143,11 @@ class LanguageModel(nn.Module):
         attention: it reads the past through its hidden state)."""
         return AttentionPoints()
 
+    def shard_units(self) -> list[nn.Module]:
+        """The submodules FSDP shards one by one (train --fsdp): a transformer's blocks. None by default: a family
+        without them trains under DDP only."""
+        return []
+
     def names_of(self, modules: Iterable[nn.Module]) -> list[str]:
         """The names (as named_modules gives them) of these submodules, in the order given."""
         names = {id(m): name for name, m in self.named_modules()}

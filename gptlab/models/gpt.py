@@ -303,6 +303,9 @@ class GPT(LanguageModel):
     def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
         return self.transformer.wte, self.lm_head
 
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.transformer.h)
+
     def attention_points(self) -> AttentionPoints:
         """Each block's self-attention: maps (B, n_head, T, T), a query's weights over the keys up to it."""
         return AttentionPoints(self.names_of(block.attn.probs for block in self.transformer.h), self.config.n_head)

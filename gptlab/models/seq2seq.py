@@ -278,6 +278,9 @@ class Seq2Seq(LanguageModel):
     def vocab_layers(self) -> tuple[nn.Embedding, nn.Linear]:
         return self.wte, self.lm_head
 
+    def shard_units(self) -> list[nn.Module]:
+        return [*self.encoder, *self.decoder]
+
     def attention_points(self) -> AttentionPoints:
         """Each decoder block's cross-attention: maps (B, n_head, D, S), a target token's weights over the source
         (the views show these; the encoder's and the decoder's self-attention are capture points too)."""

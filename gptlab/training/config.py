@@ -69,6 +69,9 @@ class TrainConfig:
     dtype: str = setting("auto", "autocast format; auto is bfloat16 where the hardware is fast at it",
                          ("auto", "float32", "bfloat16", "float16"))
     compile: bool = setting(False, "compile the model with torch.compile (falls back to eager if that fails)")
+    fsdp: bool = setting(False, "under torchrun: shard the parameters, gradients and optimizer state over the "
+                                "processes (FSDP2's fully_shard, a transformer block by block) instead of "
+                                "keeping a whole copy in each (DDP); AdamW only")
     seed: int = setting(1337, "random seed: initialisation, batches, dropout")
     threads: int = setting(0, "CPU threads for torch (0: the cores other processes leave free, adjusted as "
                                  "the run goes)")

@@ -97,23 +97,72 @@ class Distributed:
         not self.control, not the DDP wrapper (the trainer has dropped it), and not torch.distributed.nn.functional,
         whose functions keep group.WORLD as a default argument: DDP imports it, so start() imports it first."""
         if self.active:
+            import gc
+
             import torch.distributed as dist
 
             self.control = None  # on CPU this is the WORLD group itself
+            gc.collect()  # (an FSDP-sharded model and its state refer to each other: only the collector frees them)
             if dist.is_initialized():
                 dist.destroy_process_group()
 
-    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """The model as training calls it: under DDP with several processes, the model itself otherwise.
-        Its buffers are constant tables (positions), so DDP need not broadcast them before each forward."""
+    def wrap(self, model: torch.nn.Module, device: torch.device, fsdp: bool = False,
+             dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        """The model as training calls it: under DDP with several processes, the model itself otherwise; with
+        fsdp, sharded in place by FSDP2 (shard). Its buffers are constant tables (positions), so DDP need not
+        broadcast them before each forward."""
         if not self.active:
             return model
+        if fsdp:
+            return self.shard(model, dtype)
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
         if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:  # torch 2.13 and later
             return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
         return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    def shard(self, model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+        """FSDP2: each of the model's shard units (its blocks) a group of its own, then the root, which keeps the
+        rest (the token embedding and the head: tied, they stay one tensor). Every process holds 1/world_size of
+        each parameter, its gradient and its optimizer state, and gathers a group's whole weights to compute
+        with it. Below float32, the policy computes in `dtype` and averages the gradients in float32. Rank 0's
+        initial weights are every process's first (each drew its own: DDP broadcasts them alike)."""
+        import torch.distributed as dist
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, 0)
+
+        policy = MixedPrecisionPolicy(param_dtype=None if dtype == torch.float32 else dtype,
+                                      reduce_dtype=torch.float32)
+        for unit in model.shard_units():
+            fully_shard(unit, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model
+
+    def full_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """A sharded model's whole weights, on the CPU of rank 0 (every process takes part; the others get {})."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        model.reshard()  # (after a forward alone, an evaluation's, the root still holds its gathered weights)
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def full_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """A sharded model's optimizer state, whole and keyed by parameter name, on rank 0's CPU (every process
+        takes part)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model.reshard()  # (the parameters registered must be the sharded ones the optimizer holds)
+        return get_optimizer_state_dict(model, optimizer, options=options)
+
+    def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """full_optimizer_state's state back into each process's shards (every process reads it whole)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     def mean(self, value: torch.Tensor) -> float:
         """The average of a scalar over processes, as a Python float (every process gets it)."""

@@ -279,8 +279,12 @@ class Trainer:
         self.mem_base = self.meter.current()  # before the model: what the steps' peak is measured above
         self.forecast_bytes = self.check_memory()  # before anything large is allocated
         self.model_config, self.model, self.seq_len = self.source.model(self)
-        self.optimizers = build_optimizers(self.model, cfg)
-        self.stepper = Stepper(self.model, dist.wrap(self.model, self.device), self.optimizers,
+        if plan.resume_from is not None:
+            self.source.load_weights(self, plan.resume_from)  # (whole, before any sharding)
+        self.sharded = self._check_fsdp()
+        forward = dist.wrap(self.model, self.device, fsdp=self.sharded, dtype=self.dtype)  # (FSDP: in place)
+        self.optimizers = build_optimizers(self.model, cfg)  # over the parameters as training holds them
+        self.stepper = Stepper(self.model, forward, self.optimizers,
                                schedulers(self.optimizers, cfg, 0), cfg, self.device, self.dtype,
                                notice=self.progress.message, compiled=cfg.compile, dist=dist)
         self.batches, self.eval_sources = self.source.batches(self)
@@ -294,7 +298,6 @@ class Trainer:
         # process group and gloo's threads, alive past the run; see Distributed.close)
         self.pacer = Pacer(plan.budget, self.timer.elapsed, dist.max, self._sync)  # the time budget
         if plan.resume_from is not None:
-            self.source.load_weights(self, plan.resume_from)
             self.restore(rundir.load_trainer_state(plan.resume_from), plan.resume_from)
 
     def check_memory(self) -> float:
@@ -321,6 +324,22 @@ class Trainer:
         parts, flags = forecast(family, config, self.cfg, self.device.type, str(self.dtype).removeprefix("torch."))
         return self.source.forecast(self, parts, flags)
 
+    def _check_fsdp(self) -> bool:
+        """Whether the model is sharded (--fsdp under torchrun): a family with blocks to shard, and AdamW (Muon
+        orthogonalizes whole matrices, which a process no longer holds)."""
+        cfg = self.cfg
+        if not cfg.fsdp:
+            return False
+        if not self.model.shard_units():
+            raise GptlabError(f"--fsdp shards a transformer block by block; --model {self.model.family} has no "
+                              f"blocks: train it without --fsdp (DDP)")
+        if cfg.optimizer != "adamw":
+            raise GptlabError("--fsdp trains with --optimizer adamw: Muon orthogonalizes whole matrices, and under "
+                              "FSDP each process holds a shard of them")
+        if not self.dist.active:
+            self.progress.message("--fsdp: one process, nothing to shard: training as usual")
+        return self.dist.active
+
     def _choice_items(self, mirror) -> list | None:
         if not self.cfg.eval_choices:
             return None
@@ -333,12 +352,35 @@ class Trainer:
 
     # --- state: what a checkpoint holds, and what calibration puts back ---------------------------------------
 
-    def state(self) -> dict:
-        """This process's resumable state (live tensors: copy before changing anything)."""
+    def state(self, gathered: bool = True) -> dict:
+        """This process's resumable state (live tensors: copy before changing anything); sharded, the optimizer
+        state gathered whole for a checkpoint, or this process's own shards (gathered=False: calibration's
+        snapshot, which each process puts back itself)."""
         return dict(iter=self.it, tokens=self.tokens, elapsed=self.timer.elapsed(), best_val_loss=self.best_val,
-                    optimizers=[o.state_dict() for o in self.optimizers], batches=self.batches.state_dict(),
+                    optimizers=self._optimizer_states(gathered), batches=self.batches.state_dict(),
                     scaler=self.stepper.scaler.state_dict(),
                     pace_since=list(self.pacer.since) if self.pacer.since else None, **self.source.state(self))
+
+    def _optimizer_states(self, gathered: bool) -> list[dict]:
+        """Each optimizer's state; sharded and gathered, whole and keyed by parameter name (every process takes
+        part; rank 0 holds it)."""
+        if self.sharded and gathered:
+            return [self.dist.full_optimizer_state(self.model, o) for o in self.optimizers]
+        return [o.state_dict() for o in self.optimizers]
+
+    def checkpoint_weights(self) -> torch.nn.Module | None:
+        """The model as a checkpoint stores it (the source's: LoRA's merged, say); sharded, a plain model holding
+        the weights gathered whole, which one process loads for sampling, finetuning and export (every process
+        takes part; rank 0 gets it)."""
+        if not self.sharded:
+            return self.source.weights(self) if self.dist.is_main else None
+        full = self.dist.full_weights(self.model)
+        if not self.dist.is_main:
+            return None
+        with torch.random.fork_rng(devices=[]):  # its initialisation must not move the run's random numbers
+            plain = build_model(self.plan.model["family"], self.model_config)
+        plain.load_state_dict(full)
+        return plain
 
     def restore(self, state: dict, source: Path | None = None) -> None:
         """Continue from a checkpoint's state (source: its folder) or from calibration's snapshot."""
@@ -349,6 +391,9 @@ class Trainer:
             raise GptlabError(f"checkpoint {source} was written with another optimizer")
         for opt, saved in zip(self.optimizers, state["optimizers"]):
             try:
+                if self.sharded and source is not None:  # (a checkpoint's, gathered whole)
+                    self.dist.load_optimizer_state(self.model, opt, saved)
+                    continue
                 load_state(opt, saved)
             except ValueError as e:
                 raise GptlabError(f"checkpoint {source} cannot be resumed: {e}") from None
@@ -382,11 +427,10 @@ class Trainer:
         """A checkpoint at the current step; every process takes part (its random numbers), rank 0 writes."""
         rng = self.dist.gather(_rng_state(self.device))
         path = rundir.checkpoint_path(self.plan.run_dir, self.it)
+        state, weights = self.state(), self.checkpoint_weights()  # (sharded: every process gathers them)
         if self.dist.is_main:
-            state = dict(self.state(), rng=rng, val_loss=val_loss, world_size=self.dist.world_size,
-                         format=STATE_FORMAT)
-            path = rundir.save_checkpoint(self.plan.run_dir, self.it, self.source.weights(self), state, self.config(),
-                                          self.tokenizer)
+            state = dict(state, rng=rng, val_loss=val_loss, world_size=self.dist.world_size, format=STATE_FORMAT)
+            path = rundir.save_checkpoint(self.plan.run_dir, self.it, weights, state, self.config(), self.tokenizer)
         self.last_ckpt = path
         return path
 
@@ -439,7 +483,7 @@ class Trainer:
 
     def calibrate(self, max_time: float) -> None:
         """Turn the time budget into a first iteration count (gptlab.training.stopping), and record it."""
-        snapshot = _to_cpu(dict(self.state(), rng=[_rng_state(self.device)] * self.dist.world_size,
+        snapshot = _to_cpu(dict(self.state(gathered=False), rng=[_rng_state(self.device)] * self.dist.world_size,
                                 model=self.model.state_dict()))
         batches = min(2, self.cfg.eval_iters)  # an evaluation of `batches`, scaled to eval_iters, per eval_interval
         extras = [(lambda: self.evaluate(batches), self.cfg.eval_iters / batches / self.cfg.eval_interval),
@@ -465,10 +509,10 @@ class Trainer:
 
     def _scratch_checkpoint(self) -> None:
         """A checkpoint written to a temporary folder and removed: what saving costs, for the time budget."""
+        state, weights = self.state(), self.checkpoint_weights()  # (sharded: every process gathers them)
         if self.dist.is_main:
             with tempfile.TemporaryDirectory(prefix="gptlab-calibration-") as scratch:
-                rundir.save_checkpoint(scratch, self.it, self.source.weights(self), self.state(), self.config(),
-                                       self.tokenizer)
+                rundir.save_checkpoint(scratch, self.it, weights, state, self.config(), self.tokenizer)
 
     def begin(self) -> None:
         """Write the run folder's files (an overwritten run's are cleared only now) and open the log."""
