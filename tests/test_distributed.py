@@ -23,6 +23,7 @@ import gptlab
 from gptlab import rundir
 from gptlab.chat.config import Finetune
 from gptlab.chat.finetune import finetune
+from gptlab.data.prepare import Settings, prepare
 from gptlab.records import read_metrics
 from gptlab.training.trainer import train
 
@@ -78,13 +79,17 @@ def two(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     finetune(Finetune(**ft), {**chat, "batch_size": 4}, out=tmp / "chat-one", quiet=True)
     dropout = tiny(corpus, max_iters=16, eval_interval=4, batch_size=2, dropout=0.1, optimizer="muon")
     budget = tiny(corpus, max_iters=100000, max_time="1.5s", eval_interval=100, log_interval=10)
+    prepare(Settings([str(corpus)], "char", val_tokens=2000, shard_tokens=3000), tmp / "shards", quiet=True)
+    shards = {k: v for k, v in plain.items() if k != "corpus"} | {"data": str(tmp / "shards")}
+    train({**shards, "batch_size": 4}, out=tmp / "shards-one", quiet=True)
     jobs = [dict(name="two", values={**plain, "batch_size": 2}, out=tmp / "two"),
             dict(name="chat-two", values={**chat, "batch_size": 2}, out=tmp / "chat-two", finetune=ft),
             dict(name="whole", values=dropout, out=tmp / "whole"),
             dict(name="paused", values=dropout, out=tmp / "paused", stop_after=10),
             dict(copy=[tmp / "paused", tmp / "paused-at-10"]),
             dict(name="resumed", values={"max_iters": 16}, out=tmp / "paused", resume=True),
-            dict(name="budget", values=budget, out=tmp / "budget")]
+            dict(name="budget", values=budget, out=tmp / "budget"),
+            dict(name="shards", values={**shards, "batch_size": 2}, out=tmp / "shards-two")]
     results = train_in_two(tmp, jobs)
     # FSDP in a launch of its own: in torch 2.13 something of FSDP2's keeps the process group (and gloo's threads)
     # alive past destroy_process_group, which the thread test below checks the DDP runs for
@@ -149,6 +154,13 @@ def test_fsdp_in_two_processes_equals_one_process_resumes_exactly_and_one_proces
     one, sharded = gptlab.load_run(tmp / "one", device="cpu"), gptlab.load_run(tmp / "fsdp", device="cpu")
     assert sharded.generate("the", max_new_tokens=12, temperature=0) == one.generate("the", max_new_tokens=12,
                                                                                       temperature=0)
+
+
+def test_two_processes_on_token_shards_equal_one(two):
+    """train --data: each process reads its slice of the global batch's windows from the shards."""
+    tmp, results = two
+    assert results["shards"]["iters"] == 12
+    assert_records_close(untimed(tmp / "shards-one"), untimed(tmp / "shards-two"))
 
 
 def test_a_time_budget_gives_both_processes_one_iteration_count(two):
