@@ -73,11 +73,11 @@ def test_the_shards_decode_to_the_stream_of_documents(sources, tmp_path, kind):
     assert not (tmp_path / "out" / "progress.json").exists()
 
 
-@pytest.mark.parametrize("stop", [1, 2])
+@pytest.mark.parametrize("stop", [0, 1, 2])
 def test_a_stopped_preparation_goes_on_where_it_stopped(sources, tmp_path, monkeypatch, stop):
-    """Stopped after the held-out shard (which ended inside a document: the next one begins with the rest of it),
-    or after one training shard more, the same command writes exactly the shards an uninterrupted preparation
-    writes."""
+    """Stopped before its first shard (the tokenizer saved), after the held-out shard (which ended inside a
+    document: the next one begins with the rest of it), or after one training shard more, the same command writes
+    exactly the shards an uninterrupted preparation writes."""
     settings = Settings([str(sources)], "char", val_tokens=700, shard_tokens=2000)
     whole = prepare(settings, tmp_path / "whole", quiet=True)
     real_flush, written = prep.Writer._flush, []
@@ -93,9 +93,14 @@ def test_a_stopped_preparation_goes_on_where_it_stopped(sources, tmp_path, monke
         prepare(settings, tmp_path / "stopped", quiet=True)
     progress = json.loads((tmp_path / "stopped" / "progress.json").read_text())
     assert written == ["val", "train"][:stop] and (progress["skip"] > 0) == (stop == 1)
+    assert (tmp_path / "stopped" / "tokenizer.json").exists()
     monkeypatch.setattr(prep.Writer, "_flush", real_flush)
     with pytest.raises(GptlabError, match="begun with other settings"):
         prepare(Settings([str(sources)], "char", val_tokens=701, shard_tokens=2000), tmp_path / "stopped")
+    (sources / "d.txt").write_text("a file added since\n")
+    with pytest.raises(GptlabError, match="other settings or sources"):
+        prepare(settings, tmp_path / "stopped")
+    (sources / "d.txt").unlink()
     again = prepare(settings, tmp_path / "stopped", quiet=True)
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in whole["shards"]]
     assert again["val_chars"] == whole["val_chars"]
@@ -107,6 +112,7 @@ def test_a_stopped_preparation_goes_on_where_it_stopped(sources, tmp_path, monke
     (lambda d: (d.mkdir(), (d / "x.jsonl").write_text('{"body": "a"}\n')), r"x.jsonl:1: no text field 'text'"),
     (lambda d: (d.mkdir(), (d / "x.jsonl").write_text("[1]\n")), r"x.jsonl:1: not a JSON object"),
     (lambda d: (d.mkdir(), (d / "x.txt").write_bytes(b"\xff\xfe text")), "is not UTF-8 text"),
+    (lambda d: (d.mkdir(), (d / "x.jsonl").write_bytes(b'{"text": "\xff"}\n')), "x.jsonl is not UTF-8 text"),
     (lambda d: (d.mkdir(), (d / "x.txt").write_text("tiny\n")), "fewer than the held-out shard's"),
 ])
 def test_bad_sources_are_one_line(tmp_path, make, message):
@@ -118,11 +124,15 @@ def test_bad_sources_are_one_line(tmp_path, make, message):
 def test_a_parquet_file_without_the_column_and_a_prepared_folder_again(sources, tmp_path):
     with pytest.raises(GptlabError, match=r"has no column 'body' \(its columns: text, n"):
         prepare(Settings([str(sources / "c.parquet")], "char", text_field="body"), tmp_path / "p", quiet=True)
+    with pytest.raises(GptlabError, match=r"the column 'n' holds int64, not text"):
+        prepare(Settings([str(sources / "c.parquet")], "char", text_field="n"), tmp_path / "q", quiet=True)
     settings = Settings([str(sources / "a.txt")], "char", val_tokens=500)
     prepare(settings, tmp_path / "out", quiet=True)
     with pytest.raises(GptlabError, match="is already prepared; pass --overwrite"):
         prepare(settings, tmp_path / "out", quiet=True)
+    (tmp_path / "out" / "mine.txt").write_text("the user's own file\n")
     assert prepare(settings, tmp_path / "out", overwrite=True, quiet=True)["shards"][0]["tokens"] == 500
+    assert (tmp_path / "out" / "mine.txt").exists()  # --overwrite removes gptlab's own files only
 
 
 def test_windows_stay_inside_a_shard_and_processes_split_the_global_batch():

@@ -132,6 +132,8 @@ def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Pa
         raise GptlabError(f"{base} is not a gptlab run (a Hugging Face model? gptlab import {base} --out RUN first)")
     if values.get("fsdp"):
         raise GptlabError("--fsdp is for gptlab train; finetune under torchrun with DDP (the default)")
+    if values.get("data"):
+        raise GptlabError("a finetune's data is its conversations (Finetune.data), not token shards")
     unknown = sorted(set(values) - set(train_fields()))
     if unknown:
         raise GptlabError(f"finetune takes training values only, not {', '.join(unknown)} (the model is the base's)")

@@ -37,6 +37,8 @@ def run(args) -> int:
     for name in ("val_tokens", "shard_tokens"):
         if getattr(args, name) < 1:
             raise GptlabError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.vocab_size is not None and args.tokenizer not in ("word", "bpe"):
+        raise GptlabError("--vocab-size applies to the word and bpe tokenizers")
     if args.sample_mb <= 0:
         raise GptlabError("--sample-mb must be more than 0")
     settings = Settings([str(s) for s in args.sources], args.tokenizer, args.vocab_size, args.text_field,
@@ -53,7 +55,7 @@ def run(args) -> int:
     size = sum(f.stat().st_size for f in source_files(settings.sources))  # bytes of text read
     print(f"{args.out}: {train:,} training tokens in {sum(s['split'] == 'train' for s in shards)} shard(s), "
           f"{val:,} held out; a {manifest['tokenizer_kind']} tokenizer of {manifest['vocab_size']:,} tokens "
-          f"({manifest['dtype']} ids); encoded {size / 1e6:,.1f} MB in {manifest['seconds']} s "
+          f"({manifest['dtype']} ids); {size / 1e6:,.1f} MB of sources in {manifest['seconds']} s "
           f"({size / 1e6 / max(manifest['seconds'], 1e-9):.2f} MB/s)", file=sys.stderr)
     print(f"train on it: gptlab train --data {args.out}", file=sys.stderr)
     return 0

@@ -22,15 +22,16 @@ from collections.abc import Callable
 
 
 def forecast_training(family: str, model: dict, *, params: Callable[[], int], width: int, batch_size: int,
-                      tokens_per_row: int, optimizer: str, device_type: str, dtype: str) -> dict[str, float]:
+                      tokens_per_row: int, optimizer: str, device_type: str, dtype: str,
+                      shards: int = 1) -> dict[str, float]:
     """What a training step's tensors will take, in bytes by part (weights, gradients, optimizer, weight_copies,
     activations, working) and in all ("total"): a GPT's by the formulas (its config's values in `model`), another
     family's from its exact parameter count (params(), asked only then), its width and a rough allowance per
-    token for activations."""
+    token for activations. shards: processes the states are split over (train --fsdp; a GPT's formulas)."""
     from gptlab.cost.memory import rough_training_memory
     from gptlab.cost.runs import precision_of, training_need
 
-    parts = training_need(family, model, batch_size, optimizer, device_type, dtype)
+    parts = training_need(family, model, batch_size, optimizer, device_type, dtype, shards)
     if parts is None:
         parts = rough_training_memory(params(), batch_size * tokens_per_row, width, model.get("n_layer", 1),
                                       model["vocab_size"], precision_of(dtype), optimizer)

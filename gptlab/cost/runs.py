@@ -39,7 +39,7 @@ def attention_path(on_cpu: bool, dtype: str, dropout: float) -> str:
 
 
 def training_need(name: str, model: dict, batch_size: int, optimizer: str, device_type: str,
-                  dtype: str) -> dict[str, float] | None:
+                  dtype: str, shards: int = 1) -> dict[str, float] | None:
     """What a training run's tensors will take, before it starts (the trainer says it), in bytes by part:
     weights, gradients, optimizer state, copies, activations and working memory, and their total; None for a
     family the formulas do not describe (they are a GPT's)."""
@@ -49,7 +49,7 @@ def training_need(name: str, model: dict, batch_size: int, optimizer: str, devic
         return None
     on_cpu, dropout = device_type == "cpu", model.get("dropout", 0.0)
     return training_memory(shape, precision_of(dtype), batch_size, optimizer, attention_path(on_cpu, dtype, dropout),
-                           dropout, typed_masks=on_cpu)
+                           dropout, typed_masks=on_cpu, shards=shards)
 
 
 @dataclass

@@ -18,7 +18,7 @@ each other as they stand in the file.
 from __future__ import annotations
 
 import json
-import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,13 +70,18 @@ def source_files(sources: list[str]) -> list[Path]:
 
 def documents(files: list[Path], text_field: str = "text") -> Iterator[str]:
     """The stream of documents, file after file."""
+    return (text for text, _ in sized_documents(files, text_field))
+
+
+def sized_documents(files: list[Path], text_field: str = "text") -> Iterator[tuple[str, float]]:
+    """The stream of documents, each with the bytes of its file it stands for (the progress bar's measure)."""
     for path in files:
         if path.suffix == ".jsonl":
-            yield from _jsonl(path, text_field)
+            yield from ((text, len(text.encode("utf-8"))) for text in _jsonl(path, text_field))
         elif path.suffix == ".parquet":
             yield from _parquet(path, text_field)
         else:
-            yield from _blocks(path)
+            yield from ((text, len(text.encode("utf-8"))) for text in _blocks(path))
 
 
 def _blocks(path: Path) -> Iterator[str]:
@@ -98,6 +103,13 @@ def _blocks(path: Path) -> Iterator[str]:
 
 
 def _jsonl(path: Path, field: str) -> Iterator[str]:
+    try:
+        yield from _records(path, field)
+    except UnicodeDecodeError as e:
+        raise GptlabError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start} of a block") from None
+
+
+def _records(path: Path, field: str) -> Iterator[str]:
     with open(path, encoding="utf-8", errors="strict") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -120,13 +132,22 @@ def _parquet(path: Path, field: str) -> Iterator[str]:
         table = pq.ParquetFile(path)
     except Exception as e:
         raise GptlabError(f"{path} is not a parquet file: {str(e).splitlines()[0]}") from None
+    import pyarrow as pa
+
     if field not in table.schema_arrow.names:
         raise GptlabError(f"{path} has no column {field!r} (its columns: {', '.join(table.schema_arrow.names)}; "
                           f"choose one with --text-field)")
-    for batch in table.iter_batches(batch_size=1024, columns=[field]):
-        for text in batch.column(0).to_pylist():
-            if text:
-                yield text + "\n\n"
+    kind = table.schema_arrow.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise GptlabError(f"{path}: the column {field!r} holds {kind}, not text (choose one with --text-field)")
+    per_row = path.stat().st_size / max(1, table.metadata.num_rows)
+    try:
+        for batch in table.iter_batches(batch_size=1024, columns=[field]):
+            for text in batch.column(0).to_pylist():
+                if text:
+                    yield text + "\n\n", per_row
+    except (OSError, pa.ArrowException) as e:
+        raise GptlabError(f"{path} cannot be read: {str(e).splitlines()[0]}") from None
 
 
 # --- the tokenizer and the shards -------------------------------------------------------------------------------
@@ -165,7 +186,8 @@ class State:
     skip: int = 0  # tokens of document `docs` already written (the held-out shard ends inside a document)
     shards: list = None
     val_chars: int = 0
-    chars: int = 0  # characters read into written shards
+    seconds: float = 0.0  # spent encoding and writing, every session's
+    files: list = None  # [path, bytes] of each source file: a resume needs the same ones
 
     def save(self, out: Path) -> None:
         write_atomic(out / PROGRESS, json.dumps(asdict(self), indent=1))
@@ -177,6 +199,7 @@ class Writer:
 
     def __init__(self, out: Path, state: State, dtype: np.dtype, settings: Settings):
         self.out, self.state, self.dtype, self.settings = out, state, dtype, settings
+        self.seconds, self.started = state.seconds, time.perf_counter()  # (earlier sessions', this one's start)
         self.buffer, self.size, self.docs, self.chars, self.last_chars = [], 0, 0, 0, 0
         self.val_done = any(s["split"] == "val" for s in state.shards)
 
@@ -212,7 +235,7 @@ class Writer:
         self.state.shards.append(dict(file=path.name, split=split, tokens=len(ids), sha256=sha256_file(path)))
         self.state.docs += docs
         self.state.skip = skip
-        self.state.chars += self.chars
+        self.state.seconds = self.seconds + time.perf_counter() - self.started
         self.state.save(self.out)
         self.buffer, self.size, self.docs, self.chars = [], 0, 0, 0
 
@@ -226,56 +249,65 @@ class Writer:
             raise GptlabError("nothing is left for training after the held-out shard: lower --val-tokens")
 
 
-def start(out: Path, settings: Settings, overwrite: bool) -> State:
-    """The folder's state: a new one, or where a stopped preparation with the same settings got to."""
+def own_files(out: Path) -> list[Path]:
+    """What gptlab prepare writes into a folder: its manifest, progress, tokenizer and shards."""
+    return [p for p in out.iterdir() if p.name in (MANIFEST, PROGRESS, TOKENIZER) or p.suffix in (".bin", ".tmp")]
+
+
+def start(out: Path, settings: Settings, files: list[Path], overwrite: bool) -> State:
+    """The folder's state: a new one (saved at once: a stop from here on can be gone on from), or where a stopped
+    preparation of the same sources with the same settings got to. --overwrite removes gptlab's own files only."""
     if out.exists() and not out.is_dir():
         raise GptlabError(f"--out {out} is a file, not a folder")
-    if overwrite and (out / MANIFEST).exists() or overwrite and (out / PROGRESS).exists():
-        shutil.rmtree(out)
+    sizes = [[str(f), f.stat().st_size] for f in files]
+    ours = out.is_dir() and any(p.name in (MANIFEST, PROGRESS, TOKENIZER) for p in own_files(out))
+    if overwrite and ours:
+        for path in own_files(out):
+            path.unlink()
     if (out / MANIFEST).exists():
         raise GptlabError(f"{out} is already prepared; pass --overwrite to prepare it again, or another --out")
     if (out / PROGRESS).exists():
         state = State(**json.loads((out / PROGRESS).read_text(encoding="utf-8")))
-        if state.settings != asdict(settings):
-            raise GptlabError(f"{out} holds a preparation begun with other settings; pass the same ones to go on, "
-                              f"or --overwrite to start again")
+        if state.settings != asdict(settings) or state.files != sizes:
+            raise GptlabError(f"{out} holds a preparation begun with other settings or sources (files added, "
+                              f"removed or changed); pass the same ones to go on, or --overwrite to start again")
         return state
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(out.iterdir()) and not (overwrite and ours):
         raise GptlabError(f"--out {out} is a folder with other files in it; choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    return State(asdict(settings), shards=[])
+    state = State(asdict(settings), shards=[], files=sizes)
+    state.save(out)
+    return state
 
 
 def prepare(settings: Settings, out: str | Path, overwrite: bool = False, quiet: bool = False) -> dict:
     """Prepare (or go on preparing) `out` from the settings' sources; returns the manifest it wrote."""
-    import time
-
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     out, files = Path(out), source_files(settings.sources)
-    state = start(out, settings, overwrite)
+    state = start(out, settings, files, overwrite)
     tokenizer = get_tokenizer(out, files, settings)
     writer = Writer(out, state, id_dtype(tokenizer.vocab_size), settings)
-    started, total = time.perf_counter(), sum(f.stat().st_size for f in files)
+    total = sum(f.stat().st_size for f in files)
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=quiet, transient=True) as bar:
         task = bar.add_task("prepare", total=total)
-        stream, batch, size, skip = documents(files, settings.text_field), [], 0, state.skip
-        for _, text in zip(range(state.docs), stream):  # written before a stop: skipped, not encoded
-            bar.advance(task, len(text.encode("utf-8")))
-        for text in stream:
+        stream, batch, size, skip = sized_documents(files, settings.text_field), [], 0, state.skip
+        for _, (_, nbytes) in zip(range(state.docs), stream):  # written before a stop: skipped, not encoded
+            bar.advance(task, nbytes)
+        for text, nbytes in stream:
             batch.append(text)
             size += len(text)
+            bar.advance(task, nbytes)
             if size >= BATCH:
                 skip = _encode(batch, tokenizer, writer, skip)
-                bar.advance(task, sum(len(t.encode("utf-8")) for t in batch))
                 batch, size = [], 0
         _encode(batch, tokenizer, writer, skip)
     writer.finish()
     manifest = dict(gptlab=dict(kind="token-shards", version=1), tokenizer=TOKENIZER,
                     tokenizer_kind=tokenizer.kind, vocab_size=tokenizer.vocab_size, dtype=writer.dtype.name,
                     val_chars=state.val_chars, sources=settings.sources, settings=state.settings,
-                    shards=state.shards, seconds=round(time.perf_counter() - started, 2))
+                    shards=state.shards, seconds=round(state.seconds, 2))
     write_manifest(out, manifest)
     (out / PROGRESS).unlink()
     return manifest
@@ -284,7 +316,12 @@ def prepare(settings: Settings, out: str | Path, overwrite: bool = False, quiet:
 def _encode(batch: list[str], tokenizer: Tokenizer, writer: Writer, skip: int) -> int:
     """A batch of documents through the tokenizer, into the writer, the first `skip` tokens of the first left out
     (what a stopped preparation had written of it); returns the skip still to make (0 once made)."""
-    for text, ids in zip(batch, tokenizer.encode_batch(batch) if batch else []):
+    try:
+        encoded = tokenizer.encode_batch(batch) if batch else []
+    except GptlabError as e:  # (a char tokenizer meeting a character its sample did not hold, say)
+        raise GptlabError(f"{e} (the tokenizer was trained on the first --sample-mb of the text: a larger sample, or "
+                          f"--tokenizer bpe, which writes any text, avoids it)") from None
+    for text, ids in zip(batch, encoded):
         writer.add(text, ids[skip:])
         skip = 0
     return skip

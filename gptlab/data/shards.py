@@ -1,4 +1,4 @@
-"""Token shards: a corpus larger than memory as files of token ids, read by memory map.
+"""Token shards: a corpus larger than memory as files of token ids.
 
     DATA_DIR/manifest.json          the tokenizer's file, the vocabulary, each shard's split, tokens and sha256
     DATA_DIR/tokenizer.json         the tokenizer the ids are of
@@ -45,7 +45,8 @@ def write_shard(path: Path, ids: np.ndarray) -> None:
 
 
 def read_shard(path: Path) -> np.ndarray:
-    """A shard's ids, memory-mapped (nothing is read until used); one line for a file that is not a whole shard."""
+    """A shard's ids, memory-mapped (nothing is read until used: training reads its windows from the file, see
+    training.batches.ShardWindows); one line for a file that is not a whole shard."""
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER.size)
@@ -68,7 +69,7 @@ def read_shard(path: Path) -> np.ndarray:
 
 @dataclass
 class Shards:
-    """A prepared folder: its manifest, and the shards of each split, memory-mapped."""
+    """A prepared folder: its manifest, and the shards of each split (memory-mapped arrays)."""
 
     path: Path
     manifest: dict
@@ -88,6 +89,9 @@ class Shards:
 def read_manifest(folder: Path) -> dict:
     """DATA_DIR/manifest.json, checked; one line for a folder that `gptlab prepare` did not finish."""
     path = Path(folder) / MANIFEST
+    if Path(folder).is_file():
+        raise GptlabError(f"--data takes a folder that gptlab prepare wrote, not a file: gptlab prepare {folder} "
+                          f"--out DATA_DIR, then --data DATA_DIR (or train on the file with --corpus {folder})")
     if not Path(folder).is_dir():
         raise GptlabError(f"--data {folder}: no such folder (make it with gptlab prepare SOURCE --out {folder})")
     try:

@@ -81,7 +81,8 @@ class MemoryMeter:
         return _status("VmHWM")
 
 
-def forecast(family: str, config, cfg, device_type: str, dtype: str) -> tuple[dict[str, float], dict[str, str]]:
+def forecast(family: str, config, cfg, device_type: str, dtype: str,
+             shards: int = 1) -> tuple[dict[str, float], dict[str, str]]:
     """The memory a training step will take, in bytes by part and in all ("total"), by gptlab cost's forecast (a
     GPT's by its formulas; another family's from its exact parameter count, counted on torch's meta device where
     nothing is allocated), and for each part the flags that make it smaller."""
@@ -96,7 +97,7 @@ def forecast(family: str, config, cfg, device_type: str, dtype: str) -> tuple[di
     parts = forecast_training(family, config_to_dict(family, config), params=count_params,
                               width=getattr(config, width, 0),
                               batch_size=cfg.batch_size, tokens_per_row=cfg.seq_len or 1, optimizer=cfg.optimizer,
-                              device_type=device_type, dtype=dtype)
+                              device_type=device_type, dtype=dtype, shards=shards)
     sizes, per_token = f"the model's size (--{width.replace('_', '-')}, --n-layer)", "--batch-size (or the context)"
     return parts, dict(weights=sizes, gradients=sizes, optimizer=sizes, weight_copies=sizes, activations=per_token,
                        working=per_token)

@@ -1,7 +1,7 @@
 """Training on token shards (`gptlab train --data DATA_DIR`, the folder `gptlab prepare` wrote): the engine's own
-loop on random windows of the memory-mapped training shards, evaluated on the held-out shard.
+loop on random windows of the training shards (read from the files as drawn), evaluated on the held-out shard.
 
-    shards = open_shards(DATA_DIR)      the manifest, and each shard memory-mapped (nothing read yet)
+    shards = open_shards(DATA_DIR)      the manifest, and each shard as an array over its file (nothing read yet)
     tok    = DATA_DIR/tokenizer.json    (a resumed run's own, which must be the same)
     model  = a new model of the plan's family, its vocabulary the tokenizer's
     train  = ShardWindows: the global batch's windows drawn over every training shard, each process its slice
@@ -32,6 +32,7 @@ class ShardSource(Source):
             own = load_tokenizer(t.plan.resume_from / rundir.TOKENIZER)
             if own.to_str() != tokenizer.to_str():
                 raise GptlabError(f"{self.folder} was prepared with another tokenizer than {t.plan.run_dir}'s")
+        t.cfg.corpus, t.cfg.tokenizer = str(self.folder), tokenizer.kind  # (what config.json records: the shards')
         return tokenizer, shards, self.folder.name
 
     def model(self, t: Trainer):

@@ -271,8 +271,8 @@ class Trainer:
         self._sync = _waiter(self.device)
         dist.start(self.device)
         self.progress = ProgressLine(quiet=quiet or not dist.is_main)
-        if cfg.tensorboard and dist.is_main:
-            tensorboard_writer()  # (a missing package stops the run before it starts)
+        if cfg.tensorboard:
+            tensorboard_writer()  # (a missing package stops the run, every process of it, before it starts)
         with dist.main_first():
             self.tokenizer, self.data, self.corpus_name = self.source.data(self)
         self.meter = MemoryMeter(self.device)
@@ -321,7 +321,9 @@ class Trainer:
         """The steps' memory by part, and the flags that make each part smaller (training.memory.forecast)."""
         family, values = split_section(self.plan.model)
         config = make_config(family, {**values, "vocab_size": self.tokenizer.vocab_size})
-        parts, flags = forecast(family, config, self.cfg, self.device.type, str(self.dtype).removeprefix("torch."))
+        shards = self.dist.world_size if self.cfg.fsdp else 1  # (--fsdp: the states split over the processes)
+        parts, flags = forecast(family, config, self.cfg, self.device.type, str(self.dtype).removeprefix("torch."),
+                                shards)
         return self.source.forecast(self, parts, flags)
 
     def _check_fsdp(self) -> bool:
@@ -561,9 +563,9 @@ class Trainer:
         last_time, last_iter = self.last_log
         tps = self.tokens_per_iter * (self.it - last_iter) / max(1e-9, now - last_time)
         self.last_log = (now, self.it)
-        norm = self.stepper.last_grad_norm
-        self.metrics.write(iter=self.it, tokens=self.tokens, loss=loss, lr=self.stepper.last_lr,
-                           **({} if norm is None else {"grad_norm": round(float(norm), 6)}),
+        norm = self.stepper.last_grad_norm  # (left out where clipping is off, or fp16's scaler skipped the step)
+        norm = {"grad_norm": round(float(norm), 6)} if norm is not None and torch.isfinite(norm) else {}
+        self.metrics.write(iter=self.it, tokens=self.tokens, loss=loss, lr=self.stepper.last_lr, **norm,
                            tokens_per_s=round(tps, 1), step_s=round(self.tokens_per_iter / tps, 6),
                            time=round(now, 3), **self.measured_memory())
         self.progress.update(self.it, loss, tps, self.cfg.max_iters)
