@@ -261,10 +261,7 @@ class Conversations(Source):
         """With LoRA, a plain model holding the merged weights: what every other command loads."""
         if not self.ft.lora_rank:
             return t.model
-        with torch.random.fork_rng(devices=[]):  # its initialisation must not move the run's random numbers
-            plain = build_model(t.plan.model["family"], t.model_config)
-        plain.load_state_dict(lora.merged_state_dict(t.model))
-        return plain
+        return t.plain_model(lora.merged_state_dict(t.model))
 
 
 def row_length(plan: Plan, cfg: TrainConfig) -> int:

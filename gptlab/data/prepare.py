@@ -163,7 +163,7 @@ def sample_text(files: list[Path], settings: Settings) -> str:
     return "".join(parts)
 
 
-def get_tokenizer(out: Path, files: list[Path], settings: Settings) -> Tokenizer:
+def folder_tokenizer(out: Path, files: list[Path], settings: Settings) -> Tokenizer:
     """The folder's tokenizer: the one a stopped preparation saved, or a new one (trained on the sample)."""
     from gptlab.data.tokenizer import load_tokenizer
 
@@ -286,7 +286,7 @@ def prepare(settings: Settings, out: str | Path, overwrite: bool = False, quiet:
 
     out, files = Path(out), source_files(settings.sources)
     state = start(out, settings, files, overwrite)
-    tokenizer = get_tokenizer(out, files, settings)
+    tokenizer = folder_tokenizer(out, files, settings)
     writer = Writer(out, state, id_dtype(tokenizer.vocab_size), settings)
     total = sum(f.stat().st_size for f in files)
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())

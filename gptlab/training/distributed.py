@@ -97,12 +97,9 @@ class Distributed:
         not self.control, not the DDP wrapper (the trainer has dropped it), and not torch.distributed.nn.functional,
         whose functions keep group.WORLD as a default argument: DDP imports it, so start() imports it first."""
         if self.active:
-            import gc
-
             import torch.distributed as dist
 
             self.control = None  # on CPU this is the WORLD group itself
-            gc.collect()  # (an FSDP-sharded model and its state refer to each other: only the collector frees them)
             if dist.is_initialized():
                 dist.destroy_process_group()
 

@@ -377,11 +377,14 @@ class Trainer:
         if not self.sharded:
             return self.source.weights(self) if self.dist.is_main else None
         full = self.dist.full_weights(self.model)
-        if not self.dist.is_main:
-            return None
-        with torch.random.fork_rng(devices=[]):  # its initialisation must not move the run's random numbers
+        return self.plain_model(full) if self.dist.is_main else None
+
+    def plain_model(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A plain model of the run's family and config holding `state` (whole weights by name), built without
+        moving the run's random numbers: what a checkpoint stores of a sharded or an adapted model."""
+        with torch.random.fork_rng(devices=[]):
             plain = build_model(self.plan.model["family"], self.model_config)
-        plain.load_state_dict(full)
+        plain.load_state_dict(state)
         return plain
 
     def restore(self, state: dict, source: Path | None = None) -> None:
