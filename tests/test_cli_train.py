@@ -76,6 +76,7 @@ def test_bad_corpus_files(tmp_path, capsys, kind):
     (["--optimizer", "lion"], ["--optimizer"]),
     (["--model", "lstm"], ["--model", "lstm"]),
     (["--optimizer", "adamw", "--muon-lr", "0.1"], ["--muon-lr applies to --optimizer muon"]),
+    (["--optimizer", "adamw", "--muon-weight-decay", "0.1"], ["--muon-weight-decay applies to --optimizer muon"]),
     (["--rope-base", "500"], ["--rope-base applies to --pos rope"]),
     (["--seq-len", "8"], ["--seq-len is for models without a longest context", "16 tokens"]),
     (["--max-iters", "0"], ["--max-iters"]),

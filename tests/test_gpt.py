@@ -130,6 +130,25 @@ def test_attention_weights_are_causal_distributions_and_match_sdpa(pos):
     torch.testing.assert_close(h_explicit, model.hidden(idx), rtol=1e-5, atol=1e-5)
 
 
+def test_the_explicit_path_trains_after_its_mask_was_first_built_in_inference_mode():
+    """The causal mask is built once per length (gpt.future_of); one first built under torch.inference_mode (a
+    generation, say) must still serve a training step, whose backward saves it, and give the same gradients."""
+    from gptlab.models.gpt import future_of
+
+    future_of.cache_clear()
+    model, idx = tiny_model(), random_ids()
+    grads = []
+    for first in (torch.inference_mode, torch.no_grad):
+        future_of.cache_clear()
+        with first(), capture(model):  # (capturing takes the explicit path)
+            model.hidden(idx)
+        model.zero_grad()
+        with capture(model):
+            model(idx, idx)[1].backward()
+        grads.append(model.transformer.wte.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 def test_attention_weights_with_cache_match_sdpa():
     model = tiny_model("rope")
     idx = random_ids()

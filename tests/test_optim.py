@@ -70,6 +70,24 @@ def test_muon_takes_the_hidden_matrices():
         build_optimizers(model, TrainConfig(optimizer="sgd"))
 
 
+def test_muon_weight_decay_shrinks_the_matrices_it_steps():
+    """--muon-weight-decay wd: the same orthogonalized update, on matrices first multiplied by 1 - lr wd."""
+    steps = []
+    for wd in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = tiny_model(n_layer=1, tie_weights=False)
+        muon = build_optimizers(model, TrainConfig(optimizer="muon", muon_lr=0.1, muon_weight_decay=wd))[0]
+        assert muon.param_groups[0]["weight_decay"] == wd
+        before = [p.detach().clone() for p in muon.param_groups[0]["params"]]
+        for p in muon.param_groups[0]["params"]:
+            p.grad = torch.ones_like(p).tril()
+        muon.step()
+        steps.append((before, [p.detach().clone() for p in muon.param_groups[0]["params"]]))
+    (before, plain), (_, decayed) = steps
+    for p0, a, b in zip(before, plain, decayed):
+        torch.testing.assert_close(b, a - 0.1 * 0.5 * p0)
+
+
 # --- the steps -----------------------------------------------------------------------------------------------------
 
 def test_adamw_steps_as_its_equations_say():

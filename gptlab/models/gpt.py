@@ -12,6 +12,7 @@ Shapes in comments: B batch, T time (sequence), C channels (n_embd), nh heads, h
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -140,6 +141,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+@functools.lru_cache(maxsize=8)
+def future_of(T: int, device: torch.device) -> torch.Tensor:
+    """The causal mask's complement (T, T): True where key j lies after query i (j > i), which it may not see.
+    Built once per length and device, the steps reuse it (an ordinary tensor even under inference mode, which
+    backward may save)."""
+    with torch.inference_mode(False):
+        return torch.ones(T, T, dtype=torch.bool, device=device).triu(diagonal=1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -168,10 +178,11 @@ class CausalSelfAttention(nn.Module):
                 q, k, v, attn_mask=visible, dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, K)
-            if visible is None and causal:
-                visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            hidden = future_of(T, x.device) if visible is None and causal else None
             if visible is not None:
-                att = att.masked_fill(~visible, float("-inf"))
+                hidden = ~visible
+            if hidden is not None:
+                att = att.masked_fill(hidden, float("-inf"))
             att = self.probs(att.softmax(dim=-1))
             att = F.dropout(att, self.dropout, self.training)
             y = att.to(v.dtype) @ v  # (B, nh, T, hs)

@@ -54,6 +54,8 @@ class TrainConfig:
     beta2: float = setting(0.99, "AdamW's beta2")
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0 turns clipping off)")
     muon_lr: float = setting(0.02, "Muon's peak learning rate (with --optimizer muon)")
+    muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay: each step multiplies its matrices by "
+                                            "1 - lr x this (with --optimizer muon)")
     # evaluation, logging, checkpoints
     eval_interval: int = setting(250, "evaluate and save a checkpoint every this many steps")
     eval_iters: int = setting(20, "batches per evaluation")
@@ -193,7 +195,7 @@ def to_dict(train: TrainConfig, model: dict) -> dict:
 
 
 MINIMUMS = dict(max_iters=1, batch_size=1, grad_accum=1, eval_interval=1, eval_iters=1, log_interval=1,
-                warmup_iters=0, threads=0, seed=0, min_lr=0.0, weight_decay=0.0, grad_clip=0.0)
+                warmup_iters=0, threads=0, seed=0, min_lr=0.0, weight_decay=0.0, muon_weight_decay=0.0, grad_clip=0.0)
 
 
 # Sizes beyond anything a run of gptlab's can mean (a typo, or a value meant for another flag): refused before
@@ -244,8 +246,9 @@ def check_overrides(cfg: TrainConfig, model: dict, overrides: dict) -> None:
         given = sorted({"corpus", "tokenizer", "vocab_size", "val_fraction"} & set(overrides))
         raise GptlabError(f"--data is a prepared folder, with its own tokenizer and held-out shard: leave out "
                           f"{', '.join('--' + g.replace('_', '-') for g in given)}")
-    if "muon_lr" in overrides and cfg.optimizer != "muon":
-        raise GptlabError("--muon-lr applies to --optimizer muon")
+    for name in ("muon_lr", "muon_weight_decay"):
+        if name in overrides and cfg.optimizer != "muon":
+            raise GptlabError(f"--{name.replace('_', '-')} applies to --optimizer muon")
     if "rope_base" in overrides and model.get("pos") != "rope":
         raise GptlabError("--rope-base applies to --pos rope")
     if overrides.get("schedule_ends") and cfg.max_time is not None:

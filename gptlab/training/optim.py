@@ -36,7 +36,7 @@ def build_optimizers(model: LanguageModel, cfg) -> list[torch.optim.Optimizer]:
         muon = []
         if groups.hidden:
             muon = [torch.optim.Muon([dict(params=groups.hidden, initial_lr=cfg.muon_lr)], lr=cfg.muon_lr,
-                                     momentum=MUON_MOMENTUM, nesterov=True, weight_decay=0.0)]
+                                     momentum=MUON_MOMENTUM, nesterov=True, weight_decay=cfg.muon_weight_decay)]
         return muon + [_adamw(groups.decay, groups.no_decay, cfg)]
     raise GptlabError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or muon")
 
