@@ -130,16 +130,20 @@ def test_attention_weights_are_causal_distributions_and_match_sdpa(pos):
     torch.testing.assert_close(h_explicit, model.hidden(idx), rtol=1e-5, atol=1e-5)
 
 
-def test_the_explicit_path_trains_after_its_mask_was_first_built_in_inference_mode():
-    """The causal mask is built once per length (gpt.future_of); one first built under torch.inference_mode (a
-    generation, say) must still serve a training step, whose backward saves it, and give the same gradients."""
-    from gptlab.models.gpt import future_of
+def test_the_causal_mask_is_built_once_and_serves_training_after_inference_mode():
+    """The explicit path's causal mask (gpt.future_of) is one tensor per device, cut to each length: shorter
+    lengths reuse it. One first built under torch.inference_mode (a generation, say) must still serve a training
+    step, whose backward saves it, and give the same gradients."""
+    from gptlab.models import gpt
 
-    future_of.cache_clear()
+    gpt._FUTURE.clear()
+    long, short = gpt.future_of(16, torch.device("cpu")), gpt.future_of(5, torch.device("cpu"))
+    assert short.data_ptr() == long.data_ptr() and len(gpt._FUTURE) == 1
+    assert torch.equal(short, torch.ones(5, 5, dtype=torch.bool).triu(diagonal=1))
     model, idx = tiny_model(), random_ids()
     grads = []
     for first in (torch.inference_mode, torch.no_grad):
-        future_of.cache_clear()
+        gpt._FUTURE.clear()
         with first(), capture(model):  # (capturing takes the explicit path)
             model.hidden(idx)
         model.zero_grad()

@@ -96,7 +96,7 @@ def training_memory(s: Shape, precision: str, batch: int, optimizer: str = "adam
     tokens = batch * s.context
     layer = layer_bytes(s, p, attention, dropout, typed_masks)
     kept = s.n_layer * s.n_embd * p.residual + layer if checkpointing else s.n_layer * layer
-    causal_masks = s.n_layer * s.context ** 2 if attention == "explicit" and batch else 0  # one T x T per block
+    causal_masks = s.context ** 2 if attention == "explicit" and batch else 0  # one T x T: gpt.future_of
     parts = dict(weights=n["total"] * p.weight / shards, gradients=n["total"] * p.weight / shards,
                  optimizer=optimizer_values(s, optimizer) * p.weight / shards,
                  weight_copies=n["matmul"] * p.copies / shards,

@@ -12,7 +12,6 @@ Shapes in comments: B batch, T time (sequence), C channels (n_embd), nh heads, h
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -141,13 +140,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
-@functools.lru_cache(maxsize=8)
+_FUTURE: dict[torch.device, torch.Tensor] = {}  # per device, the largest mask built so far
+
+
 def future_of(T: int, device: torch.device) -> torch.Tensor:
     """The causal mask's complement (T, T): True where key j lies after query i (j > i), which it may not see.
-    Built once per length and device, the steps reuse it (an ordinary tensor even under inference mode, which
-    backward may save)."""
-    with torch.inference_mode(False):
+
+    Every block and step shares one: the largest built so far on the device, cut to T (a longer T builds it anew).
+    It is an ordinary tensor even when first built under inference mode, since backward saves it."""
+    if torch.compiler.is_compiling():  # (a compiled graph builds its own, once)
         return torch.ones(T, T, dtype=torch.bool, device=device).triu(diagonal=1)
+    mask = _FUTURE.get(device)
+    if mask is None or mask.size(0) < T:
+        with torch.inference_mode(False):
+            mask = _FUTURE[device] = torch.ones(T, T, dtype=torch.bool, device=device).triu(diagonal=1)
+    return mask[:T, :T]
 
 
 class CausalSelfAttention(nn.Module):
@@ -178,11 +185,10 @@ class CausalSelfAttention(nn.Module):
                 q, k, v, attn_mask=visible, dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, K)
-            hidden = future_of(T, x.device) if visible is None and causal else None
             if visible is not None:
-                hidden = ~visible
-            if hidden is not None:
-                att = att.masked_fill(hidden, float("-inf"))
+                att = att.masked_fill(~visible, float("-inf"))
+            elif causal:
+                att = att.masked_fill(future_of(T, x.device), float("-inf"))
             att = self.probs(att.softmax(dim=-1))
             att = F.dropout(att, self.dropout, self.training)
             y = att.to(v.dtype) @ v  # (B, nh, T, hs)

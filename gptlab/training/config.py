@@ -55,7 +55,7 @@ class TrainConfig:
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0 turns clipping off)")
     muon_lr: float = setting(0.02, "Muon's peak learning rate (with --optimizer muon)")
     muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay: each step multiplies its matrices by "
-                                            "1 - lr x this (with --optimizer muon)")
+                                            "1 - (Muon's learning rate then) x this (with --optimizer muon)")
     # evaluation, logging, checkpoints
     eval_interval: int = setting(250, "evaluate and save a checkpoint every this many steps")
     eval_iters: int = setting(20, "batches per evaluation")
@@ -86,7 +86,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # The default on a CPU: five minutes of Tiny Shakespeare (char) on 2 cores.
     # Muon on the hidden matrices learns several times faster per step than AdamW at this size. Five minutes
-    # are about nine passes over the corpus, so the model overfits: Muon's weight decay and a decay of the
+    # are up to about nine passes over the corpus, so the model overfits: Muon's weight decay and a decay of the
     # learning rate to zero hold it back (README, Performance: val loss about 1.50 before them, 1.46 after).
     "cpu": dict(
         n_layer=4, n_head=4, n_embd=192, block_size=128, dropout=0.0, bias=False, seq_len=128,

@@ -4,8 +4,9 @@
   multiply activations: norms, biases and embeddings are left alone (decaying them only pulls useful
   parameters towards zero).
 - Muon (torch.optim.Muon; Jordan et al., 2024) for the hidden matrices: SGD momentum whose update is
-  orthogonalized by a few Newton-Schulz iterations. Embeddings, the output head, norms and biases stay
-  with AdamW, as in the fastest GPT training records.
+  orthogonalized by a few Newton-Schulz iterations, with decoupled weight decay (--muon-weight-decay: the
+  matrices shrink by lr x decay each step). Embeddings, the output head, norms and biases stay with AdamW,
+  as in the fastest GPT training records.
 - Which tensor goes where is the model's call (model.param_groups()); nothing here knows a layer's name.
 - The schedule is `lr_factor`: linear warmup, then cosine decay to min_lr at max_iters, a function of the
   iteration alone (and of the moves of its end that a time budget made, recorded in cfg.schedule_ends). torch's
