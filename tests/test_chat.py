@@ -387,6 +387,11 @@ def test_a_finetunes_defaults_and_time_budget(base, tmp_path):
     assert plan.cfg.max_iters == 7
     with pytest.raises(GptlabError, match="finetune takes training values only, not n_layer"):
         plan_finetune(Finetune(base=str(run_dir), data=str(data)), {"n_layer": 2}, tmp_path / "d")
+    with pytest.raises(GptlabError, match="--muon-lr applies to --optimizer muon"):  # not ignored in silence
+        plan_finetune(Finetune(base=str(run_dir), data=str(data)), {"muon_lr": 0.05}, tmp_path / "e")
+    plan, _ = plan_finetune(Finetune(base=str(run_dir), data=str(data)), {"optimizer": "muon", "muon_lr": 0.05},
+                            tmp_path / "f")
+    assert (plan.cfg.optimizer, plan.cfg.muon_lr) == ("muon", 0.05)
 
 
 def test_loras_memory_forecast_counts_what_trains(base, tmp_path):

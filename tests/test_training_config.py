@@ -81,6 +81,11 @@ def test_resume_values_allow_only_what_a_resumed_run_may_change():
     with pytest.raises(GptlabError, match="cannot change lr, n_layer"):
         resume_values(values, {"n_layer": 9, "lr": 0.5, "max_iters": 9})
     assert resume_values(values, {"lr": cfg.lr})["lr"] == cfg.lr  # the same value is no change
+    older = {k: v for k, v in values.items() if k not in ("muon_weight_decay", "activation")}
+    # a run saved before a value existed ran with its default, which is then no change either
+    assert resume_values(older, {"muon_weight_decay": 0.0, "activation": "gelu"})
+    with pytest.raises(GptlabError, match="cannot change muon_weight_decay"):
+        resume_values(older, {"muon_weight_decay": 0.1})
 
 
 def test_train_config_defaults_are_documented():

@@ -33,7 +33,14 @@ from gptlab.errors import GptlabError
 from gptlab.models import build_model, config_from_dict, make_config, split_section
 from gptlab.records import read_config
 from gptlab.training.batches import RandomRows
-from gptlab.training.config import UNBOUNDED_ITERS, TrainConfig, check_values, parse_duration, train_fields
+from gptlab.training.config import (
+    UNBOUNDED_ITERS,
+    TrainConfig,
+    check_overrides,
+    check_values,
+    parse_duration,
+    train_fields,
+)
 from gptlab.training.distributed import Distributed
 from gptlab.training.trainer import Plan, Source, Trainer, TrainResult, stopping_note
 
@@ -148,6 +155,7 @@ def plan_finetune(ft: Finetune | None, values: dict | None = None, out: str | Pa
     cfg.max_time = cfg.max_time if parse_duration(cfg.max_time) else None  # ("none" is no budget)
     model = {"family": family, **{k: v for k, v in asdict(config).items() if k != "vocab_size"}}
     check_values(cfg, model)
+    check_overrides(cfg, model, values)  # (a value this finetune would ignore, such as --muon-lr with AdamW)
     run_dir = Path(out) if out is not None else Path("runs") / f"{Path(ft.base).name}-chat"
     if run_dir.resolve() == base.resolve() or run_dir.resolve() in base.resolve().parents:
         raise GptlabError(f"--out {run_dir} holds the base run; finetune into another folder")
