@@ -21,7 +21,8 @@ from gptlab import pictures
 
 # (name, dtype, flags): the cpu preset's GPT (Muon, context 128) at five widths in bf16, and nanoGPT's CPU recipe
 # (AdamW, context 64, fp32) at three.
-RUNS = [(f"bf16-{c}", "bfloat16", ["--preset", "cpu", "--n-embd", str(c), "--n-head", str(c // 64)])
+RUNS = [(f"bf16-{c}", "bfloat16", ["--preset", "cpu", "--n-embd", str(c), "--n-head", str(c // 64),
+                                    "--block-size", "128", "--batch-size", "32"])
         for c in (128, 192, 256, 384, 512)] + \
        [(f"fp32-{c}", "float32", ["--preset", "nanogpt-cpu", "--n-embd", str(c), "--n-head", str(c // 64),
                                   "--batch-size", "32"]) for c in (128, 256, 512)]

@@ -53,7 +53,8 @@ def one_size(megabytes: int, args) -> dict:
         subprocess.run(["rm", "-rf", str(folder)], check=True)
     seconds, _ = gptlab("prepare", str(corpus), "--out", str(data), "--tokenizer", args.tokenizer, "--quiet")
     manifest = json.loads((data / "manifest.json").read_text())
-    gptlab("train", "--data", str(data), "--preset", "cpu", "--max-iters", str(args.steps), "--max-time", "none",
+    gptlab("train", "--data", str(data), "--preset", "cpu", "--block-size", "128", "--batch-size", "32",
+           "--max-iters", str(args.steps), "--max-time", "none",
            "--eval-interval", str(args.steps), "--out", str(run), "--quiet")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     peaks = [r["peak_mem"] for r in records if "peak_mem" in r]
