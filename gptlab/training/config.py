@@ -187,8 +187,8 @@ def saved_values(saved: dict) -> dict:
 
 def resume_values(values: dict, overrides: dict) -> dict:
     """A saved run's values (saved_values) with the overrides a resumed run may make; any other is refused."""
-    fields_ = {**train_fields(), **model_fields(values.get("model", DEFAULT_FAMILY))}
-    saved = {k: f.default for k, f in fields_.items()} | values  # a value newer than the run: it ran with its default
+    known = {**train_fields(), **model_fields(values.get("model", DEFAULT_FAMILY))}
+    saved = {k: f.default for k, f in known.items()} | values  # a value newer than the run: it ran with its default
     changed = sorted(k for k, v in overrides.items() if k not in RESUMABLE and saved.get(k) != v)
     if changed:
         raise GptlabError(f"--resume keeps the run's configuration; cannot change {', '.join(changed)} "
