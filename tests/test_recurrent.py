@@ -13,7 +13,7 @@ from gptlab.inference import generate
 from gptlab.models.configs import RecurrentConfig
 from gptlab.models.recurrent import GRU, LSTM, RNN, unroll
 from gptlab.run import load_run
-from gptlab.training.config import PRESETS, resolve
+from gptlab.training.config import resolve
 from gptlab.training.trainer import train
 
 FAMILIES = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
@@ -136,7 +136,7 @@ def test_presets_give_recurrent_nets_their_own_sizes_and_a_window():
     cfg, model = resolve("cpu", {"model": "lstm"})
     assert model == {"family": "lstm"} and cfg.seq_len == 128 and cfg.optimizer == "muon"  # GPT sizes left out
     cfg, model = resolve("cpu", {})
-    assert cfg.seq_len is None and model["block_size"] == PRESETS["cpu"]["block_size"]  # a GPT's window: its context
+    assert cfg.seq_len is None and model["block_size"] == 256  # a GPT's window is its context (the preset's 256)
 
 
 def test_flags_of_other_families_are_refused_in_one_line(corpus, tmp_path, capsys):
