@@ -2,11 +2,16 @@
 
     python benchmarks/train_speed.py --preset nanogpt-cpu [--set dtype=bfloat16 --set compile=true] [--iters 50]
     python benchmarks/train_speed.py --preset cpu --set model=gru --set n_hidden=320    # a recurrent net
+    python benchmarks/train_speed.py --preset nanogpt-cpu --set dtype=bfloat16 --profile   # where the time goes
 
 It runs the training loop's own step (gptlab.training.step.Stepper) on random windows of Tiny
 Shakespeare (char) from the mirror, or of random tokens for presets with a large vocabulary, and prints
 one JSON line with the figures. Peak memory is the process's maximum resident set on a CPU, the
-allocator's maximum on a GPU.
+allocator's maximum on a GPU. --profile adds `profile_ms`: after the timed steps, torch.profiler over 50 more,
+the milliseconds per step that kernels of each kind took themselves (the matrix products, GELU, the loss, softmax
+and the causal mask, the optimizers and clipping, the other kernels), and `outside_kernels`, the rest of the
+unprofiled step's time (Python, dispatch, autograd's bookkeeping). A compiled step's fused kernels are named
+after the operations they fuse, and counted by them.
 """
 
 from __future__ import annotations
@@ -51,11 +56,18 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=40, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     parser.add_argument("--synthetic", action="store_true", help="random tokens instead of Tiny Shakespeare")
+    parser.add_argument("--profile", action="store_true", help="also the step's time by kind of kernel")
     args = parser.parse_args()
 
     overrides = parse_sets(args.set)
     cfg, model_values = resolve(args.preset, overrides, pick_device(overrides.get("device", "auto")).type)
+    if args.profile and cfg.compile:
+        from torch._inductor import config as inductor
+
+        inductor.cpp.enable_kernel_profile = True  # (each fused CPU kernel shows by name)
     device, dtype = setup(cfg.device, cfg.dtype, cfg.threads, cfg.seed)
+    if args.profile and device.type != "cpu":
+        parser.error("--profile times a CPU's step (its kernels' own time)")
     if args.synthetic or cfg.tokenizer != "char":
         vocab = cfg.vocab_size or 50304
         tokens = torch.randint(vocab, (2_000_000,), dtype=torch.int32).numpy()
@@ -107,8 +119,34 @@ def main() -> None:
         "fraction_of_fp32_peak": round(flops / peak_fp32, 4), "fraction_of_bf16_peak": round(flops / peak_bf16, 4),
         "peak_memory_bytes": memory, "warmup_s": round(warmup_s, 2), "final_loss": round(loss, 4),
     }
+    if args.profile:
+        result["profile_ms"] = profile_step(lambda: step(batches), 1000 * seconds / args.iters)
     print(json.dumps(result))
     sys.stdout.flush()
+
+
+KINDS = {"matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"), "gelu": ("gelu",),
+         "loss": ("log_softmax", "nll_loss"), "softmax_and_mask": ("softmax", "masked_fill"),
+         "optimizers_and_clipping": ("adamw", "muon", "optimizer", "linalg_vector_norm", "foreach")}
+
+
+def profile_step(step, ms_per_step: float, steps: int = 50) -> dict[str, float]:
+    """Milliseconds per step by kind of kernel (each kernel's own time, from torch.profiler; the first kind whose
+    words a kernel's name holds), the other kernels, and what lies outside any kernel: the unprofiled step's time
+    less every kernel's (the profiler adds a little to each kernel, so this is a low estimate)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    totals = dict.fromkeys([*KINDS, "other_kernels"], 0.0)
+    for event in prof.key_averages():
+        name = event.key.lower()
+        kind = next((k for k, words in KINDS.items() if any(w.lower() in name for w in words)), "other_kernels")
+        totals[kind] += event.self_cpu_time_total / 1000 / steps
+    out = {k: round(v, 2) for k, v in totals.items()}
+    out["outside_kernels"] = round(ms_per_step - sum(totals.values()), 2)
+    return out
 
 
 if __name__ == "__main__":
